@@ -1,0 +1,314 @@
+/*
+ * backend.h - the versioned interface a storage backend module implements.
+ *
+ * A backend is a shared object `mqstore_<name>.so` exporting one function,
+ * MQS_BACKEND_ENTRY, that returns a pointer to a static const mqs_backend
+ * table. The core validates the table once at load (magic, ABI major,
+ * struct size, every required callback) and refuses the module with an
+ * error naming what is missing.
+ *
+ * Backends do SQL and nothing else. Batching, retries, destination caching,
+ * lease timing, expiry and callbacks live in the core.
+ *
+ * Conventions for every callback:
+ *  - The connection handle (mqs_be_conn) is used by one thread at a time;
+ *    the core never shares one across threads concurrently.
+ *  - Return 0 or a negative MQS_E* code (from mqstore.h). On failure the
+ *    backend leaves a message in the handle (conn_errmsg), naming the
+ *    statement or setting at fault and the driver's code/SQLSTATE. Map
+ *    driver errors at this boundary: a lost/unreachable connection ->
+ *    MQS_ECONN (the core reconnects), bad credentials/permissions ->
+ *    MQS_EAUTH, lock/serialization conflicts -> MQS_EBUSY, value too large
+ *    for the server -> MQS_ETOOBIG, COMMIT whose outcome is unknown ->
+ *    MQS_EUNKNOWN, everything else -> MQS_EIO.
+ *  - Pointer arguments are borrowed for the call.
+ *  - Write callbacks are only called between txn_begin and
+ *    txn_commit/txn_rollback. Read callbacks are called outside a write
+ *    transaction.
+ *
+ * Version history (members are only ever appended):
+ *   1.0  first version.
+ *   1.1  exclusive lock: lock_acquire, lock_renew, lock_release, lock_read,
+ *        lock_force, session_lock, session_unlock.
+ */
+#ifndef MQSTORE_BACKEND_H
+#define MQSTORE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqstore.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
+#define MQS_BACKEND_ABI_MAJOR 1 /* bumped on incompatible change */
+#define MQS_BACKEND_ABI_MINOR 1 /* bumped when members are appended */
+
+/* The one symbol a module exports. */
+#define MQS_BACKEND_ENTRY mqs_backend_entry
+#define MQS_BACKEND_ENTRY_NAME "mqs_backend_entry"
+
+typedef struct mqs_be_conn mqs_be_conn; /* backend-defined connection */
+
+/* One embedded schema migration. sql may hold several statements. */
+typedef struct mqs_be_migration {
+    int version;      /* 1, 2, 3 ... without gaps */
+    const char *name; /* file name, e.g. "001_initial.sql" */
+    const char *sql;
+} mqs_be_migration;
+
+/* A backend-specific URI option, for validation and docs. */
+typedef struct mqs_be_option {
+    const char *name;
+    const char *default_value;
+    const char *doc;
+} mqs_be_option;
+
+/* What conn_open gets. */
+typedef struct mqs_be_open_args {
+    /* The URI with mqstore's core options removed (backend options and
+     * anything the driver understands are kept). Contains the password. */
+    const char *uri;
+    /* The same URI with the password masked: use it in every message. */
+    const char *uri_masked;
+    /* Purpose of the connection, for logs/application_name. */
+    const char *role; /* "writer", "reader", "admin" */
+} mqs_be_open_args;
+
+/* A message to insert. dest_id comes from dest_resolve. On success the
+ * backend sets id (store-assigned, unique, never reused, increasing in
+ * commit order). For a topic destination it also creates one pending entry
+ * per subscription of that topic; if there is none it stores nothing and
+ * sets id = 0. */
+typedef struct mqs_be_msg {
+    int64_t dest_id;
+    mqs_kind kind;
+    int priority;
+    int64_t expires_ms;
+    int64_t enqueued_ms;
+    const void *headers;
+    size_t headers_len;
+    const void *body;
+    size_t body_len;
+    int64_t id; /* out */
+} mqs_be_msg;
+
+/* A reference to one pending message: a queue message (sub_id 0) or one
+ * subscription's entry for a topic message. */
+typedef struct mqs_be_ref {
+    int64_t id;
+    int64_t sub_id;
+} mqs_be_ref;
+
+/* A page of a recovery scan: the pending messages of one queue (sub_id 0,
+ * dest_id set) or of one subscription (sub_id set), in delivery order
+ * (priority DESC, id ASC), strictly after the key (after_priority,
+ * after_id), at most `limit` rows. The first page uses after_priority = 10,
+ * after_id = 0. Keyset condition:
+ *   priority < after_priority OR (priority = after_priority AND id > after_id)
+ */
+typedef struct mqs_be_page {
+    int64_t dest_id;
+    int64_t sub_id;
+    int after_priority;
+    int64_t after_id;
+    size_t limit;
+} mqs_be_page;
+
+/* One row of a page. Pointers are valid only during the callback. */
+typedef struct mqs_be_row {
+    int64_t id;
+    int priority;
+    int64_t expires_ms;
+    int64_t enqueued_ms;
+    int32_t redeliveries;
+    const void *headers;
+    size_t headers_len;
+    const void *body;
+    size_t body_len;
+} mqs_be_row;
+
+/* Row callback: return 0 to continue, non-zero to stop the page early (the
+ * backend then discards the rest and returns 0). */
+typedef int (*mqs_be_row_cb)(void *ud, const mqs_be_row *row);
+
+/* One destination or subscription, for dest_list. Strings valid only during
+ * the callback. A topic with no subscription yields one row with sub_id 0. */
+typedef struct mqs_be_dest {
+    int64_t dest_id;
+    mqs_kind kind;
+    const char *name;
+    int64_t sub_id;
+    const char *sub_name;
+    uint64_t pending;
+    int64_t oldest_ms;
+} mqs_be_dest;
+typedef int (*mqs_be_dest_cb)(void *ud, const mqs_be_dest *d);
+
+/* The exclusive lock of one cluster (ABI 1.1). One row per cluster name:
+ * holder node id, fencing token (+1 on every acquire, never reset), lease
+ * end by the DATABASE clock, when acquired, and the holder's session: the
+ * id of its session-lock connection and the epoch (identity of the
+ * database instance, e.g. the server start time) both recorded only while
+ * that session really holds the session lock (checked by the database:
+ * pg_locks, IS_USED_LOCK(), a file lock), else NULL. */
+typedef struct mqs_be_lock {
+    const char *cluster;
+    const char *node;
+    int64_t token;     /* renew/release: the token this node holds */
+    int64_t lease_ms;  /* acquire/renew: lease = database now + lease_ms */
+    int holder_gone;   /* acquire: the session lock was free, so the
+                          holder's session ended */
+    int64_t session_id; /* acquire/renew: id of this node's session-lock
+                           connection (from session_lock), 0 if none */
+} mqs_be_lock;
+
+typedef struct mqs_be_lock_state {
+    char holder[256];      /* "" when free */
+    int64_t token;
+    int64_t lease_left_ms; /* lease end - database now (<= 0: expired) */
+    int64_t held_ms;       /* database now - acquired */
+    int session_armed;     /* a session is recorded, under the current epoch */
+} mqs_be_lock_state;
+
+typedef struct mqs_backend {
+    /* ---- identity (never moves) ---- */
+    uint64_t magic;        /* MQS_BACKEND_MAGIC */
+    uint16_t abi_major;    /* MQS_BACKEND_ABI_MAJOR the module was built with */
+    uint16_t abi_minor;    /* MQS_BACKEND_ABI_MINOR the module was built with */
+    uint32_t struct_size;  /* sizeof(mqs_backend) in the module */
+    const char *name;      /* "sqlite", "postgresql", "mysql" */
+    const char *version;   /* module version string */
+    const char *const *schemes; /* NULL-terminated URI schemes it serves */
+
+    /* ---- schema ---- */
+    const mqs_be_migration *migrations; /* required, ordered by version */
+    size_t n_migrations;
+    const mqs_be_option *options; /* backend URI options; may be NULL */
+    size_t n_options;
+
+    /* ---- connection ---- */
+    /* Connect. On failure return the code, set *out = NULL and write the
+     * message (with the masked URI, never the password) into err. */
+    int (*conn_open)(const mqs_be_open_args *args, mqs_be_conn **out,
+                     char *err, size_t errlen);
+    /* Close and free. NULL is a no-op. Required. */
+    void (*conn_close)(mqs_be_conn *c);
+    /* Message of the last failure on c. Never NULL. Required. */
+    const char *(*conn_errmsg)(mqs_be_conn *c);
+    /* Largest headers_len + body_len this connection can store (e.g. from
+     * the server's max_allowed_packet). Optional: NULL means no limit
+     * beyond the core's max_message_size. */
+    int (*conn_max_message)(mqs_be_conn *c, size_t *max);
+
+    /* ---- schema ---- */
+    /* Schema version in the database: 0 for an empty database (nothing of
+     * mqstore's there), MQS_ECORRUPT if it is not an mqstore database (or
+     * damaged) so it must not be touched. Required. */
+    int (*schema_version)(mqs_be_conn *c, int *version);
+    /* Apply one migration and record m->version, in its own transaction
+     * (the core calls it outside txn_begin). Required. */
+    int (*schema_apply)(mqs_be_conn *c, const mqs_be_migration *m);
+
+    /* ---- write transactions ---- */
+    int (*txn_begin)(mqs_be_conn *c);    /* required */
+    int (*txn_commit)(mqs_be_conn *c);   /* required */
+    int (*txn_rollback)(mqs_be_conn *c); /* required; must not fail on a
+                                            broken connection (return the
+                                            code, core discards the conn) */
+
+    /* ---- writes (inside a transaction) ---- */
+    /* Find the destination (kind, name); with create != 0 insert it if
+     * missing. MQS_ENOTFOUND if missing and create == 0. Required. */
+    int (*dest_resolve)(mqs_be_conn *c, mqs_kind kind, const char *name,
+                        int create, int64_t *dest_id);
+    /* Insert one message (see mqs_be_msg). Required. */
+    int (*msg_insert)(mqs_be_conn *c, mqs_be_msg *m);
+    /* Insert n messages with native batching (multi-row INSERT, COPY...).
+     * Optional: NULL -> the core calls msg_insert n times. */
+    int (*msg_insert_many)(mqs_be_conn *c, mqs_be_msg *m, size_t n);
+    /* Remove one pending entry; a topic message with no pending entry left
+     * is deleted. Missing entries are not an error. Required. */
+    int (*msg_ack)(mqs_be_conn *c, const mqs_be_ref *r);
+    /* Batched msg_ack. Optional: NULL -> msg_ack n times. */
+    int (*msg_ack_many)(mqs_be_conn *c, const mqs_be_ref *r, size_t n);
+    /* Add one to the redelivery count of a pending entry. Missing entries
+     * are not an error. Required. */
+    int (*msg_nack)(mqs_be_conn *c, const mqs_be_ref *r);
+    /* Create the subscription (topic_id, name) or find it; sets *sub_id.
+     * Required. */
+    int (*sub_create)(mqs_be_conn *c, int64_t topic_id, const char *name,
+                      int64_t *sub_id);
+    /* Remove a subscription, its pending entries, and topic messages left
+     * with no pending entry. Missing is not an error. Required. */
+    int (*sub_remove)(mqs_be_conn *c, int64_t sub_id);
+    /* Remove every pending message of dest_id (0 = of every destination);
+     * subscriptions stay. *removed gets the count of messages (a topic
+     * message counts once per subscription entry). Required. */
+    int (*purge)(mqs_be_conn *c, int64_t dest_id, uint64_t *removed);
+
+    /* ---- reads (outside a write transaction) ---- */
+    /* Find a subscription by topic name and subscription name.
+     * MQS_ENOTFOUND if none. Required. */
+    int (*sub_lookup)(mqs_be_conn *c, const char *topic, const char *name,
+                      int64_t *sub_id);
+    /* Stream one page (see mqs_be_page) to cb. Required. */
+    int (*page_read)(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb,
+                     void *ud);
+    /* Every destination and subscription with counts, ordered by dest_id
+     * then sub_id. Required. */
+    int (*dest_list)(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud);
+
+    /* ---- exclusive lock (ABI 1.1; all five lock_* or none) ---- */
+    /* In its own transaction: create the cluster's row if missing, then take
+     * the lock if it is free, or its lease has expired by the database
+     * clock, or (l->holder_gone, a session is recorded under the current
+     * epoch, and that session no longer holds the session lock: the
+     * holder's process died and the database did not restart). On success
+     * set holder, token+1, lease, acquired, session (as for lock_renew) and
+     * fill *st. Otherwise MQS_EBUSY with *st describing the holder. */
+    int (*lock_acquire)(mqs_be_conn *c, const mqs_be_lock *l,
+                        mqs_be_lock_state *st);
+    /* Inside the caller's write transaction (after txn_begin): extend the
+     * lease and record the session (l->session_id and the current epoch if
+     * that session holds the session lock now, else NULL), only where
+     * holder and token match (the row lock this takes orders it against
+     * any acquire). No match -> MQS_EFENCED, message naming the current
+     * holder and token. Fills *st. */
+    int (*lock_renew)(mqs_be_conn *c, const mqs_be_lock *l,
+                      mqs_be_lock_state *st);
+    /* In its own transaction: free the lock where holder and token match
+     * (token kept). Not holding it is not an error. */
+    int (*lock_release)(mqs_be_conn *c, const mqs_be_lock *l);
+    /* Read the row (no transaction needed). A missing row reads as free
+     * with token 0. */
+    int (*lock_read)(mqs_be_conn *c, const char *cluster,
+                     mqs_be_lock_state *st);
+    /* In its own transaction: free the lock whoever holds it (operators). */
+    int (*lock_force)(mqs_be_conn *c, const char *cluster);
+
+    /* ---- crash detector (ABI 1.1; optional pair: NULL -> lease only) ----
+     * A session-level lock (advisory lock, GET_LOCK, file lock) held on a
+     * dedicated connection for as long as the session lives. */
+    /* Take the session lock of cluster, waiting up to wait_ms (0 = try).
+     * 0 when held, with *session_id set to this connection's session id
+     * (backend pid, connection id, process id). If this connection already
+     * holds it, check the session is still alive (one round trip) and
+     * return 0, or MQS_ECONN if it is gone. MQS_EBUSY if still held
+     * elsewhere after wait_ms. */
+    int (*session_lock)(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
+                        int64_t *session_id);
+    /* Give it up. Not holding it is not an error. */
+    int (*session_unlock)(mqs_be_conn *c, const char *cluster);
+} mqs_backend;
+
+/* The entry point every module exports. */
+typedef const mqs_backend *(*mqs_backend_entry_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MQSTORE_BACKEND_H */

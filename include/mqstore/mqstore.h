@@ -1,0 +1,432 @@
+/*
+ * mqstore.h - durable message storage for broker cores.
+ *
+ * This is the only header a broker includes. It is also the manual: every
+ * function states who owns what, which threads may call it, and what it
+ * returns.
+ *
+ * Conventions (apply to every function unless its comment says otherwise):
+ *  - Return: 0 on success or a negative MQS_E* code. mqs_strerror() names the
+ *    code; mqs_errmsg() gives the detailed message of the calling thread's
+ *    last failure on that store (what failed, where, how to fix).
+ *  - Ownership: pointer arguments are borrowed for the duration of the call;
+ *    the library copies what it keeps. Objects the library returns say who
+ *    frees them and how. A failed constructor leaves *out == NULL and nothing
+ *    allocated.
+ *  - Threads: an mqs_store may be used by any number of threads at once.
+ *    An mqs_txn or mqs_cursor belongs to one thread at a time.
+ *  - Passwords never appear in messages, logs or stats: URIs are printed
+ *    with the password masked.
+ */
+#ifndef MQSTORE_MQSTORE_H
+#define MQSTORE_MQSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define MQS_API __attribute__((visibility("default")))
+#else
+#define MQS_API
+#endif
+
+#define MQS_VERSION_MAJOR 0
+#define MQS_VERSION_MINOR 1
+#define MQS_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------------------
+ * Errors. One table gives every code its name and message. Codes are never
+ * renumbered; new ones are appended.
+ * ------------------------------------------------------------------------- */
+#define MQS_ERRNO_MAP(X)                                                       \
+    X(EINVAL, -1, "invalid argument")                                          \
+    X(ENOMEM, -2, "out of memory")                                             \
+    X(EIO, -3, "database or I/O error")                                        \
+    X(ENOTFOUND, -4, "not found")                                              \
+    X(ESCHEMA, -5, "schema version not supported by this library")             \
+    X(ETOOBIG, -6, "message larger than the configured maximum")               \
+    X(EFENCED, -7, "fenced: this node no longer holds the store lock")         \
+    X(EBUSY, -8, "held by another node or busy")                               \
+    X(ETIMEDOUT, -9, "timed out")                                              \
+    X(ENOMODULE, -10, "backend module missing or incompatible")                \
+    X(EAUTH, -11, "authentication or permission failure")                      \
+    X(ECONN, -12, "database connection lost or unreachable")                   \
+    X(ECLOSED, -13, "store is closing")                                        \
+    X(ECORRUPT, -14, "not an mqstore database, or corrupt")                    \
+    X(ESTATE, -15, "object in the wrong state for this call")                  \
+    X(EEXIST, -16, "already exists")                                           \
+    X(EUNKNOWN, -17, "commit outcome unknown (connection lost during commit)") \
+    X(ENOTSUP, -18, "not supported by this backend")
+
+enum {
+#define MQS_ERRNO_ENUM_(name, val, msg) MQS_##name = (val),
+    MQS_ERRNO_MAP(MQS_ERRNO_ENUM_)
+#undef MQS_ERRNO_ENUM_
+};
+
+/* Static message for a code ("invalid argument"); never NULL. */
+MQS_API const char *mqs_strerror(int code);
+/* Static name of a code ("MQS_EINVAL"); never NULL. */
+MQS_API const char *mqs_errname(int code);
+
+/* ---------------------------------------------------------------------------
+ * Types
+ * ------------------------------------------------------------------------- */
+typedef struct mqs_store mqs_store;   /* opaque; one per open store */
+typedef struct mqs_txn mqs_txn;       /* opaque; a client transaction */
+typedef struct mqs_cursor mqs_cursor; /* opaque; a recovery cursor */
+
+typedef enum mqs_kind {
+    MQS_QUEUE = 0, /* point-to-point: one ack removes the message */
+    MQS_TOPIC = 1  /* publish/subscribe: each durable subscription acks */
+} mqs_kind;
+
+#define MQS_PRIORITY_MIN 0
+#define MQS_PRIORITY_MAX 9
+#define MQS_PRIORITY_DEFAULT 4
+
+/* A message handed to the store. All pointers are borrowed for the call. */
+typedef struct mqs_msg {
+    mqs_kind kind;
+    const char *dest;    /* destination name, 1..255 bytes of UTF-8 */
+    const void *headers; /* opaque bytes (the broker's encoding), may be NULL */
+    size_t headers_len;
+    const void *body; /* opaque bytes, may contain NUL, may be NULL if len 0 */
+    size_t body_len;
+    int priority;       /* 0..9; higher is delivered first */
+    int64_t expires_ms; /* absolute Unix time in ms; 0 = never expires */
+} mqs_msg;
+
+/* A stored message as returned by a recovery cursor. Every pointer is owned
+ * by the cursor and valid until the next mqs_cursor_next() or
+ * mqs_cursor_close() on that cursor. */
+typedef struct mqs_message {
+    int64_t id; /* store-assigned, unique, increasing in commit order */
+    mqs_kind kind;
+    const char *dest;
+    int64_t sub_id;       /* 0 for a queue message, else the subscription */
+    const char *sub_name; /* NULL for a queue message */
+    int priority;
+    int64_t expires_ms;   /* 0 = never */
+    int64_t enqueued_ms;  /* store's wall clock at enqueue */
+    int32_t redeliveries; /* number of nacks so far */
+    const void *headers;
+    size_t headers_len;
+    const void *body;
+    size_t body_len;
+} mqs_message;
+
+/* Log levels for mqs_log_fn. */
+typedef enum mqs_log_level {
+    MQS_LOG_ERROR = 0,
+    MQS_LOG_WARN = 1,
+    MQS_LOG_INFO = 2,
+    MQS_LOG_DEBUG = 3
+} mqs_log_level;
+
+/* Log sink. Called from any library thread; must be thread-safe. msg is
+ * borrowed for the call and never contains a password. */
+typedef void (*mqs_log_fn)(void *ud, mqs_log_level level, const char *msg);
+
+/* Things that cannot be said in a URI. Every tunable is a URI option (see
+ * mqs_option_foreach). Pass NULL for the defaults: log WARN and above to
+ * stderr. */
+typedef struct mqs_open_opts {
+    mqs_log_fn log;          /* NULL = stderr */
+    void *log_ud;            /* passed to log */
+    mqs_log_level log_level; /* messages above this level are dropped */
+} mqs_open_opts;
+
+/* ---------------------------------------------------------------------------
+ * Open / close
+ * ------------------------------------------------------------------------- */
+
+/* Open the store named by uri, e.g.
+ *   sqlite:///var/lib/mq/store.db?synchronous=full&commit=group
+ *   sqlite:relative/store.db
+ *   postgresql://user:pw@host/db?commit=group
+ * The scheme picks the backend module (mqstore_<scheme>.so, searched in
+ * $MQSTORE_MODULE_PATH, then next to libmqstore, then the install dir).
+ * Query options are either mqstore's (see mqs_option_foreach) or the
+ * backend's; anything else is refused with MQS_EINVAL naming the option.
+ * With migrate=auto (default) an empty database is initialized and an older
+ * schema migrated; a schema newer than this library fails with MQS_ESCHEMA
+ * and changes nothing.
+ * Ownership: uri and opts are borrowed; on success *out is owned by the
+ * caller and released with mqs_close(). On failure *out == NULL and
+ * mqs_errmsg(NULL) gives the message.
+ * Threads: any thread. */
+MQS_API int mqs_open(const char *uri, const mqs_open_opts *opts,
+                     mqs_store **out);
+
+/* Flush queued writes (waits for their commit), stop the writer and close
+ * every connection. Pending async completions are called before it returns.
+ * No other thread may use the store during or after the call. NULL is a
+ * no-op. */
+MQS_API void mqs_close(mqs_store *s);
+
+/* The calling thread's last error message on s (or, with s == NULL, of its
+ * last failed mqs_open or mqs_uri_* call). Never NULL; "" if none. Valid until
+ * the same thread's next mqs_ call. */
+MQS_API const char *mqs_errmsg(const mqs_store *s);
+
+/* The store's URI with the password masked. Owned by s. */
+MQS_API const char *mqs_uri(const mqs_store *s);
+
+/* Largest headers_len + body_len the store accepts (the max_message_size
+ * option, capped by what the backend can store). */
+MQS_API size_t mqs_max_message_size(const mqs_store *s);
+
+/* Copy uri into buf with the password replaced by "***". Returns the length
+ * the masked URI needs (like snprintf). Any thread. */
+MQS_API size_t mqs_uri_mask(const char *uri, char *buf, size_t buflen);
+
+/* ---------------------------------------------------------------------------
+ * Messages. Each call below is its own atomic write: it returns only after
+ * the write committed (durable per the backend's settings) or failed.
+ * With commit=group, concurrent calls share one database transaction.
+ * ------------------------------------------------------------------------- */
+
+/* Store one message. On success *id (may be NULL) gets its id.
+ * MQS_ETOOBIG if headers_len + body_len > mqs_max_message_size();
+ * MQS_EINVAL for a bad priority, kind or destination name.
+ * A message sent to a topic is kept only for the durable subscriptions
+ * that exist when it commits; with none, it is not stored and *id is 0. */
+MQS_API int mqs_enqueue(mqs_store *s, const mqs_msg *m, int64_t *id);
+
+/* Store n messages in one transaction: all or none. ids (may be NULL) gets
+ * n ids in order. */
+MQS_API int mqs_enqueue_many(mqs_store *s, const mqs_msg *msgs, size_t n,
+                             int64_t *ids);
+
+/* Completion of an async write. rc is 0 or MQS_E*; id is the new message id
+ * (0 on failure); errmsg is "" on success, else the detailed message; both
+ * are borrowed for the call. Called exactly once, from a library thread
+ * (never the caller's), in submission order per store. It must not call
+ * mqs_close(). */
+typedef void (*mqs_done_fn)(void *ud, int rc, int64_t id, const char *errmsg);
+
+/* Like mqs_enqueue but returns once the message is queued for the writer
+ * (copied); done is called when it committed or failed. Blocks while more
+ * than max_pending_bytes are queued (back-pressure). Validation errors are
+ * returned at once and done is not called. */
+MQS_API int mqs_enqueue_async(mqs_store *s, const mqs_msg *m, mqs_done_fn done,
+                              void *ud);
+
+/* Acknowledge a message: for a queue (sub_id 0) the message is removed; for
+ * a durable subscription the message is removed for that subscription (and
+ * from the store once every subscription acked it). Acking an id that is
+ * not pending (already acked, expired, purged) succeeds: acks may be
+ * replayed after a failover. */
+MQS_API int mqs_ack(mqs_store *s, int64_t id, int64_t sub_id);
+
+/* Ack n (id, sub_id) pairs in one transaction. sub_ids may be NULL (all 0). */
+MQS_API int mqs_ack_many(mqs_store *s, const int64_t *ids,
+                         const int64_t *sub_ids, size_t n);
+
+/* Async ack: returns once queued; done (may be NULL) gets the outcome. */
+MQS_API int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id,
+                          mqs_done_fn done, void *ud);
+
+/* Negative ack: the message stays pending and its redelivery count grows by
+ * one (seen by the next recovery). Unknown ids succeed, like mqs_ack. */
+MQS_API int mqs_nack(mqs_store *s, int64_t id, int64_t sub_id);
+
+/* ---------------------------------------------------------------------------
+ * Transactions: a client transaction buffers enqueues and acks in memory
+ * (nothing reaches the database before commit) and commits them atomically
+ * across destinations. Rollback leaves no trace.
+ * ------------------------------------------------------------------------- */
+
+/* Start a transaction. *out is owned by the caller until mqs_txn_commit()
+ * or mqs_txn_rollback() frees it. One thread at a time. */
+MQS_API int mqs_txn_begin(mqs_store *s, mqs_txn **out);
+/* Add a message (copied; validated now: MQS_ETOOBIG, MQS_EINVAL). */
+MQS_API int mqs_txn_enqueue(mqs_txn *t, const mqs_msg *m);
+/* Add an ack (sub_id 0 for a queue). */
+MQS_API int mqs_txn_ack(mqs_txn *t, int64_t id, int64_t sub_id);
+/* Commit atomically and free t (also on failure). ids (may be NULL) gets one
+ * id per mqs_txn_enqueue, in order. */
+MQS_API int mqs_txn_commit(mqs_txn *t, int64_t *ids);
+/* Discard and free t. NULL is a no-op. */
+MQS_API void mqs_txn_rollback(mqs_txn *t);
+/* Number of operations buffered in t. */
+MQS_API size_t mqs_txn_size(const mqs_txn *t);
+
+/* ---------------------------------------------------------------------------
+ * Durable topic subscriptions
+ * ------------------------------------------------------------------------- */
+
+/* Create (or find, if it exists) the durable subscription `name` on topic
+ * `topic`; *sub_id gets its id. Messages published to the topic from now on
+ * are kept for it until it acks them. */
+MQS_API int mqs_sub_create(mqs_store *s, const char *topic, const char *name,
+                           int64_t *sub_id);
+/* Find an existing subscription: MQS_ENOTFOUND if there is none. */
+MQS_API int mqs_sub_lookup(mqs_store *s, const char *topic, const char *name,
+                           int64_t *sub_id);
+/* Remove a subscription and everything pending for it. */
+MQS_API int mqs_sub_remove(mqs_store *s, int64_t sub_id);
+
+/* ---------------------------------------------------------------------------
+ * Recovery: stream the unconsumed messages in delivery order (priority
+ * high to low, then id) with memory bounded by the page size, whatever the
+ * backlog. Expired messages are skipped, counted in mqs_stats.expired, and
+ * removed from the store.
+ * ------------------------------------------------------------------------- */
+
+typedef struct mqs_cursor_opts {
+    mqs_kind kind;        /* used when dest != NULL */
+    const char *dest;     /* NULL = every queue and every subscription */
+    const char *sub_name; /* topic only: NULL = every subscription */
+    size_t page_rows;     /* 0 = default (256) */
+} mqs_cursor_opts;
+
+/* Open a cursor. opts may be NULL (everything). Destinations are visited in
+ * id order; within one, delivery order. *out is owned by the caller and
+ * freed with mqs_cursor_close(). One thread at a time; it uses its own
+ * database connection, so writes may go on meanwhile. */
+MQS_API int mqs_cursor_open(mqs_store *s, const mqs_cursor_opts *opts,
+                            mqs_cursor **out);
+/* Next message: returns 1 and sets *m (owned by the cursor, valid until the
+ * next call), 0 at the end, or a negative MQS_E*. */
+MQS_API int mqs_cursor_next(mqs_cursor *c, const mqs_message **m);
+/* Free the cursor. NULL is a no-op. */
+MQS_API void mqs_cursor_close(mqs_cursor *c);
+
+/* ---------------------------------------------------------------------------
+ * Admin and stats
+ * ------------------------------------------------------------------------- */
+
+/* Remove every pending message of one destination (dest != NULL) or of the
+ * whole store (dest == NULL). Subscriptions stay. *removed (may be NULL)
+ * gets the count. */
+MQS_API int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
+                      uint64_t *removed);
+
+/* Counters since mqs_open, for this handle. */
+typedef struct mqs_stats {
+    uint64_t enqueued;       /* messages committed */
+    uint64_t acked;          /* acks committed */
+    uint64_t nacked;         /* nacks committed */
+    uint64_t expired;        /* expired messages skipped and removed */
+    uint64_t transactions;   /* database transactions committed */
+    uint64_t failed;         /* requests that failed (any reason) */
+    uint64_t max_batch;      /* most requests in one transaction */
+    uint64_t reconnects;     /* database reconnections */
+    uint64_t retries;        /* batch retries (after isolating a failure) */
+    uint64_t queued;         /* requests waiting for the writer now */
+    uint64_t queued_bytes;   /* their bytes */
+    int schema_version;      /* schema version of the database */
+} mqs_stats;
+
+MQS_API int mqs_stats_get(mqs_store *s, mqs_stats *out);
+
+/* Per destination (one row per queue and per durable subscription),
+ * read from the database. Strings are borrowed for the callback. */
+typedef struct mqs_dest_info {
+    mqs_kind kind;
+    const char *dest;
+    int64_t sub_id;       /* 0 for a queue */
+    const char *sub_name; /* NULL for a queue */
+    uint64_t pending;     /* unconsumed messages */
+    int64_t oldest_ms;    /* enqueue time of the oldest, 0 if none */
+} mqs_dest_info;
+/* Return non-zero from the callback to stop early (mqs_dest_foreach then
+ * returns 0). */
+typedef int (*mqs_dest_fn)(void *ud, const mqs_dest_info *d);
+MQS_API int mqs_dest_foreach(mqs_store *s, mqs_dest_fn fn, void *ud);
+
+/* Schema version this library writes, and the one in the database. */
+MQS_API int mqs_schema_version(mqs_store *s, int *db_version,
+                               int *lib_version);
+
+/* Migration control for tools (mqstore init/migrate/status). Opens without
+ * touching the schema (even with migrate=auto); see mqs_migrate. */
+MQS_API int mqs_open_nomigrate(const char *uri, const mqs_open_opts *opts,
+                               mqs_store **out);
+/* Bring the schema up to date; progress (may be NULL) is called before each
+ * migration with (from, to, name). */
+typedef void (*mqs_migrate_fn)(void *ud, int from, int to, const char *name);
+MQS_API int mqs_migrate(mqs_store *s, mqs_migrate_fn progress, void *ud);
+
+/* ---------------------------------------------------------------------------
+ * HA: an exclusive lock with a lease and fencing. Several nodes (brokers)
+ * open the same store with the same `cluster` option; exactly one holds the
+ * lock and is master. The others wait in mqs_lock_acquire().
+ *
+ * URI options (defaults): cluster=default, node_id=<hostname>:<pid>,
+ * lease_ms=2000, renew_ms=500 (must be at most lease_ms/3),
+ * poll_ms=200 (standby retry interval), crash_detect=on (a session-level
+ * lock on a dedicated connection lets a standby take over at once when the
+ * master's process dies; turn off behind a transaction pooler).
+ *
+ * Once a node holds the lock, every write transaction re-checks its fencing
+ * token inside that transaction (and renews the lease). A node that lost
+ * the lock gets MQS_EFENCED and its write leaves nothing behind. The master
+ * also counts its lease on its own monotonic clock and steps down (on_lost)
+ * before the database could give the lock to another node.
+ * ------------------------------------------------------------------------- */
+
+typedef struct mqs_lock_cbs {
+    /* Called once the lock is held, with its fencing token, before
+     * mqs_lock_acquire returns. */
+    void (*on_master)(void *ud, int64_t token);
+    /* Called once when the lock is lost (fenced, lease not renewed in
+     * time, database unreachable too long) or released; reason is a
+     * borrowed message. From a library thread. Writes fail with
+     * MQS_EFENCED from then on until the lock is acquired again. */
+    void (*on_lost)(void *ud, int64_t token, const char *reason);
+    void *ud;
+} mqs_lock_cbs;
+
+/* Become master. timeout_ms: 0 = try once (MQS_EBUSY if held elsewhere),
+ * -1 = wait forever, else wait at most that long (MQS_ETIMEDOUT). cbs may be
+ * NULL; it is copied. MQS_ENOTSUP if the backend has no lock support.
+ * Returns 0 when held. Any thread; one acquire at a time per store. */
+MQS_API int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms,
+                             const mqs_lock_cbs *cbs);
+
+/* Give the lock up at once (a standby can take over within one poll).
+ * on_lost is called with reason "released". No-op if not held. */
+MQS_API int mqs_lock_release(mqs_store *s);
+
+typedef struct mqs_lock_info {
+    char cluster[128];
+    char holder[256];     /* node id of the holder, "" if free */
+    int64_t token;        /* fencing token (grows on every takeover) */
+    int64_t lease_left_ms; /* by the database clock; <= 0: expired */
+    int64_t held_ms;      /* how long the holder has held it */
+    int held_by_me;       /* this handle holds it */
+    int crash_detect;     /* the holder's session lock is armed */
+} mqs_lock_info;
+
+/* Read the lock row of this store's cluster from the database. */
+MQS_API int mqs_lock_status(mqs_store *s, mqs_lock_info *out);
+
+/* Operators only: clear the lock of this store's cluster whoever holds it.
+ * The holder, if alive, is fenced on its next write. */
+MQS_API int mqs_lock_force_release(mqs_store *s);
+
+/* ---------------------------------------------------------------------------
+ * Options: every tunable, its default and doc line (mqstore's and the
+ * backend's). For --help, docs and the README table. Strings are static.
+ * ------------------------------------------------------------------------- */
+typedef struct mqs_option_info {
+    const char *name;
+    const char *default_value;
+    const char *doc;
+    const char *scope; /* "core" or the backend name */
+} mqs_option_info;
+typedef void (*mqs_option_fn)(void *ud, const mqs_option_info *o);
+/* Core options, then, if scheme != NULL, that backend's (loads its module). */
+MQS_API int mqs_option_foreach(const char *scheme, mqs_option_fn fn, void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MQSTORE_MQSTORE_H */

@@ -1,0 +1,293 @@
+/* cursor.c - recovery: stream pending messages in delivery order, one
+ * keyset page at a time, so memory is bounded by the page, not the backlog.
+ * Each page borrows a pooled connection only while it is read: no long
+ * transaction, nothing a pooler could break, writes go on meanwhile. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define PAGE_ROWS_DEFAULT 256
+/* A page also stops at this many bytes (after its first row), so big
+ * messages cannot make a page's memory explode. */
+#define PAGE_BYTES_MAX (4u << 20)
+
+typedef struct target {
+    int64_t dest_id, sub_id;
+    mqs_kind kind;
+    char *name;
+    char *sub_name;
+} target;
+
+typedef struct row {
+    mqs_be_row r;
+    size_t off; /* headers then body, in the arena */
+} row;
+
+struct mqs_cursor {
+    mqs_store *s;
+    target *t;
+    size_t n_t, cap_t, cur;
+    size_t page_rows;
+    int after_priority;
+    int64_t after_id;
+    bool target_done;
+
+    row *rows;
+    size_t n_rows, pos;
+    bool stopped_early;
+    unsigned char *arena;
+    size_t arena_len, arena_cap;
+    int oom;
+
+    mqs_be_ref *expired;
+    size_t n_exp, cap_exp;
+    int64_t now;
+
+    mqs_message msg;
+};
+
+/* ---- targets ---- */
+
+typedef struct list_ctx {
+    mqs_cursor *c;
+    const mqs_cursor_opts *o;
+    int rc;
+} list_ctx;
+
+static int collect(void *ud, const mqs_be_dest *d)
+{
+    list_ctx *x = ud;
+    mqs_cursor *c = x->c;
+    const mqs_cursor_opts *o = x->o;
+    /* A queue is read as a whole; a topic only through its subscriptions. */
+    if (d->kind == MQS_TOPIC && d->sub_id == 0)
+        return 0;
+    if (o && o->dest) {
+        if (d->kind != o->kind || strcmp(d->name, o->dest) != 0)
+            return 0;
+        if (o->kind == MQS_TOPIC && o->sub_name &&
+            (!d->sub_name || strcmp(d->sub_name, o->sub_name) != 0))
+            return 0;
+    }
+    if (c->n_t == c->cap_t) {
+        size_t cap = c->cap_t ? c->cap_t * 2 : 16;
+        target *t = realloc(c->t, cap * sizeof *t);
+        if (!t)
+            return x->rc = MQS_ENOMEM;
+        c->t = t;
+        c->cap_t = cap;
+    }
+    target *t = &c->t[c->n_t];
+    t->dest_id = d->dest_id;
+    t->sub_id = d->sub_id;
+    t->kind = d->kind;
+    t->name = mqs__strdup(d->name);
+    t->sub_name = d->sub_name ? mqs__strdup(d->sub_name) : NULL;
+    if (!t->name || (d->sub_name && !t->sub_name)) {
+        free(t->name);
+        free(t->sub_name);
+        return x->rc = MQS_ENOMEM;
+    }
+    c->n_t++;
+    return 0;
+}
+
+static int do_list(mqs_store *s, mqs_be_conn *conn, void *arg)
+{
+    return s->be->dest_list(conn, collect, arg);
+}
+
+/* ---- pages ---- */
+
+static int take_row(void *ud, const mqs_be_row *r)
+{
+    mqs_cursor *c = ud;
+    size_t len = r->headers_len + r->body_len;
+    if (c->arena_len + len > c->arena_cap) {
+        size_t cap = c->arena_cap ? c->arena_cap : 65536;
+        while (cap < c->arena_len + len)
+            cap *= 2;
+        unsigned char *a = realloc(c->arena, cap);
+        if (!a) {
+            c->oom = 1;
+            return 1;
+        }
+        c->arena = a;
+        c->arena_cap = cap;
+    }
+    row *w = &c->rows[c->n_rows++];
+    w->r = *r;
+    w->off = c->arena_len;
+    if (r->headers_len)
+        memcpy(c->arena + c->arena_len, r->headers, r->headers_len);
+    if (r->body_len)
+        memcpy(c->arena + c->arena_len + r->headers_len, r->body, r->body_len);
+    c->arena_len += len;
+    if (c->n_rows < c->page_rows && c->arena_len >= PAGE_BYTES_MAX) {
+        c->stopped_early = true;
+        return 1;
+    }
+    return 0;
+}
+
+static int do_page(mqs_store *s, mqs_be_conn *conn, void *arg)
+{
+    mqs_cursor *c = arg;
+    target *t = &c->t[c->cur];
+    mqs_be_page p = {t->dest_id, t->sub_id, c->after_priority, c->after_id,
+                     c->page_rows};
+    return s->be->page_read(conn, &p, take_row, c);
+}
+
+/* Remove the expired messages seen so far, as one write. */
+static int flush_expired(mqs_cursor *c)
+{
+    if (c->n_exp == 0)
+        return 0;
+    int64_t *ids = malloc(c->n_exp * sizeof *ids);
+    int64_t *subs = malloc(c->n_exp * sizeof *subs);
+    int rc = MQS_ENOMEM;
+    if (ids && subs) {
+        for (size_t i = 0; i < c->n_exp; i++) {
+            ids[i] = c->expired[i].id;
+            subs[i] = c->expired[i].sub_id;
+        }
+        rc = mqs_ack_many(c->s, ids, subs, c->n_exp);
+    }
+    free(ids);
+    free(subs);
+    if (rc == 0) {
+        pthread_mutex_lock(&c->s->stats_mu);
+        c->s->stats.acked -= c->n_exp;
+        c->s->stats.expired += c->n_exp;
+        pthread_mutex_unlock(&c->s->stats_mu);
+        c->n_exp = 0;
+    }
+    return rc;
+}
+
+int mqs_cursor_open(mqs_store *s, const mqs_cursor_opts *opts,
+                    mqs_cursor **out)
+{
+    if (!out)
+        return mqs__err(s, MQS_EINVAL, "mqs_cursor_open: out is NULL");
+    *out = NULL;
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_cursor_open: store is NULL");
+    if (opts && opts->dest && opts->kind != MQS_QUEUE &&
+        opts->kind != MQS_TOPIC)
+        return mqs__err(s, MQS_EINVAL, "cursor kind %d: expected MQS_QUEUE "
+                        "or MQS_TOPIC", (int)opts->kind);
+    mqs_cursor *c = calloc(1, sizeof *c);
+    if (!c)
+        return mqs__err(s, MQS_ENOMEM, "out of memory opening a cursor");
+    c->s = s;
+    c->page_rows = opts && opts->page_rows ? opts->page_rows
+                                           : PAGE_ROWS_DEFAULT;
+    c->rows = malloc(c->page_rows * sizeof *c->rows);
+    if (!c->rows) {
+        mqs_cursor_close(c);
+        return mqs__err(s, MQS_ENOMEM, "out of memory for a %zu-row page",
+                        c->page_rows);
+    }
+    list_ctx x = {c, opts, 0};
+    int rc = mqs__with_reader(s, do_list, &x);
+    if (rc == 0 && x.rc)
+        rc = mqs__err(s, x.rc, "out of memory listing destinations");
+    if (rc) {
+        mqs_cursor_close(c);
+        return rc;
+    }
+    c->after_priority = MQS_PRIORITY_MAX + 1;
+    c->now = mqs__now_ms();
+    *out = c;
+    return 0;
+}
+
+int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
+{
+    if (!c || !m)
+        return mqs__err(c ? c->s : NULL, MQS_EINVAL,
+                        "mqs_cursor_next: NULL argument");
+    for (;;) {
+        while (c->pos < c->n_rows) {
+            row *w = &c->rows[c->pos++];
+            target *t = &c->t[c->cur];
+            if (w->r.expires_ms != 0 && w->r.expires_ms <= c->now) {
+                if (c->n_exp == c->cap_exp) {
+                    size_t cap = c->cap_exp ? c->cap_exp * 2 : 64;
+                    mqs_be_ref *e = realloc(c->expired, cap * sizeof *e);
+                    if (!e)
+                        return mqs__err(c->s, MQS_ENOMEM, "out of memory");
+                    c->expired = e;
+                    c->cap_exp = cap;
+                }
+                c->expired[c->n_exp++] = (mqs_be_ref){w->r.id, t->sub_id};
+                continue;
+            }
+            mqs_message *msg = &c->msg;
+            msg->id = w->r.id;
+            msg->kind = t->kind;
+            msg->dest = t->name;
+            msg->sub_id = t->sub_id;
+            msg->sub_name = t->sub_name;
+            msg->priority = w->r.priority;
+            msg->expires_ms = w->r.expires_ms;
+            msg->enqueued_ms = w->r.enqueued_ms;
+            msg->redeliveries = w->r.redeliveries;
+            msg->headers = c->arena + w->off;
+            msg->headers_len = w->r.headers_len;
+            msg->body = c->arena + w->off + w->r.headers_len;
+            msg->body_len = w->r.body_len;
+            *m = msg;
+            return 1;
+        }
+        /* Page consumed: expired ones go before the next read, so a
+         * bounded batch never grows with the backlog. */
+        int rc = flush_expired(c);
+        if (rc)
+            return rc;
+        if (c->cur < c->n_t && c->target_done) {
+            c->cur++;
+            c->target_done = false;
+            c->after_priority = MQS_PRIORITY_MAX + 1;
+            c->after_id = 0;
+        }
+        if (c->cur >= c->n_t)
+            return 0;
+        c->n_rows = c->pos = 0;
+        c->arena_len = 0;
+        c->stopped_early = false;
+        c->oom = 0;
+        rc = mqs__with_reader(c->s, do_page, c);
+        if (rc == 0 && c->oom)
+            rc = mqs__err(c->s, MQS_ENOMEM, "out of memory reading a page");
+        if (rc) {
+            c->n_rows = 0; /* the same page is read again on retry */
+            return rc;
+        }
+        if (c->n_rows < c->page_rows && !c->stopped_early)
+            c->target_done = true;
+        if (c->n_rows) {
+            c->after_priority = c->rows[c->n_rows - 1].r.priority;
+            c->after_id = c->rows[c->n_rows - 1].r.id;
+        }
+    }
+}
+
+void mqs_cursor_close(mqs_cursor *c)
+{
+    if (!c)
+        return;
+    (void)flush_expired(c); /* best effort: they are skipped again later */
+    for (size_t i = 0; i < c->n_t; i++) {
+        free(c->t[i].name);
+        free(c->t[i].sub_name);
+    }
+    free(c->t);
+    free(c->rows);
+    free(c->arena);
+    free(c->expired);
+    free(c);
+}

@@ -1,0 +1,253 @@
+/* internal.h - what the core's files share. Never installed. */
+#ifndef MQS_CORE_INTERNAL_H
+#define MQS_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mqstore/backend.h"
+#include "mqstore/mqstore.h"
+
+#define MQS_INTERNAL __attribute__((visibility("hidden")))
+
+/* ---- core options: name, default, doc (one table feeds the parser, the
+ * CLI's `options` listing and the README) ---- */
+#define MQS_CORE_OPTIONS(X)                                                    \
+    X(commit, "group",                                                         \
+      "group: concurrent writes share one transaction; each: one "             \
+      "transaction per write on the caller's thread (the baseline)")           \
+    X(batch_max, "1024", "most writes committed in one group transaction")     \
+    X(batch_bytes, "8388608",                                                  \
+      "most message bytes in one group transaction (a bigger single write "    \
+      "still goes, alone)")                                                    \
+    X(max_message_size, "16777216",                                            \
+      "largest headers + body accepted, in bytes (capped by the backend)")     \
+    X(max_pending_bytes, "67108864",                                           \
+      "bytes of async writes that may wait for the writer before "             \
+      "mqs_enqueue_async blocks")                                              \
+    X(pool_size, "4",                                                          \
+      "database connections for cursors, stats and commit=each callers")      \
+    X(migrate, "auto",                                                         \
+      "auto: create or upgrade the schema on open; off: refuse to open "       \
+      "unless the schema is current")                                          \
+    X(reconnect_timeout_ms, "30000",                                           \
+      "how long a write waits for a lost database to come back before it "     \
+      "fails with MQS_ECONN")                                                  \
+    X(cluster, "default",                                                      \
+      "HA: name of the lock; brokers sharing a database and a cluster name "   \
+      "form one master/slave group")                                           \
+    X(node_id, "<hostname>:<pid>", "HA: this node's name in the lock row")    \
+    X(lease_ms, "2000",                                                        \
+      "HA: lease length; a frozen master is replaced after it expires")        \
+    X(renew_ms, "500",                                                         \
+      "HA: lease renewal interval when idle (writes renew too); at most "     \
+      "lease_ms/3")                                                            \
+    X(poll_ms, "200", "HA: how often a standby retries the lock")             \
+    X(crash_detect, "on",                                                      \
+      "HA: on: a session-level lock lets a standby take over at once when "    \
+      "the master's process dies; off: lease only (behind a transaction "     \
+      "pooler)")
+
+typedef struct mqs_config {
+    bool commit_each;
+    size_t batch_max;
+    size_t batch_bytes;
+    size_t max_message_size;
+    size_t max_pending_bytes;
+    size_t pool_size;
+    bool migrate_auto;
+    int64_t reconnect_timeout_ms;
+    char cluster[128];
+    char node_id[256];
+    int64_t lease_ms, renew_ms, poll_ms;
+    bool crash_detect;
+} mqs_config;
+
+/* A parsed URI. All strings owned by the struct (mqs_uri_free). */
+typedef struct mqs_parsed_uri {
+    char *scheme;     /* as written, lower-cased */
+    char *be_uri;     /* URI minus core options, for the backend */
+    char *masked;     /* full URI with the password masked */
+    mqs_config cfg;
+} mqs_parsed_uri;
+
+/* ---- errors (errors.c) ---- */
+/* Record msg as the calling thread's last error on s (s may be NULL) and
+ * return code, so callers can `return mqs__err(...)`. */
+MQS_INTERNAL int mqs__err(const mqs_store *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+MQS_INTERNAL void mqs__log(mqs_store *s, mqs_log_level lvl, const char *fmt,
+                           ...) __attribute__((format(printf, 3, 4)));
+MQS_INTERNAL char *mqs__strdup(const char *s);
+MQS_INTERNAL int64_t mqs__now_ms(void);      /* wall clock */
+MQS_INTERNAL int64_t mqs__mono_ms(void);     /* monotonic clock */
+
+/* ---- module loader (loader.c) ---- */
+/* Find, load and validate the module for scheme. On failure the message is
+ * recorded for s == NULL. The module stays loaded for the process. */
+MQS_INTERNAL int mqs__load_backend(const char *scheme, const mqs_backend **out);
+
+/* ---- URIs (uri.c) ---- */
+MQS_INTERNAL int mqs__uri_parse(const char *uri, const mqs_backend *be,
+                                mqs_parsed_uri *out);
+MQS_INTERNAL void mqs__uri_free(mqs_parsed_uri *u);
+/* Scheme of uri into buf (lower-cased); MQS_EINVAL if there is none. */
+MQS_INTERNAL int mqs__uri_scheme(const char *uri, char *buf, size_t buflen);
+
+/* ---- write requests (writer.c) ---- */
+typedef enum op_kind {
+    OP_ENQ,
+    OP_ACK,
+    OP_NACK,
+    OP_SUB_CREATE,
+    OP_SUB_REMOVE,
+    OP_PURGE
+} op_kind;
+
+typedef struct mqs_op {
+    op_kind kind;
+    mqs_kind dkind;
+    char *dest;          /* ENQ, SUB_CREATE, PURGE (NULL = all) */
+    char *name;          /* SUB_CREATE */
+    unsigned char *data; /* ENQ: headers then body, one allocation */
+    size_t hlen, blen;
+    int priority;
+    int64_t expires_ms;
+    int64_t id;     /* ENQ: out; ACK/NACK: in */
+    int64_t sub_id; /* ACK/NACK/SUB_REMOVE: in; SUB_CREATE: out */
+    uint64_t count; /* PURGE: out */
+} mqs_op;
+
+typedef struct mqs_request {
+    struct mqs_request *next;
+    mqs_op *ops;
+    size_t n_ops, cap_ops;
+    size_t bytes; /* message bytes, for batch and back-pressure limits */
+    int rc;
+    char *errmsg;      /* set on failure (owned) */
+    bool done;
+    bool async;
+    mqs_done_fn cb;
+    void *ud;
+    pthread_cond_t cv; /* sync waiters */
+} mqs_request;
+
+/* A small pool of backend connections, opened lazily. */
+typedef struct mqs_pool {
+    mqs_be_conn **conns;
+    bool *busy;
+    size_t n;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} mqs_pool;
+
+/* Destination id cache: (kind, name) -> id. Ids never change once
+ * committed (nothing deletes a destination), so entries never go stale. */
+typedef struct dest_entry {
+    struct dest_entry *next;
+    mqs_kind kind;
+    int64_t id;
+    char name[];
+} dest_entry;
+
+struct mqs_store {
+    const mqs_backend *be;
+    mqs_parsed_uri uri;
+    mqs_open_opts opts;
+    size_t max_message; /* effective limit */
+
+    /* writer thread and its queue (commit=group) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work;  /* writer: something queued, or stop */
+    pthread_cond_t cv_space; /* async producers: queue drained */
+    mqs_request *q_head, *q_tail;
+    size_t q_count, q_bytes;
+    bool stop;
+    bool writer_running;
+    pthread_t writer;
+    mqs_request **batch; /* the writer's batch array, batch_max long */
+    mqs_be_conn *wconn; /* owned by the writer thread once started */
+
+    mqs_pool pool;
+
+    pthread_mutex_t cache_mu;
+    dest_entry **cache;
+    size_t cache_cap, cache_n;
+
+    pthread_mutex_t stats_mu;
+    mqs_stats stats;
+
+    /* HA (lock.c). ha_mu guards the fields below. */
+    pthread_mutex_t ha_mu;
+    pthread_cond_t ha_cv;
+    int ha_state;           /* HA_NONE, HA_MASTER, HA_LOST */
+    int64_t token;
+    int64_t lease_until;    /* local monotonic ms; step down after this */
+    int64_t last_renew;     /* monotonic ms of the last committed renewal */
+    bool session_held;
+    int64_t session_id;
+    mqs_be_conn *sconn;     /* session-lock connection */
+    mqs_lock_cbs cbs;
+    bool keeper_running, keeper_stop;
+    bool renew_inflight;
+    bool lost_pending;       /* on_lost not yet delivered */
+    char lost_reason[1024];
+    pthread_t keeper;
+};
+
+enum { HA_NONE = 0, HA_MASTER = 1, HA_LOST = 2 };
+
+/* ---- HA hooks for the write path (lock.c) ---- */
+typedef struct mqs_fence {
+    bool active;      /* this store holds (held) the lock: fence writes */
+    mqs_be_lock l;
+    int64_t started;  /* monotonic ms before txn_begin */
+} mqs_fence;
+/* Before a write transaction: MQS_EFENCED if the lock was lost, else fill f
+ * (f->active false when the store never acquired the lock). */
+MQS_INTERNAL int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err,
+                                    size_t errlen);
+/* After the transaction: rc is its outcome. */
+MQS_INTERNAL void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
+                                  const char *err);
+MQS_INTERNAL void mqs__lock_shutdown(mqs_store *s);
+
+/* Borrow a pool slot (with open_now, opened if needed); *slot points at the connection,
+ * which the borrower may close and NULL (it is reopened on next use).
+ * broken: close the connection (it failed with MQS_ECONN/EUNKNOWN). */
+MQS_INTERNAL int mqs__pool_get(mqs_store *s, bool open_now,
+                               mqs_be_conn ***slot);
+MQS_INTERNAL void mqs__pool_put(mqs_store *s, mqs_be_conn **slot, bool broken);
+/* Open a backend connection for role, recording errors for s. */
+MQS_INTERNAL int mqs__conn_open(mqs_store *s, const char *role,
+                                mqs_be_conn **out);
+
+/* Run fn on a borrowed pool connection; a failure's message is recorded for
+ * the calling thread and a broken connection is dropped. */
+typedef int (*mqs_reader_fn)(mqs_store *s, mqs_be_conn *c, void *arg);
+MQS_INTERNAL int mqs__with_reader(mqs_store *s, mqs_reader_fn fn, void *arg);
+
+MQS_INTERNAL mqs_request *mqs__req_new(void);
+MQS_INTERNAL void mqs__req_free(mqs_request *r);
+MQS_INTERNAL mqs_op *mqs__req_add(mqs_request *r, op_kind kind);
+/* Validate and copy a message into a new ENQ op of r. */
+MQS_INTERNAL int mqs__req_add_msg(mqs_store *s, mqs_request *r,
+                                  const mqs_msg *m);
+/* Run r (group: via the writer; each: on this thread) and wait. Returns
+ * r->rc and records the message for the calling thread. Does not free r. */
+MQS_INTERNAL int mqs__submit_wait(mqs_store *s, mqs_request *r);
+/* Queue r for the writer; r is freed after its callback. */
+MQS_INTERNAL int mqs__submit_async(mqs_store *s, mqs_request *r);
+MQS_INTERNAL int mqs__writer_start(mqs_store *s);
+MQS_INTERNAL void mqs__writer_stop(mqs_store *s);
+
+MQS_INTERNAL int64_t mqs__cache_get(mqs_store *s, mqs_kind kind,
+                                    const char *name);
+MQS_INTERNAL void mqs__cache_put(mqs_store *s, mqs_kind kind,
+                                 const char *name, int64_t id);
+MQS_INTERNAL void mqs__cache_free(mqs_store *s);
+
+#endif

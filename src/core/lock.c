@@ -1,0 +1,512 @@
+/* lock.c - HA: exclusive lock with a lease (database clock), fencing in
+ * every write transaction, a local monotonic lease count, and a crash
+ * detector (session lock) so a standby takes over at once after a kill.
+ * See docs/architecture.md "HA". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* The master stops believing in its lease this long before the database
+ * would end it: its count starts before the renewing transaction, so it
+ * already ends first; the margin also covers clock-rate drift. */
+static int64_t margin(const mqs_store *s) { return s->uri.cfg.lease_ms / 10; }
+
+static bool has_lock(const mqs_backend *be)
+{
+    return be->abi_minor >= 1 && be->lock_acquire && be->lock_renew &&
+           be->lock_release && be->lock_read && be->lock_force;
+}
+
+static bool has_session(const mqs_store *s)
+{
+    return s->uri.cfg.crash_detect && s->be->session_lock &&
+           s->be->session_unlock;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Drop the session lock: closing the connection is the one way that works
+ * even when the database is unreachable. Caller holds ha_mu. */
+static void session_drop_locked(mqs_store *s)
+{
+    if (s->sconn) {
+        s->be->conn_close(s->sconn);
+        s->sconn = NULL;
+    }
+    s->session_held = false;
+    s->session_id = 0;
+}
+
+/* Call a pending on_lost, outside the lock. It runs on the keeper thread
+ * (never the writer, so the callback may use the store's blocking calls). */
+static void deliver_lost(mqs_store *s)
+{
+    pthread_mutex_lock(&s->ha_mu);
+    if (!s->lost_pending) {
+        pthread_mutex_unlock(&s->ha_mu);
+        return;
+    }
+    s->lost_pending = false;
+    mqs_lock_cbs cbs = s->cbs;
+    int64_t token = s->token;
+    char reason[sizeof s->lost_reason];
+    memcpy(reason, s->lost_reason, sizeof reason);
+    pthread_mutex_unlock(&s->ha_mu);
+    if (cbs.on_lost)
+        cbs.on_lost(cbs.ud, token, reason);
+}
+
+/* MASTER -> LOST exactly once. Writes fail with MQS_EFENCED from here. */
+static void lose(mqs_store *s, const char *reason)
+{
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state != HA_MASTER) {
+        pthread_mutex_unlock(&s->ha_mu);
+        return;
+    }
+    s->ha_state = HA_LOST;
+    int64_t token = s->token;
+    session_drop_locked(s);
+    snprintf(s->lost_reason, sizeof s->lost_reason, "%s", reason);
+    s->lost_pending = true;
+    bool direct = !s->keeper_running;
+    pthread_cond_broadcast(&s->ha_cv);
+    pthread_mutex_unlock(&s->ha_mu);
+    mqs__log(s, MQS_LOG_WARN, "node %s lost the lock of cluster '%s' "
+             "(token %lld): %s", s->uri.cfg.node_id, s->uri.cfg.cluster,
+             (long long)token, reason);
+    if (direct)
+        deliver_lost(s);
+}
+
+int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err, size_t errlen)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_lock(&s->ha_mu);
+    int state = s->ha_state;
+    if (state == HA_LOST) {
+        snprintf(err, errlen,
+                 "node %s no longer holds the lock of cluster '%s' (its "
+                 "token was %lld): nothing was written; acquire the lock "
+                 "again before writing",
+                 s->uri.cfg.node_id, s->uri.cfg.cluster, (long long)s->token);
+        pthread_mutex_unlock(&s->ha_mu);
+        return MQS_EFENCED;
+    }
+    if (state == HA_MASTER) {
+        f->active = true;
+        f->l.cluster = s->uri.cfg.cluster;
+        f->l.node = s->uri.cfg.node_id;
+        f->l.token = s->token;
+        f->l.lease_ms = s->uri.cfg.lease_ms;
+        f->l.session_id = s->session_held ? s->session_id : 0;
+        f->started = mqs__mono_ms();
+    }
+    pthread_mutex_unlock(&s->ha_mu);
+    return 0;
+}
+
+void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
+                     const char *err)
+{
+    if (!f->active)
+        return;
+    if (rc == MQS_EFENCED) {
+        lose(s, err);
+        return;
+    }
+    if (rc != 0)
+        return;
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state == HA_MASTER && f->l.token == s->token) {
+        int64_t until = f->started + s->uri.cfg.lease_ms - margin(s);
+        if (until > s->lease_until)
+            s->lease_until = until;
+        if (f->started > s->last_renew)
+            s->last_renew = f->started;
+    }
+    pthread_mutex_unlock(&s->ha_mu);
+}
+
+/* ------------------------------------------------------------------------
+ * Keeper: renews when idle, re-arms the crash detector, and steps down on
+ * the local clock.
+ * ---------------------------------------------------------------------- */
+
+static void renew_done(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    mqs_store *s = ud;
+    pthread_mutex_lock(&s->ha_mu);
+    s->renew_inflight = false;
+    pthread_mutex_unlock(&s->ha_mu);
+    if (rc && rc != MQS_EFENCED)
+        mqs__log(s, MQS_LOG_WARN, "lease renewal failed: %s", errmsg);
+}
+
+/* Hold the session lock if we can; called by the keeper without ha_mu. */
+static void session_rearm(mqs_store *s)
+{
+    mqs_be_conn *c = s->sconn; /* only the keeper touches it while MASTER */
+    if (!c && mqs__conn_open(s, "lock", &c) != 0)
+        return;
+    int64_t sid = 0;
+    int rc = s->be->session_lock(c, s->uri.cfg.cluster, 0, &sid);
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state != HA_MASTER) {
+        pthread_mutex_unlock(&s->ha_mu);
+        if (c != s->sconn)
+            s->be->conn_close(c);
+        return;
+    }
+    if (rc == MQS_ECONN) {
+        s->be->conn_close(c);
+        c = NULL;
+    }
+    s->sconn = c;
+    s->session_held = rc == 0;
+    s->session_id = rc == 0 ? sid : 0;
+    pthread_mutex_unlock(&s->ha_mu);
+}
+
+static void *keeper_main(void *arg)
+{
+    mqs_store *s = arg;
+    const int64_t renew = s->uri.cfg.renew_ms;
+    for (;;) {
+        pthread_mutex_lock(&s->ha_mu);
+        int64_t now = mqs__mono_ms();
+        int64_t wake = now + renew / 2;
+        if (s->lease_until < wake)
+            wake = s->lease_until;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t wait = wake - now;
+        if (wait > 0) {
+            ts.tv_sec += (time_t)(wait / 1000);
+            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            while (!s->keeper_stop && s->ha_state == HA_MASTER &&
+                   pthread_cond_timedwait(&s->ha_cv, &s->ha_mu, &ts) == 0)
+                ;
+        }
+        if (s->keeper_stop || s->ha_state != HA_MASTER) {
+            pthread_mutex_unlock(&s->ha_mu);
+            break;
+        }
+        now = mqs__mono_ms();
+        bool expired = now >= s->lease_until;
+        bool due = now - s->last_renew >= renew && !s->renew_inflight;
+        int64_t since = now - s->last_renew;
+        if (due)
+            s->renew_inflight = true;
+        pthread_mutex_unlock(&s->ha_mu);
+
+        if (expired) {
+            char why[256];
+            snprintf(why, sizeof why,
+                     "lease expired on the local clock: no renewal "
+                     "committed for %lld ms (database unreachable or too "
+                     "slow); stepping down before another node may take "
+                     "over", (long long)since);
+            lose(s, why);
+            break;
+        }
+        /* Re-check the session each round: after a database restart it is
+         * gone, and renewals must stop recording it. */
+        if (has_session(s))
+            session_rearm(s);
+        if (due) {
+            /* An empty write: its transaction renews the lease. Async, so
+             * a stuck database never stops this thread counting. */
+            mqs_request *r = mqs__req_new();
+            if (r) {
+                r->cb = renew_done;
+                r->ud = s;
+            }
+            if (!r || mqs__submit_async(s, r) != 0) {
+                pthread_mutex_lock(&s->ha_mu);
+                s->renew_inflight = false;
+                pthread_mutex_unlock(&s->ha_mu);
+            }
+        }
+    }
+    deliver_lost(s);
+    return NULL;
+}
+
+static void keeper_stop(mqs_store *s)
+{
+    pthread_mutex_lock(&s->ha_mu);
+    bool running = s->keeper_running;
+    s->keeper_stop = true;
+    pthread_cond_broadcast(&s->ha_cv);
+    pthread_mutex_unlock(&s->ha_mu);
+    if (running)
+        pthread_join(s->keeper, NULL);
+    pthread_mutex_lock(&s->ha_mu);
+    s->keeper_running = false;
+    s->keeper_stop = false;
+    pthread_mutex_unlock(&s->ha_mu);
+}
+
+/* ------------------------------------------------------------------------
+ * Public API
+ * ---------------------------------------------------------------------- */
+
+typedef struct acq_arg {
+    mqs_be_lock l;
+    mqs_be_lock_state st;
+} acq_arg;
+
+static int do_acquire(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    acq_arg *a = arg;
+    return s->be->lock_acquire(c, &a->l, &a->st);
+}
+
+static int do_release(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return s->be->lock_release(c, arg);
+}
+
+static int do_read(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    acq_arg *a = arg;
+    return s->be->lock_read(c, a->l.cluster, &a->st);
+}
+
+static int do_force(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return s->be->lock_force(c, arg);
+}
+
+static int no_lock(mqs_store *s)
+{
+    return mqs__err(s, MQS_ENOTSUP,
+                    "the %s backend (module ABI %u.%u) has no exclusive "
+                    "lock support; HA needs ABI 1.1 lock callbacks",
+                    s->be->name, s->be->abi_major, s->be->abi_minor);
+}
+
+/* Standby side of the session lock: a private connection, kept across
+ * polls so waiting on the lock costs no reconnects. */
+static int standby_session(mqs_store *s, mqs_be_conn **c, int64_t wait_ms,
+                           int64_t *sid)
+{
+    if (!*c && mqs__conn_open(s, "lock", c) != 0)
+        return MQS_ECONN;
+    int rc = s->be->session_lock(*c, s->uri.cfg.cluster, wait_ms, sid);
+    if (rc == MQS_ECONN || (rc && rc != MQS_EBUSY)) {
+        s->be->conn_close(*c);
+        *c = NULL;
+    }
+    return rc;
+}
+
+int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
+{
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_lock_acquire: store is NULL");
+    if (!has_lock(s->be))
+        return no_lock(s);
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state == HA_MASTER) {
+        pthread_mutex_unlock(&s->ha_mu);
+        return 0;
+    }
+    s->cbs = cbs ? *cbs : (mqs_lock_cbs){0};
+    pthread_mutex_unlock(&s->ha_mu);
+    keeper_stop(s); /* a previous term's keeper, if any */
+
+    const mqs_config *cfg = &s->uri.cfg;
+    int64_t start = mqs__mono_ms();
+    mqs_be_conn *sc = NULL; /* standby's session-lock connection */
+    bool logged_wait = false, logged_db = false;
+    int rc;
+    for (;;) {
+        int64_t sid = 0;
+        bool got = has_session(s) && standby_session(s, &sc, 0, &sid) == 0;
+        acq_arg a = {{cfg->cluster, cfg->node_id, 0, cfg->lease_ms, got,
+                      got ? sid : 0}, {{0}, 0, 0, 0, 0}};
+        int64_t t0 = mqs__mono_ms();
+        rc = mqs__with_reader(s, do_acquire, &a);
+        if (rc == 0) {
+            pthread_mutex_lock(&s->ha_mu);
+            s->ha_state = HA_MASTER;
+            s->token = a.st.token;
+            s->lease_until = t0 + cfg->lease_ms - margin(s);
+            s->last_renew = t0;
+            s->renew_inflight = false;
+            if (got) {
+                s->sconn = sc;
+                s->session_held = true;
+                s->session_id = sid;
+                sc = NULL;
+            }
+            s->keeper_stop = false;
+            s->keeper_running =
+                pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
+            bool ok = s->keeper_running;
+            mqs_lock_cbs c = s->cbs;
+            int64_t token = s->token;
+            pthread_mutex_unlock(&s->ha_mu);
+            if (sc)
+                s->be->conn_close(sc);
+            if (!ok) {
+                lose(s, "cannot start the lease keeper thread");
+                return mqs__err(s, MQS_ENOMEM,
+                                "cannot start the lease keeper thread");
+            }
+            mqs__log(s, MQS_LOG_INFO,
+                     "node %s is master of cluster '%s' (token %lld, "
+                     "waited %lld ms, crash detector %s)",
+                     cfg->node_id, cfg->cluster, (long long)token,
+                     (long long)(mqs__mono_ms() - start),
+                     got ? "armed" : "not armed yet");
+            if (c.on_master)
+                c.on_master(c.ud, token);
+            return 0;
+        }
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mqs_errmsg(s));
+        if (rc != MQS_EBUSY && rc != MQS_ECONN && rc != MQS_EIO) {
+            if (sc)
+                s->be->conn_close(sc);
+            return mqs__err(s, rc, "cannot acquire the lock of cluster "
+                            "'%s': %s", cfg->cluster, msg);
+        }
+        if (rc == MQS_EBUSY && timeout_ms == 0) {
+            if (sc)
+                s->be->conn_close(sc);
+            return mqs__err(s, MQS_EBUSY,
+                            "the lock of cluster '%s' is held by node %s "
+                            "(token %lld, lease %lld ms left)",
+                            cfg->cluster, a.st.holder, (long long)a.st.token,
+                            (long long)a.st.lease_left_ms);
+        }
+        if (rc == MQS_EBUSY && !logged_wait) {
+            mqs__log(s, MQS_LOG_INFO, "node %s waits for the lock of cluster "
+                     "'%s' held by %s (token %lld)", cfg->node_id,
+                     cfg->cluster, a.st.holder, (long long)a.st.token);
+            logged_wait = true;
+        } else if (rc != MQS_EBUSY && !logged_db) {
+            mqs__log(s, MQS_LOG_WARN, "standby cannot reach the database, "
+                     "still waiting: %s", msg);
+            logged_db = true;
+        }
+        int64_t left = INT64_MAX;
+        if (timeout_ms > 0) {
+            left = start + timeout_ms - mqs__mono_ms();
+            if (left <= 0) {
+                if (sc)
+                    s->be->conn_close(sc);
+                return mqs__err(s, MQS_ETIMEDOUT,
+                                "the lock of cluster '%s' is still held by "
+                                "node %s after %lld ms",
+                                cfg->cluster, a.st.holder,
+                                (long long)timeout_ms);
+            }
+        }
+        int64_t wait = cfg->poll_ms < left ? cfg->poll_ms : left;
+        if (got) {
+            /* We hold the session lock but the holder's lease stands (the
+             * database restarted, or it is re-arming): let go for a while
+             * so the master can take it back. */
+            s->be->session_unlock(sc, cfg->cluster);
+            int64_t pause = cfg->renew_ms + cfg->poll_ms;
+            sleep_ms(pause < left ? pause : left);
+        } else if (has_session(s) && sc) {
+            /* Block on the session lock: it frees the moment the master's
+             * session ends, so a crash is seen at once. */
+            (void)standby_session(s, &sc, wait, &sid);
+        } else {
+            sleep_ms(wait);
+        }
+    }
+}
+
+int mqs_lock_release(mqs_store *s)
+{
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_lock_release: store is NULL");
+    if (!has_lock(s->be))
+        return no_lock(s);
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state != HA_MASTER) {
+        pthread_mutex_unlock(&s->ha_mu);
+        return 0;
+    }
+    mqs_be_lock l = {s->uri.cfg.cluster, s->uri.cfg.node_id, s->token,
+                     s->uri.cfg.lease_ms, 0, 0};
+    pthread_mutex_unlock(&s->ha_mu);
+    /* Stop believing first, then free the row: no write can slip in
+     * between as master. */
+    lose(s, "released");
+    keeper_stop(s);
+    int rc = mqs__with_reader(s, do_release, &l);
+    if (rc == 0)
+        mqs__log(s, MQS_LOG_INFO, "node %s released the lock of cluster '%s'",
+                 s->uri.cfg.node_id, s->uri.cfg.cluster);
+    return rc;
+}
+
+int mqs_lock_status(mqs_store *s, mqs_lock_info *out)
+{
+    if (!s || !out)
+        return mqs__err(s, MQS_EINVAL, "mqs_lock_status: NULL argument");
+    if (!has_lock(s->be))
+        return no_lock(s);
+    acq_arg a = {{s->uri.cfg.cluster, NULL, 0, 0, 0, 0}, {{0}, 0, 0, 0, 0}};
+    int rc = mqs__with_reader(s, do_read, &a);
+    if (rc)
+        return rc;
+    memset(out, 0, sizeof *out);
+    snprintf(out->cluster, sizeof out->cluster, "%s", s->uri.cfg.cluster);
+    snprintf(out->holder, sizeof out->holder, "%s", a.st.holder);
+    out->token = a.st.token;
+    out->lease_left_ms = a.st.lease_left_ms;
+    out->held_ms = a.st.held_ms;
+    out->crash_detect = a.st.session_armed;
+    pthread_mutex_lock(&s->ha_mu);
+    out->held_by_me = s->ha_state == HA_MASTER && s->token == a.st.token &&
+                      !strcmp(a.st.holder, s->uri.cfg.node_id);
+    pthread_mutex_unlock(&s->ha_mu);
+    return 0;
+}
+
+int mqs_lock_force_release(mqs_store *s)
+{
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL, "store is NULL");
+    if (!has_lock(s->be))
+        return no_lock(s);
+    mqs__log(s, MQS_LOG_WARN, "forcing the lock of cluster '%s' free: a live "
+             "holder will be fenced on its next write",
+             s->uri.cfg.cluster);
+    return mqs__with_reader(s, do_force, s->uri.cfg.cluster);
+}
+
+void mqs__lock_shutdown(mqs_store *s)
+{
+    pthread_mutex_lock(&s->ha_mu);
+    bool master = s->ha_state == HA_MASTER;
+    pthread_mutex_unlock(&s->ha_mu);
+    if (master)
+        (void)mqs_lock_release(s); /* a clean stop hands over at once */
+    keeper_stop(s);
+    pthread_mutex_lock(&s->ha_mu);
+    session_drop_locked(s);
+    pthread_mutex_unlock(&s->ha_mu);
+}

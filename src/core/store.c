@@ -1,0 +1,599 @@
+/* store.c - the public API: open/close, writes, transactions,
+ * subscriptions, admin and stats. Writes become requests for writer.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------------
+ * Open / close
+ * ---------------------------------------------------------------------- */
+
+static int schema_check(mqs_store *s, bool migrate)
+{
+    int v = 0, lib = (int)s->be->n_migrations;
+    int rc = s->be->schema_version(s->wconn, &v);
+    if (rc)
+        return mqs__err(NULL, rc, "cannot read the schema version of %s: %s",
+                        s->uri.masked, s->be->conn_errmsg(s->wconn));
+    s->stats.schema_version = v;
+    if (v > lib)
+        return mqs__err(NULL, MQS_ESCHEMA,
+                        "%s has schema version %d, newer than version %d "
+                        "that this library (mqstore %d.%d.%d) knows: upgrade "
+                        "mqstore on this node; nothing was changed",
+                        s->uri.masked, v, lib, MQS_VERSION_MAJOR,
+                        MQS_VERSION_MINOR, MQS_VERSION_PATCH);
+    if (!migrate || v == lib)
+        return 0;
+    if (!s->uri.cfg.migrate_auto)
+        return mqs__err(NULL, MQS_ESCHEMA,
+                        "%s has schema version %d, this library needs %d: "
+                        "run `mqstore migrate URI` (or open with "
+                        "migrate=auto)",
+                        s->uri.masked, v, lib);
+    for (int i = v; i < lib; i++) {
+        const mqs_be_migration *m = &s->be->migrations[i];
+        mqs__log(s, MQS_LOG_INFO, "applying %s (schema %d -> %d) to %s",
+                 m->name, i, m->version, s->uri.masked);
+        rc = s->be->schema_apply(s->wconn, m);
+        if (rc)
+            return mqs__err(NULL, rc,
+                            "migration %s (schema %d -> %d) failed on %s: "
+                            "%s; the database stays at version %d",
+                            m->name, i, m->version, s->uri.masked,
+                            s->be->conn_errmsg(s->wconn), i);
+        s->stats.schema_version = m->version;
+    }
+    return 0;
+}
+
+static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
+                     mqs_store **out)
+{
+    if (!out)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_open: out is NULL");
+    *out = NULL;
+    if (!uri || !*uri)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_open: the store URI is empty");
+    char scheme[64];
+    if (mqs__uri_scheme(uri, scheme, sizeof scheme)) {
+        char masked[512];
+        mqs_uri_mask(uri, masked, sizeof masked);
+        return mqs__err(NULL, MQS_EINVAL,
+                        "store URI '%s' has no scheme: expected "
+                        "sqlite:///path/store.db, sqlite:relative.db, "
+                        "postgresql://... or mysql://...",
+                        masked);
+    }
+    const mqs_backend *be;
+    int rc = mqs__load_backend(scheme, &be);
+    if (rc)
+        return rc;
+
+    mqs_store *s = calloc(1, sizeof *s);
+    if (!s)
+        return mqs__err(NULL, MQS_ENOMEM, "out of memory opening a store");
+    s->be = be;
+    if (opts)
+        s->opts = *opts;
+    else
+        s->opts.log_level = MQS_LOG_WARN;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv_work, NULL);
+    pthread_cond_init(&s->cv_space, NULL);
+    pthread_mutex_init(&s->cache_mu, NULL);
+    pthread_mutex_init(&s->stats_mu, NULL);
+    pthread_mutex_init(&s->pool.mu, NULL);
+    pthread_cond_init(&s->pool.cv, NULL);
+    pthread_mutex_init(&s->ha_mu, NULL);
+    pthread_cond_init(&s->ha_cv, NULL);
+
+    if ((rc = mqs__uri_parse(uri, be, &s->uri)))
+        goto fail;
+    s->pool.n = s->uri.cfg.pool_size;
+    s->pool.conns = calloc(s->pool.n, sizeof *s->pool.conns);
+    s->pool.busy = calloc(s->pool.n, sizeof *s->pool.busy);
+    if (!s->pool.conns || !s->pool.busy) {
+        rc = mqs__err(NULL, MQS_ENOMEM, "out of memory opening a store");
+        goto fail;
+    }
+    if ((rc = mqs__conn_open(s, "writer", &s->wconn))) {
+        rc = mqs__err(NULL, rc, "%s", mqs_errmsg(s));
+        goto fail;
+    }
+    if ((rc = schema_check(s, migrate)))
+        goto fail;
+
+    s->max_message = s->uri.cfg.max_message_size;
+    size_t be_max = 0;
+    if (be->conn_max_message && be->conn_max_message(s->wconn, &be_max) == 0 &&
+        be_max && be_max < s->max_message)
+        s->max_message = be_max;
+
+    if (s->uri.cfg.commit_each) {
+        /* No writer thread: the connection serves the pool instead. */
+        s->pool.conns[0] = s->wconn;
+        s->wconn = NULL;
+    }
+    if ((rc = mqs__writer_start(s)))
+        goto fail;
+    mqs__log(s, MQS_LOG_INFO, "opened %s (backend %s %s, schema %d, commit=%s)",
+             s->uri.masked, be->name, be->version ? be->version : "",
+             s->stats.schema_version,
+             s->uri.cfg.commit_each ? "each" : "group");
+    *out = s;
+    return 0;
+fail:
+    mqs_close(s);
+    return rc;
+}
+
+int mqs_open(const char *uri, const mqs_open_opts *opts, mqs_store **out)
+{
+    return open_impl(uri, opts, true, out);
+}
+
+int mqs_open_nomigrate(const char *uri, const mqs_open_opts *opts,
+                       mqs_store **out)
+{
+    return open_impl(uri, opts, false, out);
+}
+
+void mqs_close(mqs_store *s)
+{
+    if (!s)
+        return;
+    mqs__writer_stop(s); /* drains the queue first */
+    mqs__lock_shutdown(s); /* then hands the lock over, if held */
+    if (s->wconn)
+        s->be->conn_close(s->wconn);
+    for (size_t i = 0; i < s->pool.n; i++)
+        if (s->pool.conns[i])
+            s->be->conn_close(s->pool.conns[i]);
+    free(s->pool.conns);
+    free(s->pool.busy);
+    free(s->batch);
+    mqs__cache_free(s);
+    mqs__uri_free(&s->uri);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv_work);
+    pthread_cond_destroy(&s->cv_space);
+    pthread_mutex_destroy(&s->cache_mu);
+    pthread_mutex_destroy(&s->stats_mu);
+    pthread_mutex_destroy(&s->pool.mu);
+    pthread_cond_destroy(&s->pool.cv);
+    pthread_mutex_destroy(&s->ha_mu);
+    pthread_cond_destroy(&s->ha_cv);
+    free(s);
+}
+
+const char *mqs_uri(const mqs_store *s) { return s ? s->uri.masked : ""; }
+
+size_t mqs_max_message_size(const mqs_store *s)
+{
+    return s ? s->max_message : 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Writes
+ * ---------------------------------------------------------------------- */
+
+#define CHECK_STORE(s)                                                         \
+    do {                                                                       \
+        if (!(s))                                                              \
+            return mqs__err(NULL, MQS_EINVAL, "%s: store is NULL", __func__);  \
+    } while (0)
+
+static int oom(mqs_store *s)
+{
+    return mqs__err(s, MQS_ENOMEM, "out of memory");
+}
+
+int mqs_enqueue(mqs_store *s, const mqs_msg *m, int64_t *id)
+{
+    return mqs_enqueue_many(s, m, 1, id);
+}
+
+int mqs_enqueue_many(mqs_store *s, const mqs_msg *msgs, size_t n, int64_t *ids)
+{
+    CHECK_STORE(s);
+    if (n == 0)
+        return 0;
+    if (!msgs)
+        return mqs__err(s, MQS_EINVAL, "mqs_enqueue_many: msgs is NULL");
+    mqs_request *r = mqs__req_new();
+    if (!r)
+        return oom(s);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = mqs__req_add_msg(s, r, &msgs[i]);
+    if (rc == 0)
+        rc = mqs__submit_wait(s, r);
+    if (ids)
+        for (size_t i = 0; i < n; i++)
+            ids[i] = rc == 0 ? r->ops[i].id : 0;
+    mqs__req_free(r);
+    return rc;
+}
+
+int mqs_enqueue_async(mqs_store *s, const mqs_msg *m, mqs_done_fn done,
+                      void *ud)
+{
+    CHECK_STORE(s);
+    mqs_request *r = mqs__req_new();
+    if (!r)
+        return oom(s);
+    int rc = mqs__req_add_msg(s, r, m);
+    if (rc) {
+        mqs__req_free(r);
+        return rc;
+    }
+    r->cb = done;
+    r->ud = ud;
+    return mqs__submit_async(s, r);
+}
+
+static int add_refs(mqs_store *s, mqs_request *r, op_kind kind,
+                    const int64_t *ids, const int64_t *subs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] <= 0 || (subs && subs[i] < 0))
+            return mqs__err(s, MQS_EINVAL,
+                            "message id %lld / subscription %lld: ids are "
+                            "positive (subscription 0 means a queue)",
+                            (long long)ids[i], (long long)(subs ? subs[i] : 0));
+        mqs_op *op = mqs__req_add(r, kind);
+        if (!op)
+            return oom(s);
+        op->id = ids[i];
+        op->sub_id = subs ? subs[i] : 0;
+    }
+    return 0;
+}
+
+static int refs_sync(mqs_store *s, op_kind kind, const int64_t *ids,
+                     const int64_t *subs, size_t n)
+{
+    CHECK_STORE(s);
+    if (n == 0)
+        return 0;
+    if (!ids)
+        return mqs__err(s, MQS_EINVAL, "message ids are NULL");
+    mqs_request *r = mqs__req_new();
+    if (!r)
+        return oom(s);
+    int rc = add_refs(s, r, kind, ids, subs, n);
+    if (rc == 0)
+        rc = mqs__submit_wait(s, r);
+    mqs__req_free(r);
+    return rc;
+}
+
+int mqs_ack(mqs_store *s, int64_t id, int64_t sub_id)
+{
+    return refs_sync(s, OP_ACK, &id, &sub_id, 1);
+}
+
+int mqs_ack_many(mqs_store *s, const int64_t *ids, const int64_t *sub_ids,
+                 size_t n)
+{
+    return refs_sync(s, OP_ACK, ids, sub_ids, n);
+}
+
+int mqs_nack(mqs_store *s, int64_t id, int64_t sub_id)
+{
+    return refs_sync(s, OP_NACK, &id, &sub_id, 1);
+}
+
+int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
+                  void *ud)
+{
+    CHECK_STORE(s);
+    mqs_request *r = mqs__req_new();
+    if (!r)
+        return oom(s);
+    int rc = add_refs(s, r, OP_ACK, &id, &sub_id, 1);
+    if (rc) {
+        mqs__req_free(r);
+        return rc;
+    }
+    r->cb = done;
+    r->ud = ud;
+    return mqs__submit_async(s, r);
+}
+
+/* ------------------------------------------------------------------------
+ * Transactions: a request built up in memory and submitted at commit.
+ * ---------------------------------------------------------------------- */
+
+struct mqs_txn {
+    mqs_store *s;
+    mqs_request *r;
+};
+
+int mqs_txn_begin(mqs_store *s, mqs_txn **out)
+{
+    if (!out)
+        return mqs__err(s, MQS_EINVAL, "mqs_txn_begin: out is NULL");
+    *out = NULL;
+    CHECK_STORE(s);
+    mqs_txn *t = calloc(1, sizeof *t);
+    if (!t || !(t->r = mqs__req_new())) {
+        free(t);
+        return oom(s);
+    }
+    t->s = s;
+    *out = t;
+    return 0;
+}
+
+int mqs_txn_enqueue(mqs_txn *t, const mqs_msg *m)
+{
+    if (!t)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_txn_enqueue: txn is NULL");
+    return mqs__req_add_msg(t->s, t->r, m);
+}
+
+int mqs_txn_ack(mqs_txn *t, int64_t id, int64_t sub_id)
+{
+    if (!t)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_txn_ack: txn is NULL");
+    return add_refs(t->s, t->r, OP_ACK, &id, &sub_id, 1);
+}
+
+int mqs_txn_commit(mqs_txn *t, int64_t *ids)
+{
+    if (!t)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_txn_commit: txn is NULL");
+    int rc = t->r->n_ops ? mqs__submit_wait(t->s, t->r) : 0;
+    if (ids) {
+        size_t k = 0;
+        for (size_t i = 0; i < t->r->n_ops; i++)
+            if (t->r->ops[i].kind == OP_ENQ)
+                ids[k++] = rc == 0 ? t->r->ops[i].id : 0;
+    }
+    mqs__req_free(t->r);
+    free(t);
+    return rc;
+}
+
+void mqs_txn_rollback(mqs_txn *t)
+{
+    if (!t)
+        return;
+    mqs__req_free(t->r);
+    free(t);
+}
+
+size_t mqs_txn_size(const mqs_txn *t) { return t ? t->r->n_ops : 0; }
+
+/* ------------------------------------------------------------------------
+ * Subscriptions
+ * ---------------------------------------------------------------------- */
+
+static int check_name(mqs_store *s, const char *what, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > 255)
+        return mqs__err(s, MQS_EINVAL, "%s name must be 1 to 255 bytes "
+                        "(got %zu)", what, n);
+    return 0;
+}
+
+/* One-op request, run and freed; returns the op's result via *res. */
+static int run_op(mqs_store *s, mqs_op *tmpl, mqs_op *res)
+{
+    mqs_request *r = mqs__req_new();
+    if (!r)
+        return oom(s);
+    mqs_op *op = mqs__req_add(r, tmpl->kind);
+    if (!op) {
+        mqs__req_free(r);
+        return oom(s);
+    }
+    *op = *tmpl;
+    op->dest = mqs__strdup(tmpl->dest);
+    op->name = mqs__strdup(tmpl->name);
+    if ((tmpl->dest && !op->dest) || (tmpl->name && !op->name)) {
+        mqs__req_free(r);
+        return oom(s);
+    }
+    int rc = mqs__submit_wait(s, r);
+    if (res) {
+        res->sub_id = op->sub_id;
+        res->count = op->count;
+    }
+    mqs__req_free(r);
+    return rc;
+}
+
+int mqs_sub_create(mqs_store *s, const char *topic, const char *name,
+                   int64_t *sub_id)
+{
+    CHECK_STORE(s);
+    int rc;
+    if ((rc = check_name(s, "topic", topic)) ||
+        (rc = check_name(s, "subscription", name)))
+        return rc;
+    mqs_op op = {.kind = OP_SUB_CREATE, .dest = (char *)topic,
+                 .name = (char *)name}, res = {0};
+    rc = run_op(s, &op, &res);
+    if (sub_id)
+        *sub_id = rc == 0 ? res.sub_id : 0;
+    return rc;
+}
+
+int mqs_sub_remove(mqs_store *s, int64_t sub_id)
+{
+    CHECK_STORE(s);
+    if (sub_id <= 0)
+        return mqs__err(s, MQS_EINVAL, "subscription id %lld is not valid",
+                        (long long)sub_id);
+    mqs_op op = {.kind = OP_SUB_REMOVE, .sub_id = sub_id};
+    return run_op(s, &op, NULL);
+}
+
+int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
+              uint64_t *removed)
+{
+    CHECK_STORE(s);
+    int rc;
+    if (dest && (rc = check_name(s, "destination", dest)))
+        return rc;
+    mqs_op op = {.kind = OP_PURGE, .dkind = kind, .dest = (char *)dest},
+           res = {0};
+    rc = run_op(s, &op, &res);
+    if (removed)
+        *removed = rc == 0 ? res.count : 0;
+    if (rc == 0)
+        mqs__log(s, MQS_LOG_INFO, "purged %llu messages from %s",
+                 (unsigned long long)res.count, dest ? dest : "every "
+                 "destination");
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Reads on a pooled connection
+ * ---------------------------------------------------------------------- */
+
+int mqs__with_reader(mqs_store *s, mqs_reader_fn fn, void *arg)
+{
+    mqs_be_conn **slot;
+    int rc = mqs__pool_get(s, true, &slot);
+    if (rc)
+        return rc;
+    rc = fn(s, *slot, arg);
+    if (rc)
+        mqs__err(s, rc, "%s", s->be->conn_errmsg(*slot));
+    /* A connection the backend calls broken is dropped, and reopened by the
+     * next borrower. */
+    mqs__pool_put(s, slot, rc == MQS_ECONN || rc == MQS_EUNKNOWN);
+    return rc;
+}
+
+typedef struct lookup_arg {
+    const char *topic, *name;
+    int64_t id;
+} lookup_arg;
+
+static int do_lookup(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    lookup_arg *a = arg;
+    return s->be->sub_lookup(c, a->topic, a->name, &a->id);
+}
+
+int mqs_sub_lookup(mqs_store *s, const char *topic, const char *name,
+                   int64_t *sub_id)
+{
+    CHECK_STORE(s);
+    int rc;
+    if ((rc = check_name(s, "topic", topic)) ||
+        (rc = check_name(s, "subscription", name)))
+        return rc;
+    lookup_arg a = {topic, name, 0};
+    rc = mqs__with_reader(s, do_lookup, &a);
+    if (rc == MQS_ENOTFOUND)
+        mqs__err(s, rc, "no durable subscription '%s' on topic '%s'", name,
+                 topic);
+    if (sub_id)
+        *sub_id = rc == 0 ? a.id : 0;
+    return rc;
+}
+
+int mqs_stats_get(mqs_store *s, mqs_stats *out)
+{
+    CHECK_STORE(s);
+    if (!out)
+        return mqs__err(s, MQS_EINVAL, "mqs_stats_get: out is NULL");
+    pthread_mutex_lock(&s->stats_mu);
+    *out = s->stats;
+    pthread_mutex_unlock(&s->stats_mu);
+    pthread_mutex_lock(&s->mu);
+    out->queued = s->q_count;
+    out->queued_bytes = s->q_bytes;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+typedef struct dest_ctx {
+    mqs_dest_fn fn;
+    void *ud;
+} dest_ctx;
+
+static int dest_adapter(void *ud, const mqs_be_dest *d);
+
+static int do_dest_list(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return s->be->dest_list(c, dest_adapter, arg);
+}
+
+static int do_schema_version(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return s->be->schema_version(c, arg);
+}
+
+static int do_schema_apply(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return s->be->schema_apply(c, arg);
+}
+
+static int dest_adapter(void *ud, const mqs_be_dest *d)
+{
+    dest_ctx *x = ud;
+    mqs_dest_info i = {d->kind, d->name, d->sub_id, d->sub_name, d->pending,
+                       d->oldest_ms};
+    return x->fn(x->ud, &i);
+}
+
+int mqs_dest_foreach(mqs_store *s, mqs_dest_fn fn, void *ud)
+{
+    CHECK_STORE(s);
+    if (!fn)
+        return mqs__err(s, MQS_EINVAL, "mqs_dest_foreach: fn is NULL");
+    dest_ctx x = {fn, ud};
+    return mqs__with_reader(s, do_dest_list, &x);
+}
+
+int mqs_schema_version(mqs_store *s, int *db_version, int *lib_version)
+{
+    CHECK_STORE(s);
+    int v = 0;
+    int rc = mqs__with_reader(s, do_schema_version, &v);
+    if (db_version)
+        *db_version = v;
+    if (lib_version)
+        *lib_version = (int)s->be->n_migrations;
+    return rc;
+}
+
+int mqs_migrate(mqs_store *s, mqs_migrate_fn progress, void *ud)
+{
+    CHECK_STORE(s);
+    int v = 0, lib = (int)s->be->n_migrations;
+    int rc = mqs_schema_version(s, &v, NULL);
+    if (rc)
+        return rc;
+    if (v > lib)
+        return mqs__err(s, MQS_ESCHEMA,
+                        "%s has schema version %d, newer than version %d "
+                        "that this library knows: upgrade mqstore; nothing "
+                        "was changed",
+                        s->uri.masked, v, lib);
+    for (int i = v; i < lib && rc == 0; i++) {
+        const mqs_be_migration *m = &s->be->migrations[i];
+        if (progress)
+            progress(ud, i, m->version, m->name);
+        rc = mqs__with_reader(s, do_schema_apply, (void *)m);
+        if (rc)
+            return mqs__err(s, rc,
+                            "migration %s (schema %d -> %d) failed: %s; the "
+                            "database stays at version %d",
+                            m->name, i, m->version, mqs_errmsg(s), i);
+        pthread_mutex_lock(&s->stats_mu);
+        s->stats.schema_version = m->version;
+        pthread_mutex_unlock(&s->stats_mu);
+    }
+    return rc;
+}

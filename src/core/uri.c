@@ -1,0 +1,438 @@
+/* uri.c - store URIs: scheme, mqstore's options, password masking. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* A growable string, enough for building URIs. */
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+static void sb_addn(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static void sb_add(sbuf *b, const char *s) { sb_addn(b, s, strlen(s)); }
+
+int mqs__uri_scheme(const char *uri, char *buf, size_t buflen)
+{
+    if (!uri)
+        return MQS_EINVAL;
+    size_t i = 0;
+    if (!isalpha((unsigned char)uri[0]))
+        return MQS_EINVAL;
+    while (uri[i] && uri[i] != ':') {
+        unsigned char c = (unsigned char)uri[i];
+        if (!isalnum(c) && c != '+' && c != '-' && c != '.')
+            return MQS_EINVAL;
+        if (i + 1 >= buflen)
+            return MQS_EINVAL;
+        buf[i] = (char)tolower(c);
+        i++;
+    }
+    if (uri[i] != ':')
+        return MQS_EINVAL;
+    buf[i] = '\0';
+    return 0;
+}
+
+/* Masked copy: the password of the userinfo part and any `password=` query
+ * value become "***". Returns NULL on OOM. */
+static char *mask_dup(const char *uri)
+{
+    sbuf b = {0};
+    const char *q = strchr(uri, '?');
+    size_t base_len = q ? (size_t)(q - uri) : strlen(uri);
+    const char *auth = strstr(uri, "://");
+    if (auth && (size_t)(auth - uri) < base_len) {
+        auth += 3;
+        const char *end = auth;
+        while (end < uri + base_len && *end != '/')
+            end++;
+        /* The last '@' ends the userinfo: a password may contain '@' only
+         * percent-encoded, but be generous. */
+        const char *at = NULL;
+        for (const char *p = auth; p < end; p++)
+            if (*p == '@')
+                at = p;
+        const char *colon = NULL;
+        if (at)
+            for (const char *p = auth; p < at; p++)
+                if (*p == ':') {
+                    colon = p;
+                    break;
+                }
+        if (colon) {
+            sb_addn(&b, uri, (size_t)(colon - uri) + 1);
+            sb_add(&b, "***");
+            sb_addn(&b, at, (size_t)(uri + base_len - at));
+        } else {
+            sb_addn(&b, uri, base_len);
+        }
+    } else {
+        sb_addn(&b, uri, base_len);
+    }
+    if (q) {
+        const char *p = q + 1;
+        sb_add(&b, "?");
+        bool first = true;
+        while (*p) {
+            const char *amp = strchr(p, '&');
+            size_t len = amp ? (size_t)(amp - p) : strlen(p);
+            if (!first)
+                sb_add(&b, "&");
+            first = false;
+            if (len >= 9 && strncasecmp(p, "password=", 9) == 0)
+                sb_add(&b, "password=***");
+            else
+                sb_addn(&b, p, len);
+            p += len;
+            if (*p == '&')
+                p++;
+        }
+    }
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    if (!b.p)
+        return mqs__strdup("");
+    return b.p;
+}
+
+size_t mqs_uri_mask(const char *uri, char *buf, size_t buflen)
+{
+    if (!uri)
+        uri = "";
+    char *m = mask_dup(uri);
+    if (!m) {
+        if (buflen)
+            buf[0] = '\0';
+        return 0;
+    }
+    size_t n = strlen(m);
+    if (buflen) {
+        size_t c = n < buflen - 1 ? n : buflen - 1;
+        memcpy(buf, m, c);
+        buf[c] = '\0';
+    }
+    free(m);
+    return n;
+}
+
+/* Percent-decode src[0..n) into a new string. */
+static char *pct_decode(const char *src, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (!d)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (src[i] == '%' && i + 2 < n &&
+            isxdigit((unsigned char)src[i + 1]) &&
+            isxdigit((unsigned char)src[i + 2])) {
+            char hex[3] = {src[i + 1], src[i + 2], 0};
+            d[j++] = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            d[j++] = src[i];
+        }
+    }
+    d[j] = '\0';
+    return d;
+}
+
+static const char *const core_names[] = {
+#define MQS_OPT_NAME_(n, def, doc) #n,
+    MQS_CORE_OPTIONS(MQS_OPT_NAME_)
+#undef MQS_OPT_NAME_
+};
+static const char *const core_defaults[] = {
+#define MQS_OPT_DEF_(n, def, doc) def,
+    MQS_CORE_OPTIONS(MQS_OPT_DEF_)
+#undef MQS_OPT_DEF_
+};
+static const char *const core_docs[] = {
+#define MQS_OPT_DOC_(n, def, doc) doc,
+    MQS_CORE_OPTIONS(MQS_OPT_DOC_)
+#undef MQS_OPT_DOC_
+};
+#define N_CORE (sizeof core_names / sizeof core_names[0])
+
+static int parse_size(const char *masked, const char *name, const char *v,
+                      long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return mqs__err(NULL, MQS_EINVAL,
+                        "option %s=%s in %s: expected a whole number from "
+                        "%lld to %lld",
+                        name, v, masked, lo, hi);
+    *out = x;
+    return 0;
+}
+
+/* Apply one core option (decoded value). */
+static int set_core(mqs_config *c, const char *masked, const char *name,
+                    const char *v)
+{
+    long long x = 0;
+    int rc = 0;
+    if (!strcmp(name, "commit")) {
+        if (!strcmp(v, "group"))
+            c->commit_each = false;
+        else if (!strcmp(v, "each"))
+            c->commit_each = true;
+        else
+            return mqs__err(NULL, MQS_EINVAL,
+                            "option commit=%s in %s: expected group or each",
+                            v, masked);
+    } else if (!strcmp(name, "migrate")) {
+        if (!strcmp(v, "auto"))
+            c->migrate_auto = true;
+        else if (!strcmp(v, "off"))
+            c->migrate_auto = false;
+        else
+            return mqs__err(NULL, MQS_EINVAL,
+                            "option migrate=%s in %s: expected auto or off", v,
+                            masked);
+    } else if (!strcmp(name, "batch_max")) {
+        if (!(rc = parse_size(masked, name, v, 1, 1000000, &x)))
+            c->batch_max = (size_t)x;
+    } else if (!strcmp(name, "batch_bytes")) {
+        if (!(rc = parse_size(masked, name, v, 1, (1LL << 40), &x)))
+            c->batch_bytes = (size_t)x;
+    } else if (!strcmp(name, "max_message_size")) {
+        if (!(rc = parse_size(masked, name, v, 1, (1LL << 40), &x)))
+            c->max_message_size = (size_t)x;
+    } else if (!strcmp(name, "max_pending_bytes")) {
+        if (!(rc = parse_size(masked, name, v, 1, (1LL << 50), &x)))
+            c->max_pending_bytes = (size_t)x;
+    } else if (!strcmp(name, "pool_size")) {
+        if (!(rc = parse_size(masked, name, v, 1, 256, &x)))
+            c->pool_size = (size_t)x;
+    } else if (!strcmp(name, "reconnect_timeout_ms")) {
+        if (!(rc = parse_size(masked, name, v, 0, 86400000LL, &x)))
+            c->reconnect_timeout_ms = x;
+    } else if (!strcmp(name, "lease_ms")) {
+        if (!(rc = parse_size(masked, name, v, 100, 3600000LL, &x)))
+            c->lease_ms = x;
+    } else if (!strcmp(name, "renew_ms")) {
+        if (!(rc = parse_size(masked, name, v, 10, 3600000LL, &x)))
+            c->renew_ms = x;
+    } else if (!strcmp(name, "poll_ms")) {
+        if (!(rc = parse_size(masked, name, v, 1, 3600000LL, &x)))
+            c->poll_ms = x;
+    } else if (!strcmp(name, "crash_detect")) {
+        if (!strcmp(v, "on"))
+            c->crash_detect = true;
+        else if (!strcmp(v, "off"))
+            c->crash_detect = false;
+        else
+            return mqs__err(NULL, MQS_EINVAL,
+                            "option crash_detect=%s in %s: expected on or off",
+                            v, masked);
+    } else if (!strcmp(name, "cluster") || !strcmp(name, "node_id")) {
+        bool is_cluster = name[0] == 'c';
+        size_t cap = is_cluster ? sizeof c->cluster : sizeof c->node_id;
+        char *dst = is_cluster ? c->cluster : c->node_id;
+        if (!strcmp(v, "<hostname>:<pid>")) {
+            char host[200] = "localhost";
+            gethostname(host, sizeof host - 1);
+            snprintf(dst, cap, "%s:%ld", host, (long)getpid());
+        } else if (!*v || strlen(v) >= cap) {
+            return mqs__err(NULL, MQS_EINVAL,
+                            "option %s in %s: expected 1 to %zu bytes", name,
+                            masked, cap - 1);
+        } else {
+            snprintf(dst, cap, "%s", v);
+        }
+    }
+    return rc;
+}
+
+static int core_index(const char *name)
+{
+    for (size_t i = 0; i < N_CORE; i++)
+        if (!strcmp(core_names[i], name))
+            return (int)i;
+    return -1;
+}
+
+static bool be_has_option(const mqs_backend *be, const char *name)
+{
+    for (size_t i = 0; i < be->n_options; i++)
+        if (!strcmp(be->options[i].name, name))
+            return true;
+    return false;
+}
+
+static int unknown_option(const mqs_backend *be, const char *masked,
+                          const char *name)
+{
+    sbuf b = {0};
+    for (size_t i = 0; i < N_CORE; i++) {
+        sb_add(&b, i ? ", " : "");
+        sb_add(&b, core_names[i]);
+    }
+    sbuf o = {0};
+    for (size_t i = 0; i < be->n_options; i++) {
+        sb_add(&o, i ? ", " : "");
+        sb_add(&o, be->options[i].name);
+    }
+    int rc = mqs__err(NULL, MQS_EINVAL,
+                      "unknown option '%s' in %s: mqstore options are %s; "
+                      "%s backend options are %s",
+                      name, masked, b.p ? b.p : "", be->name,
+                      o.p ? o.p : "(none)");
+    free(b.p);
+    free(o.p);
+    return rc;
+}
+
+static void cfg_defaults(mqs_config *c)
+{
+    /* Defaults come from the same table as the docs, so they cannot drift. */
+    for (size_t i = 0; i < N_CORE; i++)
+        (void)set_core(c, "", core_names[i], core_defaults[i]);
+}
+
+int mqs__uri_parse(const char *uri, const mqs_backend *be, mqs_parsed_uri *out)
+{
+    memset(out, 0, sizeof *out);
+    char scheme[64];
+    out->masked = mask_dup(uri);
+    if (!out->masked)
+        return mqs__err(NULL, MQS_ENOMEM, "out of memory parsing URI");
+    if (mqs__uri_scheme(uri, scheme, sizeof scheme)) {
+        int rc = mqs__err(NULL, MQS_EINVAL,
+                          "URI %s has no scheme: expected e.g. "
+                          "sqlite:///path/store.db, postgresql://host/db or "
+                          "mysql://host/db",
+                          out->masked);
+        mqs__uri_free(out);
+        return rc;
+    }
+    out->scheme = mqs__strdup(scheme);
+    cfg_defaults(&out->cfg);
+
+    const char *q = strchr(uri, '?');
+    size_t base_len = q ? (size_t)(q - uri) : strlen(uri);
+    sbuf be_uri = {0};
+    sb_addn(&be_uri, uri, base_len);
+    bool seen[N_CORE] = {0};
+    bool first_kept = true;
+    int rc = 0;
+    const char *p = q ? q + 1 : NULL;
+    while (p && *p && rc == 0) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        size_t klen = eq ? (size_t)(eq - p) : len;
+        char *key = pct_decode(p, klen);
+        char *val = eq ? pct_decode(eq + 1, len - klen - 1) : mqs__strdup("");
+        if (!key || !val) {
+            rc = mqs__err(NULL, MQS_ENOMEM, "out of memory parsing URI");
+        } else if (len == 0) {
+            /* tolerate "a=1&&b=2" and a trailing '&' */
+        } else if (core_index(key) >= 0) {
+            int i = core_index(key);
+            if (seen[i])
+                rc = mqs__err(NULL, MQS_EINVAL,
+                              "option '%s' given twice in %s", key,
+                              out->masked);
+            else if (!eq || !*val)
+                rc = mqs__err(NULL, MQS_EINVAL,
+                              "option '%s' in %s has no value (default %s)",
+                              key, out->masked, core_defaults[i]);
+            else
+                rc = set_core(&out->cfg, out->masked, key, val);
+            seen[i] = true;
+        } else if (be_has_option(be, key)) {
+            sb_add(&be_uri, first_kept ? "?" : "&");
+            sb_addn(&be_uri, p, len);
+            first_kept = false;
+        } else {
+            rc = unknown_option(be, out->masked, key);
+        }
+        free(key);
+        free(val);
+        p += len;
+        if (*p == '&')
+            p++;
+    }
+    if (rc == 0 && be_uri.oom)
+        rc = mqs__err(NULL, MQS_ENOMEM, "out of memory parsing URI");
+    /* Refused, not warned about: a renewal must be able to fail twice and
+     * still land before the lease ends, or a healthy master loses it. */
+    if (rc == 0 && out->cfg.renew_ms * 3 > out->cfg.lease_ms)
+        rc = mqs__err(NULL, MQS_EINVAL,
+                      "renew_ms=%lld with lease_ms=%lld in %s: renew_ms must "
+                      "be at most lease_ms/3 (%lld) so a late renewal cannot "
+                      "lose a healthy master its lock",
+                      (long long)out->cfg.renew_ms,
+                      (long long)out->cfg.lease_ms, out->masked,
+                      (long long)(out->cfg.lease_ms / 3));
+    out->be_uri = be_uri.p;
+    if (rc)
+        mqs__uri_free(out);
+    return rc;
+}
+
+void mqs__uri_free(mqs_parsed_uri *u)
+{
+    free(u->scheme);
+    free(u->be_uri);
+    free(u->masked);
+    memset(u, 0, sizeof *u);
+}
+
+int mqs_option_foreach(const char *scheme, mqs_option_fn fn, void *ud)
+{
+    if (!fn)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_option_foreach: fn is NULL");
+    for (size_t i = 0; i < N_CORE; i++) {
+        mqs_option_info o = {core_names[i], core_defaults[i], core_docs[i],
+                             "core"};
+        fn(ud, &o);
+    }
+    if (!scheme)
+        return 0;
+    const mqs_backend *be;
+    int rc = mqs__load_backend(scheme, &be);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < be->n_options; i++) {
+        mqs_option_info o = {be->options[i].name,
+                             be->options[i].default_value,
+                             be->options[i].doc, be->name};
+        fn(ud, &o);
+    }
+    return 0;
+}

@@ -1,0 +1,739 @@
+/* writer.c - the write path: requests, group commit, connection pool,
+ * reconnects, destination cache. See docs/architecture.md "Write path". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------------
+ * Requests
+ * ---------------------------------------------------------------------- */
+
+mqs_request *mqs__req_new(void)
+{
+    mqs_request *r = calloc(1, sizeof *r);
+    if (r)
+        pthread_cond_init(&r->cv, NULL);
+    return r;
+}
+
+void mqs__req_free(mqs_request *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        free(r->ops[i].dest);
+        free(r->ops[i].name);
+        free(r->ops[i].data);
+    }
+    free(r->ops);
+    free(r->errmsg);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+mqs_op *mqs__req_add(mqs_request *r, op_kind kind)
+{
+    if (r->n_ops == r->cap_ops) {
+        size_t cap = r->cap_ops ? r->cap_ops * 2 : 1;
+        mqs_op *ops = realloc(r->ops, cap * sizeof *ops);
+        if (!ops)
+            return NULL;
+        r->ops = ops;
+        r->cap_ops = cap;
+    }
+    mqs_op *op = &r->ops[r->n_ops++];
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    return op;
+}
+
+int mqs__req_add_msg(mqs_store *s, mqs_request *r, const mqs_msg *m)
+{
+    if (!m)
+        return mqs__err(s, MQS_EINVAL, "message is NULL");
+    if (m->kind != MQS_QUEUE && m->kind != MQS_TOPIC)
+        return mqs__err(s, MQS_EINVAL,
+                        "message kind %d: expected MQS_QUEUE or MQS_TOPIC",
+                        (int)m->kind);
+    size_t dlen = m->dest ? strlen(m->dest) : 0;
+    if (dlen == 0 || dlen > 255)
+        return mqs__err(s, MQS_EINVAL,
+                        "destination name must be 1 to 255 bytes (got %zu)",
+                        dlen);
+    if (m->priority < MQS_PRIORITY_MIN || m->priority > MQS_PRIORITY_MAX)
+        return mqs__err(s, MQS_EINVAL,
+                        "priority %d for '%s': expected 0 to 9", m->priority,
+                        m->dest);
+    if ((m->headers_len && !m->headers) || (m->body_len && !m->body))
+        return mqs__err(s, MQS_EINVAL,
+                        "message for '%s' has a length but no data", m->dest);
+    if (m->expires_ms < 0)
+        return mqs__err(s, MQS_EINVAL, "expires_ms %lld is negative",
+                        (long long)m->expires_ms);
+    size_t total = m->headers_len + m->body_len;
+    if (total < m->headers_len || total > s->max_message)
+        return mqs__err(s, MQS_ETOOBIG,
+                        "message for '%s' is %zu bytes (headers %zu + body "
+                        "%zu), over the limit of %zu bytes; raise "
+                        "max_message_size in the store URI (the %s backend "
+                        "can store up to the limit it reports)",
+                        m->dest, total, m->headers_len, m->body_len,
+                        s->max_message, s->be->name);
+    mqs_op *op = mqs__req_add(r, OP_ENQ);
+    if (!op)
+        return mqs__err(s, MQS_ENOMEM, "out of memory queuing a message");
+    op->dkind = m->kind;
+    op->dest = mqs__strdup(m->dest);
+    op->data = malloc(total ? total : 1);
+    if (!op->dest || !op->data) {
+        free(op->dest);
+        free(op->data);
+        r->n_ops--;
+        return mqs__err(s, MQS_ENOMEM, "out of memory copying a %zu-byte "
+                        "message", total);
+    }
+    if (m->headers_len)
+        memcpy(op->data, m->headers, m->headers_len);
+    if (m->body_len)
+        memcpy(op->data + m->headers_len, m->body, m->body_len);
+    op->hlen = m->headers_len;
+    op->blen = m->body_len;
+    op->priority = m->priority;
+    op->expires_ms = m->expires_ms;
+    r->bytes += total;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Destination cache
+ * ---------------------------------------------------------------------- */
+
+static size_t hash_name(mqs_kind kind, const char *name)
+{
+    size_t h = 1469598103934665603ULL ^ (size_t)kind;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+int64_t mqs__cache_get(mqs_store *s, mqs_kind kind, const char *name)
+{
+    int64_t id = 0;
+    pthread_mutex_lock(&s->cache_mu);
+    if (s->cache_cap) {
+        dest_entry *e = s->cache[hash_name(kind, name) % s->cache_cap];
+        for (; e; e = e->next)
+            if (e->kind == kind && !strcmp(e->name, name)) {
+                id = e->id;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&s->cache_mu);
+    return id;
+}
+
+void mqs__cache_put(mqs_store *s, mqs_kind kind, const char *name, int64_t id)
+{
+    pthread_mutex_lock(&s->cache_mu);
+    if (s->cache_n >= s->cache_cap * 2) {
+        /* grow: rehash into a table four times the size */
+        size_t cap = s->cache_cap ? s->cache_cap * 4 : 64;
+        dest_entry **t = calloc(cap, sizeof *t);
+        if (t) {
+            for (size_t i = 0; i < s->cache_cap; i++)
+                for (dest_entry *e = s->cache[i], *n; e; e = n) {
+                    n = e->next;
+                    size_t b = hash_name(e->kind, e->name) % cap;
+                    e->next = t[b];
+                    t[b] = e;
+                }
+            free(s->cache);
+            s->cache = t;
+            s->cache_cap = cap;
+        }
+    }
+    if (s->cache_cap) {
+        size_t b = hash_name(kind, name) % s->cache_cap;
+        for (dest_entry *e = s->cache[b]; e; e = e->next)
+            if (e->kind == kind && !strcmp(e->name, name))
+                goto out;
+        size_t len = strlen(name) + 1;
+        dest_entry *e = malloc(sizeof *e + len);
+        if (e) { /* a cache miss later is harmless, so OOM is ignored */
+            e->kind = kind;
+            e->id = id;
+            memcpy(e->name, name, len);
+            e->next = s->cache[b];
+            s->cache[b] = e;
+            s->cache_n++;
+        }
+    }
+out:
+    pthread_mutex_unlock(&s->cache_mu);
+}
+
+void mqs__cache_free(mqs_store *s)
+{
+    for (size_t i = 0; i < s->cache_cap; i++)
+        for (dest_entry *e = s->cache[i], *n; e; e = n) {
+            n = e->next;
+            free(e);
+        }
+    free(s->cache);
+    s->cache = NULL;
+    s->cache_cap = s->cache_n = 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Connections
+ * ---------------------------------------------------------------------- */
+
+int mqs__conn_open(mqs_store *s, const char *role, mqs_be_conn **out)
+{
+    char err[1024] = "";
+    mqs_be_open_args a = {s->uri.be_uri, s->uri.masked, role};
+    int rc = s->be->conn_open(&a, out, err, sizeof err);
+    if (rc) {
+        *out = NULL;
+        return mqs__err(s, rc, "%s", err[0] ? err : mqs_strerror(rc));
+    }
+    return 0;
+}
+
+int mqs__pool_get(mqs_store *s, bool open_now, mqs_be_conn ***slot)
+{
+    mqs_pool *p = &s->pool;
+    pthread_mutex_lock(&p->mu);
+    size_t i;
+    for (;;) {
+        for (i = 0; i < p->n && p->busy[i]; i++)
+            ;
+        if (i < p->n)
+            break;
+        pthread_cond_wait(&p->cv, &p->mu);
+    }
+    p->busy[i] = true;
+    pthread_mutex_unlock(&p->mu);
+    /* The slot is ours until put back, so it is opened without the lock. */
+    if (open_now && !p->conns[i]) {
+        int rc = mqs__conn_open(s, "reader", &p->conns[i]);
+        if (rc) {
+            mqs__pool_put(s, &p->conns[i], false);
+            return rc;
+        }
+    }
+    *slot = &p->conns[i];
+    return 0;
+}
+
+void mqs__pool_put(mqs_store *s, mqs_be_conn **slot, bool broken)
+{
+    mqs_pool *p = &s->pool;
+    if (broken && *slot) {
+        s->be->conn_close(*slot);
+        *slot = NULL;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->busy[slot - p->conns] = false;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Make *c usable: reconnect with capped exponential back-off until
+ * reconnect_timeout_ms has passed. Credentials or a missing database are
+ * not retried: waiting will not fix them, and retrying would storm. */
+static int conn_ensure(mqs_store *s, mqs_be_conn **c, const char *role,
+                       char *err, size_t errlen)
+{
+    if (*c)
+        return 0;
+    int64_t deadline = mqs__mono_ms() + s->uri.cfg.reconnect_timeout_ms;
+    int64_t delay = 10;
+    for (int attempt = 1;; attempt++) {
+        int rc = mqs__conn_open(s, role, c);
+        if (rc == 0) {
+            pthread_mutex_lock(&s->stats_mu);
+            s->stats.reconnects++;
+            pthread_mutex_unlock(&s->stats_mu);
+            if (attempt > 1)
+                mqs__log(s, MQS_LOG_WARN,
+                         "reconnected to %s after %d attempts",
+                         s->uri.masked, attempt);
+            return 0;
+        }
+        snprintf(err, errlen, "%s", mqs_errmsg(s));
+        if (rc != MQS_ECONN || mqs__mono_ms() + delay > deadline)
+            return rc;
+        if (attempt == 1)
+            mqs__log(s, MQS_LOG_WARN, "database unreachable, retrying for "
+                     "up to %lld ms: %s",
+                     (long long)s->uri.cfg.reconnect_timeout_ms, err);
+        sleep_ms(delay);
+        /* capped low: a master must get back within its lease */
+        delay = delay * 2 > 250 ? 250 : delay * 2;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Running requests in one transaction
+ * ---------------------------------------------------------------------- */
+
+typedef struct new_dest {
+    mqs_kind kind;
+    const char *name; /* borrowed from the op */
+    int64_t id;
+} new_dest;
+
+typedef struct txn_ctx {
+    mqs_store *s;
+    mqs_be_conn *c;
+    new_dest *nd; /* destinations created in this transaction */
+    size_t n_nd, cap_nd;
+    mqs_be_msg *msgs; /* scratch for runs of inserts */
+    size_t cap_msgs;
+    mqs_be_ref *refs; /* scratch for runs of acks */
+    size_t cap_refs;
+} txn_ctx;
+
+static int resolve(txn_ctx *t, mqs_kind kind, const char *name, int create,
+                   int64_t *id)
+{
+    *id = mqs__cache_get(t->s, kind, name);
+    if (*id)
+        return 0;
+    for (size_t i = 0; i < t->n_nd; i++)
+        if (t->nd[i].kind == kind && !strcmp(t->nd[i].name, name)) {
+            *id = t->nd[i].id;
+            return 0;
+        }
+    int rc = t->s->be->dest_resolve(t->c, kind, name, create, id);
+    if (rc)
+        return rc;
+    /* Cache only after commit: a rolled-back insert leaves no destination. */
+    if (t->n_nd == t->cap_nd) {
+        size_t cap = t->cap_nd ? t->cap_nd * 2 : 8;
+        new_dest *nd = realloc(t->nd, cap * sizeof *nd);
+        if (!nd)
+            return MQS_ENOMEM;
+        t->nd = nd;
+        t->cap_nd = cap;
+    }
+    t->nd[t->n_nd++] = (new_dest){kind, name, *id};
+    return 0;
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    void *n = realloc(*p, c * elem);
+    if (!n)
+        return MQS_ENOMEM;
+    *p = n;
+    *cap = c;
+    return 0;
+}
+
+/* Run a run of consecutive ops of one kind (ENQ or ACK) natively batched. */
+static int run_inserts(txn_ctx *t, mqs_op **ops, size_t n, int64_t now)
+{
+    const mqs_backend *be = t->s->be;
+    int rc = grow((void **)&t->msgs, &t->cap_msgs, n, sizeof *t->msgs);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        mqs_op *op = ops[i];
+        mqs_be_msg *m = &t->msgs[i];
+        if ((rc = resolve(t, op->dkind, op->dest, 1, &m->dest_id)))
+            return rc;
+        m->kind = op->dkind;
+        m->priority = op->priority;
+        m->expires_ms = op->expires_ms;
+        m->enqueued_ms = now;
+        m->headers = op->data;
+        m->headers_len = op->hlen;
+        m->body = op->data + op->hlen;
+        m->body_len = op->blen;
+        m->id = 0;
+    }
+    if (be->msg_insert_many)
+        rc = be->msg_insert_many(t->c, t->msgs, n);
+    else
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = be->msg_insert(t->c, &t->msgs[i]);
+    if (rc == 0)
+        for (size_t i = 0; i < n; i++)
+            ops[i]->id = t->msgs[i].id;
+    return rc;
+}
+
+static int run_acks(txn_ctx *t, mqs_op **ops, size_t n)
+{
+    const mqs_backend *be = t->s->be;
+    int rc = grow((void **)&t->refs, &t->cap_refs, n, sizeof *t->refs);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        t->refs[i] = (mqs_be_ref){ops[i]->id, ops[i]->sub_id};
+    if (be->msg_ack_many)
+        return be->msg_ack_many(t->c, t->refs, n);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = be->msg_ack(t->c, &t->refs[i]);
+    return rc;
+}
+
+static int run_one(txn_ctx *t, mqs_op *op)
+{
+    const mqs_backend *be = t->s->be;
+    int64_t dest_id = 0;
+    int rc;
+    switch (op->kind) {
+    case OP_NACK: {
+        mqs_be_ref r = {op->id, op->sub_id};
+        return be->msg_nack(t->c, &r);
+    }
+    case OP_SUB_CREATE:
+        if ((rc = resolve(t, MQS_TOPIC, op->dest, 1, &dest_id)))
+            return rc;
+        return be->sub_create(t->c, dest_id, op->name, &op->sub_id);
+    case OP_SUB_REMOVE:
+        return be->sub_remove(t->c, op->sub_id);
+    case OP_PURGE:
+        if (op->dest) {
+            rc = resolve(t, op->dkind, op->dest, 0, &dest_id);
+            if (rc == MQS_ENOTFOUND) { /* never used: nothing to purge */
+                op->count = 0;
+                return 0;
+            }
+            if (rc)
+                return rc;
+        }
+        return be->purge(t->c, dest_id, &op->count);
+    default:
+        return MQS_EINVAL;
+    }
+}
+
+/* Run reqs[0..n) as one transaction on c. On failure the message is in
+ * err. */
+static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
+                    size_t n, char *err, size_t errlen)
+{
+    const mqs_backend *be = s->be;
+    txn_ctx t = {.s = s, .c = c};
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += reqs[i]->n_ops;
+    mqs_op **ops = malloc((total ? total : 1) * sizeof *ops);
+    if (!ops) {
+        snprintf(err, errlen, "out of memory building a transaction");
+        return MQS_ENOMEM;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < reqs[i]->n_ops; j++)
+            ops[k++] = &reqs[i]->ops[j];
+
+    int64_t now = mqs__now_ms();
+    mqs_fence fence;
+    int rc = mqs__fence_prepare(s, &fence, err, errlen);
+    if (rc) {
+        free(ops);
+        return rc;
+    }
+    rc = be->txn_begin(c);
+    /* Fencing: the token is checked (and the lease renewed) inside the
+     * transaction that writes, so a deposed master's commit writes
+     * nothing. */
+    if (rc == 0 && fence.active) {
+        mqs_be_lock_state st;
+        rc = be->lock_renew(c, &fence.l, &st);
+    }
+    /* Consecutive inserts and consecutive acks go to the backend as one
+     * native batch; everything else runs in order. Order is kept, so a
+     * transaction's semantics never depend on batching. */
+    for (size_t i = 0; i < total && rc == 0;) {
+        size_t j = i + 1;
+        if (ops[i]->kind == OP_ENQ || ops[i]->kind == OP_ACK) {
+            while (j < total && ops[j]->kind == ops[i]->kind)
+                j++;
+            rc = ops[i]->kind == OP_ENQ ? run_inserts(&t, ops + i, j - i, now)
+                                        : run_acks(&t, ops + i, j - i);
+        } else {
+            rc = run_one(&t, ops[i]);
+        }
+        i = j;
+    }
+    if (rc == 0)
+        rc = be->txn_commit(c);
+    if (rc) {
+        snprintf(err, errlen, "%s",
+                 rc == MQS_ENOMEM ? "out of memory" : be->conn_errmsg(c));
+        (void)be->txn_rollback(c); /* the failure above is what counts */
+    } else {
+        for (size_t i = 0; i < t.n_nd; i++)
+            mqs__cache_put(s, t.nd[i].kind, t.nd[i].name, t.nd[i].id);
+    }
+    mqs__fence_done(s, &fence, rc, err);
+    free(t.nd);
+    free(t.msgs);
+    free(t.refs);
+    free(ops);
+    return rc;
+}
+
+static void count_success(mqs_store *s, mqs_request **reqs, size_t n)
+{
+    uint64_t enq = 0, ack = 0, nack = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < reqs[i]->n_ops; j++) {
+            mqs_op *op = &reqs[i]->ops[j];
+            enq += op->kind == OP_ENQ && op->id != 0;
+            ack += op->kind == OP_ACK;
+            nack += op->kind == OP_NACK;
+        }
+    pthread_mutex_lock(&s->stats_mu);
+    s->stats.enqueued += enq;
+    s->stats.acked += ack;
+    s->stats.nacked += nack;
+    s->stats.transactions++;
+    if (n > s->stats.max_batch)
+        s->stats.max_batch = n;
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+static void fail(mqs_store *s, mqs_request *r, int rc, const char *msg)
+{
+    r->rc = rc;
+    free(r->errmsg);
+    r->errmsg = mqs__strdup(msg);
+    for (size_t j = 0; j < r->n_ops; j++)
+        r->ops[j].id = r->ops[j].kind == OP_ENQ ? 0 : r->ops[j].id;
+    pthread_mutex_lock(&s->stats_mu);
+    s->stats.failed++;
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+/* Commit reqs as one transaction on *c, reconnecting as needed; sets each
+ * request's rc. A transaction that failed before COMMIT on a lost
+ * connection wrote nothing, so it is retried on a new connection until
+ * reconnect_timeout_ms; a lost COMMIT is reported as MQS_EUNKNOWN (it may
+ * have committed: retrying could store messages twice). Any other failure
+ * of a group is retried one request per transaction, so one bad request
+ * cannot fail its neighbours. */
+static void run_batch(mqs_store *s, mqs_be_conn **c, const char *role,
+                      mqs_request **reqs, size_t n)
+{
+    char err[1536] = "";
+    int64_t deadline = mqs__mono_ms() + s->uri.cfg.reconnect_timeout_ms;
+    int rc;
+    for (;;) {
+        rc = conn_ensure(s, c, role, err, sizeof err);
+        if (rc)
+            break;
+        rc = exec_txn(s, *c, reqs, n, err, sizeof err);
+        if (rc == MQS_ECONN || rc == MQS_EUNKNOWN) {
+            s->be->conn_close(*c);
+            *c = NULL;
+        }
+        if (rc != MQS_ECONN || mqs__mono_ms() > deadline)
+            break;
+        mqs__log(s, MQS_LOG_WARN, "connection lost before commit, retrying "
+                 "the transaction: %s", err);
+        pthread_mutex_lock(&s->stats_mu);
+        s->stats.retries++;
+        pthread_mutex_unlock(&s->stats_mu);
+    }
+    if (rc == 0) {
+        count_success(s, reqs, n);
+        for (size_t i = 0; i < n; i++)
+            reqs[i]->rc = 0;
+        return;
+    }
+    if (n > 1 && rc != MQS_EUNKNOWN && rc != MQS_ECONN && rc != MQS_EFENCED) {
+        pthread_mutex_lock(&s->stats_mu);
+        s->stats.retries++;
+        pthread_mutex_unlock(&s->stats_mu);
+        for (size_t i = 0; i < n; i++)
+            run_batch(s, c, role, &reqs[i], 1);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        fail(s, reqs[i], rc, err);
+}
+
+/* ------------------------------------------------------------------------
+ * The writer thread (commit=group)
+ * ---------------------------------------------------------------------- */
+
+static void complete(mqs_store *s, mqs_request **reqs, size_t n)
+{
+    /* Async callbacks run outside the lock, in submission order; their
+     * requests are freed here, so the slots are cleared for the loop below. */
+    for (size_t i = 0; i < n; i++) {
+        mqs_request *r = reqs[i];
+        if (r->async) {
+            if (r->cb) {
+                int64_t id = r->n_ops && r->ops[0].kind == OP_ENQ
+                                 ? r->ops[0].id
+                                 : 0;
+                r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
+            }
+            mqs__req_free(r);
+            reqs[i] = NULL;
+        }
+    }
+    /* A sync request belongs to its waiting caller, which frees it as soon
+     * as `done` is seen: touch nothing after the signal. */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i]) {
+            reqs[i]->done = true;
+            pthread_cond_signal(&reqs[i]->cv);
+        }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *writer_main(void *arg)
+{
+    mqs_store *s = arg;
+    size_t cap = s->uri.cfg.batch_max;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->q_head && !s->stop)
+            pthread_cond_wait(&s->cv_work, &s->mu);
+        if (!s->q_head && s->stop)
+            break;
+        /* Take what is queued now; never wait for a batch to fill, so a
+         * lone writer pays one commit of latency. */
+        size_t n = 0, bytes = 0;
+        while (s->q_head && n < cap &&
+               (n == 0 || bytes + s->q_head->bytes <= s->uri.cfg.batch_bytes)) {
+            mqs_request *r = s->q_head;
+            s->q_head = r->next;
+            if (!s->q_head)
+                s->q_tail = NULL;
+            r->next = NULL;
+            bytes += r->bytes;
+            s->q_count--;
+            s->q_bytes -= r->bytes;
+            s->batch[n++] = r;
+        }
+        if (n == 0)
+            continue;
+        pthread_cond_broadcast(&s->cv_space);
+        pthread_mutex_unlock(&s->mu);
+        run_batch(s, &s->wconn, "writer", s->batch, n);
+        complete(s, s->batch, n);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+int mqs__writer_start(mqs_store *s)
+{
+    if (s->uri.cfg.commit_each)
+        return 0;
+    s->batch = malloc(s->uri.cfg.batch_max * sizeof *s->batch);
+    if (!s->batch)
+        return mqs__err(NULL, MQS_ENOMEM, "out of memory for the writer");
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0)
+        return mqs__err(NULL, MQS_ENOMEM, "cannot start the writer thread");
+    s->writer_running = true;
+    return 0;
+}
+
+void mqs__writer_stop(mqs_store *s)
+{
+    if (!s->writer_running)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv_work);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    s->writer_running = false;
+}
+
+static void enqueue_locked(mqs_store *s, mqs_request *r)
+{
+    r->next = NULL;
+    if (s->q_tail)
+        s->q_tail->next = r;
+    else
+        s->q_head = r;
+    s->q_tail = r;
+    s->q_count++;
+    s->q_bytes += r->bytes;
+    pthread_cond_signal(&s->cv_work);
+}
+
+int mqs__submit_wait(mqs_store *s, mqs_request *r)
+{
+    if (s->uri.cfg.commit_each) {
+        /* The baseline: this thread, its own connection, its own
+         * transaction. run_batch closes and NULLs a broken connection; the
+         * slot reopens it next time. */
+        mqs_be_conn **slot;
+        int rc = mqs__pool_get(s, false, &slot);
+        if (rc)
+            return rc;
+        mqs_request *one[1] = {r};
+        run_batch(s, slot, "reader", one, 1);
+        mqs__pool_put(s, slot, false);
+    } else {
+        pthread_mutex_lock(&s->mu);
+        if (s->stop) {
+            pthread_mutex_unlock(&s->mu);
+            return mqs__err(s, MQS_ECLOSED, "store is closing");
+        }
+        enqueue_locked(s, r);
+        while (!r->done)
+            pthread_cond_wait(&r->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (r->rc)
+        return mqs__err(s, r->rc, "%s", r->errmsg ? r->errmsg : "");
+    return 0;
+}
+
+int mqs__submit_async(mqs_store *s, mqs_request *r)
+{
+    r->async = true;
+    if (s->uri.cfg.commit_each) {
+        /* No writer thread in this mode: run now, then complete. */
+        int rc = mqs__submit_wait(s, r);
+        (void)rc;
+        if (r->cb) {
+            int64_t id = r->n_ops && r->ops[0].kind == OP_ENQ ? r->ops[0].id : 0;
+            r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
+        }
+        mqs__req_free(r);
+        return 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop && s->q_bytes > 0 &&
+           s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes)
+        pthread_cond_wait(&s->cv_space, &s->mu);
+    if (s->stop) {
+        pthread_mutex_unlock(&s->mu);
+        mqs__req_free(r);
+        return mqs__err(s, MQS_ECLOSED, "store is closing");
+    }
+    enqueue_locked(s, r);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}

@@ -65,8 +65,11 @@ static void deliver_lost(mqs_store *s)
         cbs.on_lost(cbs.ud, token, reason);
 }
 
-/* MASTER -> LOST exactly once. Writes fail with MQS_EFENCED from here. */
-static void lose(mqs_store *s, const char *reason)
+/* MASTER -> LOST exactly once. Writes fail with MQS_EFENCED from here.
+ * keep_session: a clean release frees the lock row first and drops the
+ * session lock after it, so a standby woken by the session lock finds the
+ * row already free. */
+static void lose_ex(mqs_store *s, const char *reason, bool keep_session)
 {
     pthread_mutex_lock(&s->ha_mu);
     if (s->ha_state != HA_MASTER) {
@@ -75,17 +78,23 @@ static void lose(mqs_store *s, const char *reason)
     }
     s->ha_state = HA_LOST;
     int64_t token = s->token;
-    session_drop_locked(s);
+    if (!keep_session)
+        session_drop_locked(s);
     snprintf(s->lost_reason, sizeof s->lost_reason, "%s", reason);
     s->lost_pending = true;
     bool direct = !s->keeper_running;
     pthread_cond_broadcast(&s->ha_cv);
     pthread_mutex_unlock(&s->ha_mu);
-    mqs__log(s, MQS_LOG_WARN, "node %s lost the lock of cluster '%s' "
-             "(token %lld): %s", s->uri.cfg.node_id, s->uri.cfg.cluster,
-             (long long)token, reason);
+    mqs__log(s, keep_session ? MQS_LOG_INFO : MQS_LOG_WARN,
+             "node %s lost the lock of cluster '%s' (token %lld): %s",
+             s->uri.cfg.node_id, s->uri.cfg.cluster, (long long)token, reason);
     if (direct)
         deliver_lost(s);
+}
+
+static void lose(mqs_store *s, const char *reason)
+{
+    lose_ex(s, reason, false);
 }
 
 int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err, size_t errlen)
@@ -152,29 +161,33 @@ static void renew_done(void *ud, int rc, int64_t id, const char *errmsg)
         mqs__log(s, MQS_LOG_WARN, "lease renewal failed: %s", errmsg);
 }
 
-/* Hold the session lock if we can; called by the keeper without ha_mu. */
+/* Hold the session lock if we can. The keeper checks the connection out
+ * while it talks to the database, so a concurrent lose() (which closes
+ * s->sconn) never closes it under our feet. */
 static void session_rearm(mqs_store *s)
 {
-    mqs_be_conn *c = s->sconn; /* only the keeper touches it while MASTER */
+    pthread_mutex_lock(&s->ha_mu);
+    mqs_be_conn *c = s->sconn;
+    s->sconn = NULL;
+    pthread_mutex_unlock(&s->ha_mu);
     if (!c && mqs__conn_open(s, "lock", &c) != 0)
         return;
     int64_t sid = 0;
     int rc = s->be->session_lock(c, s->uri.cfg.cluster, 0, &sid);
-    pthread_mutex_lock(&s->ha_mu);
-    if (s->ha_state != HA_MASTER) {
-        pthread_mutex_unlock(&s->ha_mu);
-        if (c != s->sconn)
-            s->be->conn_close(c);
-        return;
-    }
     if (rc == MQS_ECONN) {
         s->be->conn_close(c);
         c = NULL;
     }
-    s->sconn = c;
-    s->session_held = rc == 0;
-    s->session_id = rc == 0 ? sid : 0;
+    pthread_mutex_lock(&s->ha_mu);
+    if (s->ha_state == HA_MASTER && !s->sconn) {
+        s->sconn = c;
+        s->session_held = rc == 0;
+        s->session_id = rc == 0 ? sid : 0;
+        c = NULL;
+    }
     pthread_mutex_unlock(&s->ha_mu);
+    if (c) /* lost meanwhile: closing drops the session lock */
+        s->be->conn_close(c);
 }
 
 static void *keeper_main(void *arg)
@@ -451,11 +464,15 @@ int mqs_lock_release(mqs_store *s)
     mqs_be_lock l = {s->uri.cfg.cluster, s->uri.cfg.node_id, s->token,
                      s->uri.cfg.lease_ms, 0, 0};
     pthread_mutex_unlock(&s->ha_mu);
-    /* Stop believing first, then free the row: no write can slip in
-     * between as master. */
-    lose(s, "released");
+    /* Stop believing first, then free the row (no write can slip in
+     * between as master), then drop the session lock that wakes a
+     * standby. */
+    lose_ex(s, "released", true);
     keeper_stop(s);
     int rc = mqs__with_reader(s, do_release, &l);
+    pthread_mutex_lock(&s->ha_mu);
+    session_drop_locked(s);
+    pthread_mutex_unlock(&s->ha_mu);
     if (rc == 0)
         mqs__log(s, MQS_LOG_INFO, "node %s released the lock of cluster '%s'",
                  s->uri.cfg.node_id, s->uri.cfg.cluster);

@@ -112,11 +112,6 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
         be_max && be_max < s->max_message)
         s->max_message = be_max;
 
-    if (s->uri.cfg.commit_each) {
-        /* No writer thread: the connection serves the pool instead. */
-        s->pool.conns[0] = s->wconn;
-        s->wconn = NULL;
-    }
     if ((rc = mqs__writer_start(s)))
         goto fail;
     mqs__log(s, MQS_LOG_INFO, "opened %s (backend %s %s, schema %d, commit=%s)",

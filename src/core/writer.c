@@ -609,7 +609,9 @@ static void complete(mqs_store *s, mqs_request **reqs, size_t n)
 static void *writer_main(void *arg)
 {
     mqs_store *s = arg;
-    size_t cap = s->uri.cfg.batch_max;
+    /* commit=each: async writes still complete on this thread (the API
+     * promises a library thread), but one per transaction. */
+    size_t cap = s->uri.cfg.commit_each ? 1 : s->uri.cfg.batch_max;
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->q_head && !s->stop)
@@ -645,8 +647,6 @@ static void *writer_main(void *arg)
 
 int mqs__writer_start(mqs_store *s)
 {
-    if (s->uri.cfg.commit_each)
-        return 0;
     s->batch = malloc(s->uri.cfg.batch_max * sizeof *s->batch);
     if (!s->batch)
         return mqs__err(NULL, MQS_ENOMEM, "out of memory for the writer");
@@ -713,17 +713,6 @@ int mqs__submit_wait(mqs_store *s, mqs_request *r)
 int mqs__submit_async(mqs_store *s, mqs_request *r)
 {
     r->async = true;
-    if (s->uri.cfg.commit_each) {
-        /* No writer thread in this mode: run now, then complete. */
-        int rc = mqs__submit_wait(s, r);
-        (void)rc;
-        if (r->cb) {
-            int64_t id = r->n_ops && r->ops[0].kind == OP_ENQ ? r->ops[0].id : 0;
-            r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
-        }
-        mqs__req_free(r);
-        return 0;
-    }
     pthread_mutex_lock(&s->mu);
     while (!s->stop && s->q_bytes > 0 &&
            s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes)

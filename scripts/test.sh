@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: a -Werror build and an ASan+UBSan build, each run
+# against SQLite and against throw-away PostgreSQL 15 and MariaDB servers
+# that this script starts (temp data dirs, 127.0.0.1) and stops at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+scripts/install-deps.sh
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "build (-Werror, all backends required)"
+scripts/build.sh build -DMQS_REQUIRE_ALL_BACKENDS=ON
+step "build (ASan + UBSan)"
+scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DMQS_SANITIZE=ON -DMQS_REQUIRE_ALL_BACKENDS=ON
+
+cleanup() {
+  "$root/tests/db/postgres.sh" stop >/dev/null 2>&1 || true
+  "$root/tests/db/mariadb.sh" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+step "start PostgreSQL 15 and MariaDB (throw-away)"
+MQSTORE_TEST_PG_URI=$(tests/db/postgres.sh start)
+MQSTORE_TEST_MYSQL_URI=$(tests/db/mariadb.sh start)
+export MQSTORE_TEST_PG_URI MQSTORE_TEST_MYSQL_URI
+# The servers are up, so a test that cannot reach one must fail, not skip.
+export MQSTORE_REQUIRE_SERVERS=1
+
+step "ctest (build)"
+ctest --test-dir build --output-on-failure --timeout 900
+step "ctest (build-asan)"
+# valgrind and ASan do not mix: the valgrind-labelled tests run in build/ only.
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure --timeout 900 -LE valgrind
+step "all tests passed"

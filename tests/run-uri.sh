@@ -1,0 +1,19 @@
+#!/bin/sh
+# run-uri.sh VAR COMMAND [ARGS...]: run COMMAND ARGS... "$VAR's value".
+# Unset VAR: skip (exit 77, shown as skipped by ctest) on a developer's
+# machine, but fail under CI=true: CI must never silently skip a server.
+var=$1
+shift
+case $var in
+    ''|*[!A-Za-z0-9_]*) echo "run-uri.sh: bad variable name '$var'" >&2; exit 2 ;;
+esac
+eval "uri=\${$var:-}"
+if [ -z "$uri" ]; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "run-uri.sh: $var is not set but CI=true: start the database (tests/db/) and export $var" >&2
+        exit 1
+    fi
+    echo "run-uri.sh: $var is not set: skipping (set it to a store URI to run this test)"
+    exit 77
+fi
+exec "$@" "$uri"

@@ -1,0 +1,456 @@
+/* t_api.c - open/close, URIs and their errors, options, error names. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Every code has a distinct name and a message; unknown codes too. */
+static void test_error_names(void **state)
+{
+    (void)state;
+    static const int codes[] = {
+#define X_(name, val, msg) MQS_##name,
+        MQS_ERRNO_MAP(X_)
+#undef X_
+    };
+    static const char *const names[] = {
+#define X_(name, val, msg) "MQS_" #name,
+        MQS_ERRNO_MAP(X_)
+#undef X_
+    };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        assert_true(codes[i] < 0);
+        assert_string_equal(mqs_errname(codes[i]), names[i]);
+        assert_non_null(mqs_strerror(codes[i]));
+        assert_true(strlen(mqs_strerror(codes[i])) > 0);
+    }
+    assert_string_equal(mqs_strerror(MQS_EINVAL), "invalid argument");
+    assert_non_null(mqs_errname(-9999));
+    assert_non_null(mqs_strerror(-9999));
+    assert_non_null(mqs_errname(0));
+    assert_non_null(mqs_strerror(0));
+}
+
+static void test_open_close(void **state)
+{
+    (void)state;
+    mqs_store *s = tu_open();
+    const char *u = mqs_uri(s);
+    assert_non_null(u);
+    /* the handle reports its own URI, scheme first */
+    assert_int_equal(strncmp(u, g_scheme, strlen(g_scheme)), 0);
+    char masked[1024];
+    mqs_uri_mask(g_uri, masked, sizeof masked);
+    assert_string_equal(u, masked);
+    assert_true(mqs_max_message_size(s) > 0);
+    assert_true(mqs_max_message_size(s) <= 16777216u);
+    int db = -1, lib = -1;
+    TU_OK(mqs_schema_version(s, &db, &lib), s);
+    assert_true(lib >= 1);
+    assert_int_equal(db, lib);
+    mqs_stats st = tu_stats(s);
+    assert_int_equal(st.schema_version, db);
+    assert_int_equal(st.queued, 0);
+    mqs_close(s);
+    mqs_close(NULL); /* documented no-op */
+
+    /* Reopening the same store works and sees the same schema. */
+    s = tu_open();
+    int db2 = -1;
+    TU_OK(mqs_schema_version(s, &db2, NULL), s);
+    assert_int_equal(db2, db);
+    mqs_close(s);
+}
+
+/* Open must fail with one of the codes, leave *out NULL, and explain itself
+ * naming `needle`. Returns the code. */
+static int open_fails(const char *uri, int code1, int code2,
+                      const char *needle)
+{
+    mqs_store *s = (mqs_store *)(uintptr_t)0x1; /* must be reset to NULL */
+    int rc = mqs_open(uri, NULL, &s);
+    if (rc == 0)
+        mqs_close(s);
+    assert_true(rc < 0);
+    assert_null(s);
+    const char *msg = mqs_errmsg(NULL);
+    assert_non_null(msg);
+    if (rc != code1 && rc != code2)
+        fail_msg("open(%s) -> %s (%s), expected %s", uri, mqs_errname(rc), msg,
+                 mqs_errname(code1));
+    if (needle && !strstr(msg, needle))
+        fail_msg("open(%s): message \"%s\" does not name \"%s\"", uri, msg,
+                 needle);
+    return rc;
+}
+
+static void test_bad_scheme(void **state)
+{
+    (void)state;
+    open_fails("nosuchdb://localhost/x", MQS_ENOMODULE, MQS_EINVAL, "nosuchdb");
+    /* no scheme at all */
+    open_fails("just-a-file.db", MQS_EINVAL, MQS_ENOMODULE, NULL);
+    assert_true(strlen(mqs_errmsg(NULL)) > 0);
+    open_fails("", MQS_EINVAL, MQS_ENOMODULE, NULL);
+    /* a scheme that could escape the module directory */
+    open_fails("../../etc/x://a", MQS_EINVAL, MQS_ENOMODULE, NULL);
+}
+
+static void test_unknown_option(void **state)
+{
+    (void)state;
+    char *u = tu_uri_with(g_uri, "bogus_option_xyz=1");
+    open_fails(u, MQS_EINVAL, MQS_EINVAL, "bogus_option_xyz");
+    free(u);
+}
+
+static void test_bad_option_value(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *opt, *needle;
+    } cases[] = {
+        {"commit=sometimes", "commit"},
+        {"batch_max=abc", "batch_max"},
+        {"batch_max=", "batch_max"},
+        {"max_message_size=-5", "max_message_size"},
+        {"pool_size=12x", "pool_size"},
+        {"migrate=maybe", "migrate"},
+        {"reconnect_timeout_ms=soon", "reconnect_timeout_ms"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *u = tu_uri_with(g_uri, cases[i].opt);
+        open_fails(u, MQS_EINVAL, MQS_EINVAL, cases[i].needle);
+        free(u);
+    }
+    if (g_is_sqlite) {
+        char *u = tu_uri_with(g_uri, "synchronous=maybe");
+        open_fails(u, MQS_EINVAL, MQS_EINVAL, "synchronous");
+        free(u);
+        u = tu_uri_with(g_uri, "journal_mode=sideways");
+        open_fails(u, MQS_EINVAL, MQS_EINVAL, "journal_mode");
+        free(u);
+        u = tu_uri_with(g_uri, "busy_timeout=never");
+        open_fails(u, MQS_EINVAL, MQS_EINVAL, "busy_timeout");
+        free(u);
+    }
+}
+
+static void test_unopenable_path(void **state)
+{
+    (void)state;
+    if (!g_is_sqlite)
+        skip();
+    open_fails("sqlite:///nonexistent/dir/x.db", MQS_EIO, MQS_EIO,
+               "/nonexistent/dir/x.db");
+}
+
+#define SECRET "Pa55w0rdS3cret"
+
+/* A password is masked in every message, whatever fails. */
+static void test_password_never_shown(void **state)
+{
+    (void)state;
+    char own[1024];
+    const char *const uris[] = {
+        "postgresql://alice:" SECRET "@127.0.0.1:1/nodb?bogus_opt=1",
+        "postgresql://alice:" SECRET "@127.0.0.1:1/nodb?commit=bad",
+        "mysql://bob:" SECRET "@127.0.0.1:1/nodb?bogus_opt=1",
+        "nosuchdb://carol:" SECRET "@host/db?bogus_opt=1",
+        own,
+    };
+    /* The scheme under test with credentials added to its authority part. */
+    snprintf(own, sizeof own, "%s://dave:" SECRET "@127.0.0.1:1/x?bogus_opt=1",
+             g_scheme);
+    for (size_t i = 0; i < sizeof uris / sizeof uris[0]; i++) {
+        mqs_store *s = NULL;
+        int rc = mqs_open(uris[i], NULL, &s);
+        if (rc == 0)
+            mqs_close(s);
+        assert_true(rc < 0);
+        const char *msg = mqs_errmsg(NULL);
+        if (strstr(msg, SECRET))
+            fail_msg("password shown in message for uri #%zu: %s", i, msg);
+        assert_true(strlen(msg) > 0);
+    }
+}
+
+static void check_mask(const char *uri, const char *want)
+{
+    char buf[512];
+    size_t n = mqs_uri_mask(uri, buf, sizeof buf);
+    assert_string_equal(buf, want);
+    assert_int_equal(n, strlen(want));
+}
+
+static void test_uri_mask(void **state)
+{
+    (void)state;
+    check_mask("postgresql://user:" SECRET "@db.example:5432/mq?commit=each",
+               "postgresql://user:***@db.example:5432/mq?commit=each");
+    check_mask("mysql://root:" SECRET "@localhost/mq",
+               "mysql://root:***@localhost/mq");
+    /* nothing to mask */
+    check_mask("sqlite:///var/lib/mq/store.db?synchronous=full",
+               "sqlite:///var/lib/mq/store.db?synchronous=full");
+    check_mask("sqlite:relative/store.db", "sqlite:relative/store.db");
+    check_mask("mysql://root@localhost/mq", "mysql://root@localhost/mq");
+    /* an '@' in the path or query is not a password separator */
+    check_mask("postgresql://u:" SECRET "@h/db?application_name=a@b",
+               "postgresql://u:***@h/db?application_name=a@b");
+
+    /* snprintf semantics: the needed length, a truncated NUL-terminated
+     * copy, and nothing written with buflen 0. */
+    const char *u = "postgresql://user:" SECRET "@h/db";
+    const char *want = "postgresql://user:***@h/db";
+    assert_int_equal(mqs_uri_mask(u, NULL, 0), strlen(want));
+    char small[12];
+    memset(small, 'Z', sizeof small);
+    size_t n = mqs_uri_mask(u, small, sizeof small);
+    assert_int_equal(n, strlen(want));
+    assert_int_equal(small[sizeof small - 1], '\0');
+    assert_int_equal(strncmp(small, want, sizeof small - 1), 0);
+    char tiny[1] = {'Z'};
+    mqs_uri_mask(u, tiny, 1);
+    assert_int_equal(tiny[0], '\0');
+    /* a truncated copy never leaks a prefix of the password */
+    for (size_t len = 1; len <= strlen(want) + 1; len++) {
+        char b[64];
+        mqs_uri_mask(u, b, len);
+        assert_null(strstr(b, "Pa5"));
+    }
+}
+
+struct opt_seen {
+    int commit, batch_max, batch_bytes, max_message_size, max_pending_bytes,
+        pool_size, migrate, reconnect_timeout_ms;
+    int synchronous, busy_timeout, journal_mode;
+    int backend_rows;
+    const char *scheme;
+};
+
+static void opt_cb(void *ud, const mqs_option_info *o)
+{
+    struct opt_seen *s = ud;
+    assert_non_null(o->name);
+    assert_non_null(o->default_value);
+    assert_non_null(o->doc);
+    assert_non_null(o->scope);
+    assert_true(strlen(o->doc) > 0);
+    if (strcmp(o->scope, "core") != 0) {
+        s->backend_rows++;
+        if (!strcmp(o->name, "synchronous")) {
+            s->synchronous++;
+            assert_string_equal(o->default_value, "full");
+        } else if (!strcmp(o->name, "busy_timeout")) {
+            s->busy_timeout++;
+            assert_string_equal(o->default_value, "5000");
+        } else if (!strcmp(o->name, "journal_mode")) {
+            s->journal_mode++;
+        }
+        return;
+    }
+#define CORE_(n, d)                                                            \
+    if (!strcmp(o->name, #n)) {                                                \
+        s->n++;                                                                \
+        assert_string_equal(o->default_value, d);                              \
+        return;                                                                \
+    }
+    CORE_(commit, "group")
+    CORE_(batch_max, "1024")
+    CORE_(batch_bytes, "8388608")
+    CORE_(max_message_size, "16777216")
+    CORE_(max_pending_bytes, "67108864")
+    CORE_(pool_size, "4")
+    CORE_(migrate, "auto")
+    CORE_(reconnect_timeout_ms, "30000")
+#undef CORE_
+}
+
+static void test_option_foreach(void **state)
+{
+    (void)state;
+    struct opt_seen s;
+    memset(&s, 0, sizeof s);
+    TU_OK(mqs_option_foreach(NULL, opt_cb, &s), NULL);
+    assert_int_equal(s.commit, 1);
+    assert_int_equal(s.batch_max, 1);
+    assert_int_equal(s.batch_bytes, 1);
+    assert_int_equal(s.max_message_size, 1);
+    assert_int_equal(s.max_pending_bytes, 1);
+    assert_int_equal(s.pool_size, 1);
+    assert_int_equal(s.migrate, 1);
+    assert_int_equal(s.reconnect_timeout_ms, 1);
+    assert_int_equal(s.backend_rows, 0);
+
+    memset(&s, 0, sizeof s);
+    TU_OK(mqs_option_foreach(g_scheme, opt_cb, &s), NULL);
+    assert_int_equal(s.commit, 1);
+    if (g_is_sqlite) {
+        assert_int_equal(s.synchronous, 1);
+        assert_int_equal(s.busy_timeout, 1);
+        assert_int_equal(s.journal_mode, 1);
+    }
+    int rc = mqs_option_foreach("nosuchdb", opt_cb, &s);
+    assert_true(rc == MQS_ENOMODULE || rc == MQS_EINVAL);
+}
+
+/* Valid options are accepted and max_message_size takes effect. */
+static void test_options_accepted(void **state)
+{
+    (void)state;
+    char *u = tu_uri_with(g_uri, "max_message_size=1000&batch_max=16&pool_size=2"
+                                 "&batch_bytes=65536&reconnect_timeout_ms=1000");
+    mqs_store *s = tu_open_uri(u);
+    free(u);
+    assert_int_equal(mqs_max_message_size(s), 1000);
+    char q[128];
+    tu_name(q, sizeof q, "maxopt");
+    static unsigned char buf[1001];
+    unsigned char hdr[10] = "hdr-bytes";
+    mqs_msg m = tu_msg(MQS_QUEUE, q, buf, 1000 - sizeof hdr, 4);
+    m.headers = hdr;
+    m.headers_len = sizeof hdr;
+    int64_t id = 0;
+    TU_OK(mqs_enqueue(s, &m, &id), s);
+    assert_true(id > 0);
+    m.body_len++;
+    assert_int_equal(mqs_enqueue(s, &m, &id), MQS_ETOOBIG);
+    assert_int_equal(tu_pending(s, MQS_QUEUE, q, NULL), 1);
+    mqs_close(s);
+
+    if (g_is_sqlite) {
+        u = tu_uri_with(g_uri, "synchronous=normal&busy_timeout=100");
+        s = tu_open_uri(u);
+        free(u);
+        TU_OK(mqs_enqueue(s, &m, NULL), s); /* within 16 MiB here */
+        mqs_close(s);
+    }
+}
+
+static int progress_calls;
+static void progress_cb(void *ud, int from, int to, const char *name)
+{
+    (void)ud;
+    assert_true(to > from);
+    assert_non_null(name);
+    progress_calls++;
+}
+
+/* A current store needs no migration; mqs_migrate is then a no-op. */
+static void test_nomigrate(void **state)
+{
+    (void)state;
+    mqs_store *s = NULL;
+    int rc = mqs_open_nomigrate(g_uri, NULL, &s);
+    if (rc)
+        fail_msg("open_nomigrate: %s: %s", mqs_errname(rc), mqs_errmsg(NULL));
+    int db = -1, lib = -1;
+    TU_OK(mqs_schema_version(s, &db, &lib), s);
+    assert_int_equal(db, lib);
+    progress_calls = 0;
+    TU_OK(mqs_migrate(s, progress_cb, NULL), s);
+    assert_int_equal(progress_calls, 0);
+    mqs_close(s);
+
+    /* migrate=off opens a current store */
+    char *u = tu_uri_with(g_uri, "migrate=off");
+    s = tu_open_uri(u);
+    free(u);
+    mqs_close(s);
+}
+
+/* g_uri with its "user:password@host:port" authority rewritten; NULL if the
+ * URI has no password. malloc'd. */
+static char *with_authority(const char *pw, const char *hostport)
+{
+    const char *auth = strstr(g_uri, "://");
+    if (!auth)
+        return NULL;
+    auth += 3;
+    const char *end = auth + strcspn(auth, "/?");
+    const char *at = memchr(auth, '@', (size_t)(end - auth));
+    const char *colon = memchr(auth, ':', (size_t)((at ? at : end) - auth));
+    if (!at || !colon)
+        return NULL;
+    size_t n = strlen(g_uri) + strlen(pw) + (hostport ? strlen(hostport) : 0) + 64;
+    char *out = malloc(n);
+    assert_non_null(out);
+    snprintf(out, n, "%.*s%s@%.*s%s", (int)(colon + 1 - g_uri), g_uri, pw,
+             hostport ? (int)strlen(hostport) : (int)(end - at - 1),
+             hostport ? hostport : at + 1, end);
+    char *withopt = tu_uri_with(out, "reconnect_timeout_ms=1000");
+    free(out);
+    return withopt;
+}
+
+/* The real password of g_uri, into buf ("" if none). */
+static void real_password(char *buf, size_t len)
+{
+    buf[0] = '\0';
+    const char *auth = strstr(g_uri, "://");
+    if (!auth)
+        return;
+    auth += 3;
+    const char *end = auth + strcspn(auth, "/?");
+    const char *at = memchr(auth, '@', (size_t)(end - auth));
+    const char *colon = memchr(auth, ':', (size_t)((at ? at : end) - auth));
+    if (at && colon)
+        snprintf(buf, len, "%.*s", (int)(at - colon - 1), colon + 1);
+}
+
+/* Servers only: a wrong password is MQS_EAUTH, an unreachable server
+ * MQS_ECONN, both quickly and without showing any password. */
+static void test_server_errors(void **state)
+{
+    (void)state;
+    char *bad = with_authority("Wr0ngPa55word", NULL);
+    if (!bad)
+        skip(); /* no password in this URI (e.g. SQLite) */
+    char pw[256];
+    real_password(pw, sizeof pw);
+    int64_t t0 = tu_now_ms();
+    mqs_store *s = NULL;
+    int rc = mqs_open(bad, NULL, &s);
+    if (rc == 0)
+        mqs_close(s);
+    const char *msg = mqs_errmsg(NULL);
+    if (rc != MQS_EAUTH)
+        fail_msg("wrong password -> %s (%s), expected MQS_EAUTH",
+                 mqs_errname(rc), msg);
+    assert_null(strstr(msg, "Wr0ngPa55word"));
+    if (pw[0])
+        assert_null(strstr(msg, pw));
+    free(bad);
+
+    char *down = with_authority("Wr0ngPa55word", "127.0.0.1:1");
+    rc = mqs_open(down, NULL, &s);
+    if (rc == 0)
+        mqs_close(s);
+    msg = mqs_errmsg(NULL);
+    if (rc != MQS_ECONN)
+        fail_msg("unreachable server -> %s (%s), expected MQS_ECONN",
+                 mqs_errname(rc), msg);
+    assert_null(strstr(msg, "Wr0ngPa55word"));
+    assert_non_null(strstr(msg, "127.0.0.1"));
+    free(down);
+    /* a failed open does not wait out the reconnect loop for ever */
+    assert_true(tu_now_ms() - t0 < 20000);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_error_names),
+    cmocka_unit_test(test_open_close),
+    cmocka_unit_test(test_bad_scheme),
+    cmocka_unit_test(test_unknown_option),
+    cmocka_unit_test(test_bad_option_value),
+    cmocka_unit_test(test_unopenable_path),
+    cmocka_unit_test(test_password_never_shown),
+    cmocka_unit_test(test_uri_mask),
+    cmocka_unit_test(test_option_foreach),
+    cmocka_unit_test(test_options_accepted),
+    cmocka_unit_test(test_nomigrate),
+    cmocka_unit_test(test_server_errors),
+};
+TU_GROUP(tu_group_api, "api", tests);

@@ -235,6 +235,11 @@ MQS_API int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id,
 /* Negative ack: the message stays pending and its redelivery count grows by
  * one (seen by the next recovery). Unknown ids succeed, like mqs_ack. */
 MQS_API int mqs_nack(mqs_store *s, int64_t id, int64_t sub_id);
+/* Async nack: returns once queued; done (may be NULL) gets the outcome. A
+ * broker can call it when it first dispatches a message, so a message that
+ * was delivered before a crash comes back with redeliveries >= 1. */
+MQS_API int mqs_nack_async(mqs_store *s, int64_t id, int64_t sub_id,
+                           mqs_done_fn done, void *ud);
 
 /* ---------------------------------------------------------------------------
  * Transactions: a client transaction buffers enqueues and acks in memory
@@ -252,6 +257,14 @@ MQS_API int mqs_txn_ack(mqs_txn *t, int64_t id, int64_t sub_id);
 /* Commit atomically and free t (also on failure). ids (may be NULL) gets one
  * id per mqs_txn_enqueue, in order. */
 MQS_API int mqs_txn_commit(mqs_txn *t, int64_t *ids);
+/* Completion of an async commit: ids (borrowed for the call) holds one id
+ * per mqs_txn_enqueue, in order (all 0 on failure). From a library thread,
+ * like mqs_done_fn. */
+typedef void (*mqs_txn_done_fn)(void *ud, int rc, const int64_t *ids,
+                                size_t n_ids, const char *errmsg);
+/* Commit without waiting: t is handed over (freed by the library, also on
+ * failure); done (may be NULL) gets the outcome. For event-loop brokers. */
+MQS_API int mqs_txn_commit_async(mqs_txn *t, mqs_txn_done_fn done, void *ud);
 /* Discard and free t. NULL is a no-op. */
 MQS_API void mqs_txn_rollback(mqs_txn *t);
 /* Number of operations buffered in t. */
@@ -346,7 +359,9 @@ MQS_API int mqs_schema_version(mqs_store *s, int *db_version,
                                int *lib_version);
 
 /* Migration control for tools (mqstore init/migrate/status). Opens without
- * touching the schema (even with migrate=auto); see mqs_migrate. */
+ * touching the schema (even with migrate=auto); see mqs_migrate. A schema
+ * newer than the library opens too, for reading only: every write then
+ * fails with MQS_ESCHEMA. */
 MQS_API int mqs_open_nomigrate(const char *uri, const mqs_open_opts *opts,
                                mqs_store **out);
 /* Bring the schema up to date; progress (may be NULL) is called before each

@@ -131,6 +131,7 @@ typedef struct mqs_request {
     bool done;
     bool async;
     mqs_done_fn cb;
+    mqs_txn_done_fn tcb; /* async transaction commit */
     void *ud;
     pthread_cond_t cv; /* sync waiters */
 } mqs_request;
@@ -158,6 +159,8 @@ struct mqs_store {
     mqs_parsed_uri uri;
     mqs_open_opts opts;
     size_t max_message; /* effective limit */
+    bool schema_newer;  /* opened without migrating a newer schema: no
+                           writes */
 
     /* writer thread and its queue (commit=group) */
     pthread_mutex_t mu;

@@ -18,6 +18,11 @@ static int schema_check(mqs_store *s, bool migrate)
         return mqs__err(NULL, rc, "cannot read the schema version of %s: %s",
                         s->uri.masked, s->be->conn_errmsg(s->wconn));
     s->stats.schema_version = v;
+    if (v > lib && !migrate) {
+        /* Tools may still look (status, stats); writes are refused. */
+        s->schema_newer = true;
+        return 0;
+    }
     if (v > lib)
         return mqs__err(NULL, MQS_ESCHEMA,
                         "%s has schema version %d, newer than version %d "
@@ -282,14 +287,14 @@ int mqs_nack(mqs_store *s, int64_t id, int64_t sub_id)
     return refs_sync(s, OP_NACK, &id, &sub_id, 1);
 }
 
-int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
-                  void *ud)
+static int ref_async(mqs_store *s, op_kind kind, int64_t id, int64_t sub_id,
+                     mqs_done_fn done, void *ud)
 {
     CHECK_STORE(s);
     mqs_request *r = mqs__req_new();
     if (!r)
         return oom(s);
-    int rc = add_refs(s, r, OP_ACK, &id, &sub_id, 1);
+    int rc = add_refs(s, r, kind, &id, &sub_id, 1);
     if (rc) {
         mqs__req_free(r);
         return rc;
@@ -297,6 +302,18 @@ int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
     r->cb = done;
     r->ud = ud;
     return mqs__submit_async(s, r);
+}
+
+int mqs_ack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
+                  void *ud)
+{
+    return ref_async(s, OP_ACK, id, sub_id, done, ud);
+}
+
+int mqs_nack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
+                   void *ud)
+{
+    return ref_async(s, OP_NACK, id, sub_id, done, ud);
 }
 
 /* ------------------------------------------------------------------------
@@ -352,6 +369,18 @@ int mqs_txn_commit(mqs_txn *t, int64_t *ids)
     mqs__req_free(t->r);
     free(t);
     return rc;
+}
+
+int mqs_txn_commit_async(mqs_txn *t, mqs_txn_done_fn done, void *ud)
+{
+    if (!t)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_txn_commit_async: txn is NULL");
+    mqs_store *s = t->s;
+    mqs_request *r = t->r;
+    free(t);
+    r->tcb = done;
+    r->ud = ud;
+    return mqs__submit_async(s, r);
 }
 
 void mqs_txn_rollback(mqs_txn *t)

@@ -578,6 +578,28 @@ static void run_batch(mqs_store *s, mqs_be_conn **c, const char *role,
  * The writer thread (commit=group)
  * ---------------------------------------------------------------------- */
 
+static void txn_complete(mqs_request *r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_ops; i++)
+        n += r->ops[i].kind == OP_ENQ;
+    int64_t one, *ids = n > 1 ? malloc(n * sizeof *ids) : &one;
+    int rc = r->rc;
+    const char *msg = rc ? r->errmsg : "";
+    if (!ids) { /* report the commit's outcome even without the id list */
+        r->tcb(r->ud, rc ? rc : MQS_ENOMEM, NULL, 0,
+               rc ? msg : "committed, but out of memory listing the ids");
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_ops; i++)
+        if (r->ops[i].kind == OP_ENQ)
+            ids[k++] = rc ? 0 : r->ops[i].id;
+    r->tcb(r->ud, rc, ids, n, msg ? msg : "");
+    if (ids != &one)
+        free(ids);
+}
+
 static void complete(mqs_store *s, mqs_request **reqs, size_t n)
 {
     /* Async callbacks run outside the lock, in submission order; their
@@ -591,6 +613,8 @@ static void complete(mqs_store *s, mqs_request **reqs, size_t n)
                                  : 0;
                 r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
             }
+            if (r->tcb)
+                txn_complete(r);
             mqs__req_free(r);
             reqs[i] = NULL;
         }
@@ -681,8 +705,20 @@ static void enqueue_locked(mqs_store *s, mqs_request *r)
     pthread_cond_signal(&s->cv_work);
 }
 
+static int refuse_newer(mqs_store *s)
+{
+    return mqs__err(s, MQS_ESCHEMA,
+                    "%s has a schema newer than this library (version %d > "
+                    "%d): it is open for reading only; upgrade mqstore to "
+                    "write",
+                    s->uri.masked, s->stats.schema_version,
+                    (int)s->be->n_migrations);
+}
+
 int mqs__submit_wait(mqs_store *s, mqs_request *r)
 {
+    if (s->schema_newer)
+        return refuse_newer(s);
     if (s->uri.cfg.commit_each) {
         /* The baseline: this thread, its own connection, its own
          * transaction. run_batch closes and NULLs a broken connection; the
@@ -713,6 +749,10 @@ int mqs__submit_wait(mqs_store *s, mqs_request *r)
 int mqs__submit_async(mqs_store *s, mqs_request *r)
 {
     r->async = true;
+    if (s->schema_newer) {
+        mqs__req_free(r);
+        return refuse_newer(s);
+    }
     pthread_mutex_lock(&s->mu);
     while (!s->stop && s->q_bytes > 0 &&
            s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes)

@@ -4,6 +4,7 @@
  *   mqstore init URI | migrate URI | status URI | stats URI [--json]
  *   mqstore purge URI (--queue NAME | --topic NAME | --all) [--yes]
  *   mqstore options [SCHEME] [--markdown]
+ *   mqstore lock-status URI [--json] | lock-release URI --force
  *
  * Exit codes: 0 ok, 1 failure (message on stderr), 2 usage error.
  * URIs are only ever printed through mqs_uri_mask().
@@ -30,7 +31,7 @@ typedef struct cmdline {
     const char *cmd;
     const char *pos[MAX_ARGS];
     int npos;
-    bool help, json, markdown, yes, all;
+    bool help, json, markdown, yes, all, force;
     const char *queue, *topic;
 } cmdline;
 
@@ -500,6 +501,90 @@ out:
 }
 
 /* ------------------------------------------------------------------------
+ * lock-status / lock-release: the HA lock of the URI's cluster
+ * ---------------------------------------------------------------------- */
+
+static int cmd_lock_status(cmdline *cl)
+{
+    mqs_store *s = NULL;
+    mqs_lock_info li;
+    int rc, ret;
+    if ((ret = open_store(cl->cmd, cl->pos[0], &s)) != EXIT_OK)
+        return ret;
+    if ((ret = require_current_schema(cl->cmd, s)) != EXIT_OK)
+        goto out;
+    if ((rc = mqs_lock_status(s, &li)) != 0) {
+        ret = fail(cl->cmd, s, rc);
+        goto out;
+    }
+    bool held = li.holder[0] && li.lease_left_ms > 0;
+    if (cl->json) {
+        printf("{\"cluster\":");
+        json_str(stdout, li.cluster);
+        printf(",\"holder\":");
+        json_str(stdout, li.holder[0] ? li.holder : NULL);
+        printf(",\"token\":%" PRId64 ",\"lease_left_ms\":%" PRId64
+               ",\"held_ms\":%" PRId64 ",\"held\":%s,\"crash_detect\":%s}\n",
+               li.token, li.lease_left_ms, li.held_ms, held ? "true" : "false",
+               li.crash_detect ? "true" : "false");
+    } else {
+        printf("cluster:        %s\n", li.cluster);
+        if (!li.holder[0]) {
+            printf("holder:         (free)\n");
+        } else {
+            char age[32];
+            fmt_age(age, sizeof age, li.held_ms);
+            printf("holder:         %s%s\n", li.holder,
+                   held ? "" : " (lease expired: the next standby takes it)");
+            printf("held for:       %s\n", age);
+            printf("lease left:     %" PRId64 " ms\n", li.lease_left_ms);
+            printf("crash detector: %s\n", li.crash_detect ? "armed" : "not armed");
+        }
+        printf("fencing token:  %" PRId64 "\n", li.token);
+    }
+out:
+    mqs_close(s);
+    return ret;
+}
+
+static int cmd_lock_release(cmdline *cl)
+{
+    if (!cl->force) {
+        usage_error(cl->cmd,
+                    "this frees the lock whoever holds it; a live master is "
+                    "fenced on its next write and a standby takes over. Add "
+                    "--force to do it");
+        return EXIT_USAGE;
+    }
+    mqs_store *s = NULL;
+    mqs_lock_info li;
+    int rc, ret;
+    if ((ret = open_store(cl->cmd, cl->pos[0], &s)) != EXIT_OK)
+        return ret;
+    if ((ret = require_current_schema(cl->cmd, s)) != EXIT_OK)
+        goto out;
+    if ((rc = mqs_lock_status(s, &li)) != 0) {
+        ret = fail(cl->cmd, s, rc);
+        goto out;
+    }
+    if (li.holder[0] && li.lease_left_ms > 0)
+        fprintf(stderr,
+                "mqstore: warning: node %s holds the lock of cluster '%s' "
+                "with %" PRId64 " ms of lease left; if it is alive it will be "
+                "fenced and step down\n",
+                li.holder, li.cluster, li.lease_left_ms);
+    if ((rc = mqs_lock_force_release(s)) != 0) {
+        ret = fail(cl->cmd, s, rc);
+        goto out;
+    }
+    printf("released the lock of cluster '%s' (was %s, token %" PRId64 ")\n",
+           li.cluster, li.holder[0] ? li.holder : "free", li.token);
+out:
+    mqs_close(s);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------
  * options
  * ---------------------------------------------------------------------- */
 
@@ -649,7 +734,19 @@ static const command commands[] = {
      "with SCHEME (e.g. sqlite, postgresql, or a whole URI), that backend's.\n"
      "  --markdown   a markdown table (for the README)\n",
      cmd_options},
-    /* Reserved: lock-status, lock-release (store lock administration). */
+    {"lock-status", "URI [--json]", "who holds the HA lock of the cluster",
+     "Shows the HA lock of the URI's cluster (option cluster=, default\n"
+     "'default'): holder node, fencing token, lease left by the database\n"
+     "clock, how long it has been held, whether the crash detector is armed.\n"
+     "  --json   machine-readable output\n" URI_HELP,
+     cmd_lock_status},
+    {"lock-release", "URI --force", "free the HA lock (operators only)",
+     "Frees the HA lock of the URI's cluster whoever holds it. A live master\n"
+     "is fenced on its next write (nothing it writes after that is kept) and\n"
+     "steps down; a standby takes over. For a holder that is gone for good\n"
+     "and whose lease you do not want to wait out.\n"
+     "  --force  required\n" URI_HELP,
+     cmd_lock_release},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -670,9 +767,9 @@ static void print_usage(FILE *f)
     for (size_t i = 0; i < NCOMMANDS; i++) {
         const command *c = &commands[i];
         if (strlen(c->args) <= 26) /* long usage: summary on its own line */
-            fprintf(f, "  %-8s %-26s %s\n", c->name, c->args, c->summary);
+            fprintf(f, "  %-12s %-26s %s\n", c->name, c->args, c->summary);
         else
-            fprintf(f, "  %-8s %s\n  %-8s %-26s %s\n", c->name, c->args, "",
+            fprintf(f, "  %-12s %s\n  %-12s %-26s %s\n", c->name, c->args, "",
                     "", c->summary);
     }
     fprintf(f, "\nExit status: 0 ok, 1 failure, 2 usage error.\n"
@@ -689,7 +786,9 @@ static void print_command_help(const command *c)
 static int parse_args(const command *c, int argc, char **argv, cmdline *cl)
 {
     bool want_name = strcmp(c->name, "purge") == 0;
-    bool want_json = strcmp(c->name, "stats") == 0;
+    bool want_json = strcmp(c->name, "stats") == 0 ||
+                     strcmp(c->name, "lock-status") == 0;
+    bool want_force = strcmp(c->name, "lock-release") == 0;
     bool want_md = strcmp(c->name, "options") == 0;
     bool opts_done = false;
 
@@ -713,6 +812,8 @@ static int parse_args(const command *c, int argc, char **argv, cmdline *cl)
             cl->help = true;
         } else if (want_json && IS("--json")) {
             cl->json = true;
+        } else if (want_force && IS("--force")) {
+            cl->force = true;
         } else if (want_md && IS("--markdown")) {
             cl->markdown = true;
         } else if (want_name && (IS("--yes") || IS("-y"))) {

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -93,7 +94,13 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
     pthread_mutex_init(&s->pool.mu, NULL);
     pthread_cond_init(&s->pool.cv, NULL);
     pthread_mutex_init(&s->ha_mu, NULL);
-    pthread_cond_init(&s->ha_cv, NULL);
+    /* The keeper's deadlines are monotonic: a wall-clock change must not
+     * stretch or shrink a lease. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->ha_cv, &ca);
+    pthread_condattr_destroy(&ca);
 
     if ((rc = mqs__uri_parse(uri, be, &s->uri)))
         goto fail;
@@ -484,16 +491,24 @@ int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
 
 int mqs__with_reader(mqs_store *s, mqs_reader_fn fn, void *arg)
 {
-    mqs_be_conn **slot;
-    int rc = mqs__pool_get(s, true, &slot);
-    if (rc)
-        return rc;
-    rc = fn(s, *slot, arg);
-    if (rc)
-        mqs__err(s, rc, "%s", s->be->conn_errmsg(*slot));
-    /* A connection the backend calls broken is dropped, and reopened by the
-     * next borrower. */
-    mqs__pool_put(s, slot, rc == MQS_ECONN || rc == MQS_EUNKNOWN);
+    int rc = 0;
+    /* A pooled connection may have died while idle (database restart):
+     * MQS_ECONN means nothing happened, so one retry on a fresh connection
+     * is safe. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        mqs_be_conn **slot;
+        rc = mqs__pool_get(s, true, &slot);
+        if (rc)
+            return rc;
+        rc = fn(s, *slot, arg);
+        if (rc)
+            mqs__err(s, rc, "%s", s->be->conn_errmsg(*slot));
+        /* A connection the backend calls broken is dropped, and reopened
+         * by the next borrower. */
+        mqs__pool_put(s, slot, rc == MQS_ECONN || rc == MQS_EUNKNOWN);
+        if (rc != MQS_ECONN)
+            break;
+    }
     return rc;
 }
 

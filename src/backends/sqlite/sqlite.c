@@ -19,17 +19,22 @@
  *
  * Backend options: synchronous=full|normal|off, busy_timeout=ms,
  * journal_mode=wal|delete (see sqlite_options below).
+ *
+ * HA (ABI 1.1 lock, see "Exclusive lock" below) works between processes of
+ * one host: the lease clock is the host's boot clock.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,9 +42,9 @@
 
 #include <mqstore/backend.h>
 
-/* Generated from schema/sqlite/ by EmbedSchema.cmake. */
-extern const mqs_be_migration mqs_schema_sqlite[];
-extern const size_t mqs_schema_sqlite_count;
+/* Generated from schema/sqlite/ by EmbedSchema.cmake (in the build dir):
+ * mqs_schema_sqlite[] and MQS_SCHEMA_SQLITE_COUNT. */
+#include "schema_sqlite.h"
 
 #define SQLITE_MODULE_VERSION "0.1.0"
 /* Room left under SQLITE_LIMIT_LENGTH for the other columns of a message
@@ -82,6 +87,12 @@ enum sqlite_stmt_id {
     ST_PAGE_S_EQ,
     ST_PAGE_S_LT,
     ST_DEST_LIST,
+    ST_LOCK_INIT,
+    ST_LOCK_GET,
+    ST_LOCK_TAKE,
+    ST_LOCK_RENEW,
+    ST_LOCK_RELEASE,
+    ST_LOCK_FORCE,
     ST_COUNT
 };
 
@@ -216,6 +227,38 @@ static const struct {
          " WHERE d.kind = 1 AND NOT EXISTS"
          " (SELECT 1 FROM mqs_sub s WHERE s.dest_id = d.id) "
          "ORDER BY 1, 4"},
+    [ST_LOCK_INIT] = {"lock row insert",
+                      "INSERT INTO mqs_lock (cluster) VALUES (?1) "
+                      "ON CONFLICT (cluster) DO NOTHING"},
+    [ST_LOCK_GET] = {"lock row read",
+                     "SELECT holder, token, lease_until_ms, acquired_ms, "
+                     "boot_id, session_id, session_epoch, session_pidns "
+                     "FROM mqs_lock WHERE cluster = ?1"},
+    [ST_LOCK_TAKE] = {"lock acquire",
+                      "UPDATE mqs_lock SET holder = ?2, token = token + 1, "
+                      "lease_until_ms = ?3, acquired_ms = ?4, boot_id = ?5, "
+                      "session_id = ?6, session_epoch = ?7, "
+                      "session_pidns = ?8 WHERE cluster = ?1"},
+    /* Runs in every write transaction while master: one primary-key
+     * UPDATE; RETURNING saves a second statement for held_ms. */
+    [ST_LOCK_RENEW] = {"lock renewal (fencing check)",
+                       "UPDATE mqs_lock SET lease_until_ms = ?4, "
+                       "boot_id = ?5, session_id = ?6, session_epoch = ?7, "
+                       "session_pidns = ?8 "
+                       "WHERE cluster = ?1 AND holder = ?2 AND token = ?3 "
+                       "RETURNING acquired_ms"},
+    /* The token stays: the next holder's must be larger. */
+    [ST_LOCK_RELEASE] = {"lock release",
+                         "UPDATE mqs_lock SET holder = NULL, "
+                         "lease_until_ms = NULL, acquired_ms = NULL, "
+                         "session_id = NULL, session_epoch = NULL, "
+                         "session_pidns = NULL "
+                         "WHERE cluster = ?1 AND holder = ?2 AND token = ?3"},
+    [ST_LOCK_FORCE] = {"forced lock release",
+                       "UPDATE mqs_lock SET holder = NULL, "
+                       "lease_until_ms = NULL, acquired_ms = NULL, "
+                       "session_id = NULL, session_epoch = NULL, "
+                       "session_pidns = NULL WHERE cluster = ?1"},
 };
 
 struct mqs_be_conn {
@@ -225,6 +268,12 @@ struct mqs_be_conn {
     int busy_ms;
     int64_t busy_start; /* monotonic ms of the first retry of a wait */
     sqlite3_stmt *st[ST_COUNT];
+    /* Session lock (crash detector): the side file, and the cluster whose
+     * byte this connection holds (NULL: none). */
+    int lock_fd; /* -1 until first used */
+    char *lock_path;
+    char *sess_cluster;
+    off_t sess_off;
     char err[1024];
 };
 
@@ -687,13 +736,16 @@ static int sqlite_parse_uri(const char *uri, const char *masked,
  * Connection
  * ------------------------------------------------------------------------- */
 
-/* Look at the file before SQLite does: a non-empty file without the SQLite
- * header is refused here, so nothing (not even SQLite's view of a short
- * file as empty) can write to it. A missing file is fine (created later). */
+/* Look at the path before SQLite opens it. stat() only: opening and
+ * closing a descriptor of the database file would drop every POSIX lock
+ * this process holds on it (the other connections' shared locks), and
+ * another process closing the database would then think itself the last
+ * user and delete the WAL under our feet. A missing file is fine (SQLite
+ * creates it). */
 static int sqlite_check_file(const char *path, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
         if (errno == ENOENT)
             return 0; /* new file, or a missing directory SQLite reports */
         snprintf(err, errlen,
@@ -702,43 +754,62 @@ static int sqlite_check_file(const char *path, char *err, size_t errlen)
                  path, strerror(errno));
         return MQS_EIO;
     }
-    struct stat sb;
-    int rc = 0;
-    if (fstat(fd, &sb) != 0) {
-        snprintf(err, errlen, "sqlite: cannot stat '%s': %s", path,
-                 strerror(errno));
-        rc = MQS_EIO;
-    } else if (S_ISDIR(sb.st_mode)) {
+    if (S_ISDIR(sb.st_mode)) {
         snprintf(err, errlen,
                  "sqlite: '%s' is a directory: name a database file inside "
                  "it, e.g. sqlite://%s%s/store.db",
                  path, path[0] == '/' ? "" : "/", path);
-        rc = MQS_EIO;
-    } else if (!S_ISREG(sb.st_mode)) {
+        return MQS_EIO;
+    }
+    if (!S_ISREG(sb.st_mode)) {
         snprintf(err, errlen,
                  "sqlite: '%s' is not a regular file: name a database file",
                  path);
-        rc = MQS_EIO;
-    } else if (sb.st_size > 0) {
-        static const char magic[16] = "SQLite format 3";
-        char head[16];
-        ssize_t n = pread(fd, head, sizeof head, 0);
-        if (n < 0) {
-            snprintf(err, errlen, "sqlite: cannot read '%s': %s", path,
-                     strerror(errno));
-            rc = MQS_EIO;
-        } else if (n != (ssize_t)sizeof head ||
-                   memcmp(head, magic, sizeof magic) != 0) {
-            snprintf(err, errlen,
-                     "sqlite: %s is not an mqstore database: file is not a "
-                     "database (no SQLite header); it was left untouched. "
-                     "Point the URI at a new file or an mqstore database",
-                     path);
-            rc = MQS_ECORRUPT;
-        }
+        return MQS_EIO;
     }
-    close(fd);
-    return rc;
+    return 0;
+}
+
+/* Refuse a non-empty file without the SQLite header before anything (not
+ * even SQLite's view of a file shorter than a page as empty) can write to
+ * it. Read through SQLite's own file handle, for the reason given above. */
+static int sqlite_check_header(mqs_be_conn *c, char *err, size_t errlen)
+{
+    sqlite3_file *f = NULL;
+    sqlite3_int64 size = 0;
+    if (sqlite3_file_control(c->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) !=
+            SQLITE_OK ||
+        !f || !f->pMethods) {
+        snprintf(err, errlen,
+                 "sqlite: cannot check the header of '%s': SQLite did not "
+                 "open the file",
+                 c->path);
+        return MQS_EIO;
+    }
+    int rc = f->pMethods->xFileSize(f, &size);
+    if (rc != SQLITE_OK || size == 0) {
+        if (rc != SQLITE_OK)
+            snprintf(err, errlen, "sqlite: cannot read the size of '%s' (%s)",
+                     c->path, sqlite_code_name(rc));
+        return rc != SQLITE_OK ? MQS_EIO : 0;
+    }
+    static const char magic[16] = "SQLite format 3";
+    char head[16];
+    rc = f->pMethods->xRead(f, head, (int)sizeof head, 0);
+    if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) {
+        snprintf(err, errlen, "sqlite: cannot read '%s' (%s)", c->path,
+                 sqlite_code_name(rc));
+        return MQS_EIO;
+    }
+    if (rc == SQLITE_IOERR_SHORT_READ || memcmp(head, magic, sizeof magic)) {
+        snprintf(err, errlen,
+                 "sqlite: %s is not an mqstore database: file is not a "
+                 "database (no SQLite header); it was left untouched. Point "
+                 "the URI at a new file or an mqstore database",
+                 c->path);
+        return MQS_ECORRUPT;
+    }
+    return 0;
 }
 
 /* Schema version of an mqstore database, 0 for an empty one, MQS_ECORRUPT
@@ -861,6 +932,11 @@ static void sqlite_conn_close(mqs_be_conn *c)
     /* All statements are finalized, so this cannot be deferred; SQLite
      * checkpoints the WAL and removes it when the last connection closes. */
     sqlite3_close(c->db);
+    /* Closing the file description drops its session lock, if any. */
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
+    free(c->lock_path);
+    free(c->sess_cluster);
     free(c->path);
     free(c);
 }
@@ -890,6 +966,7 @@ static int sqlite_conn_open(const mqs_be_open_args *args, mqs_be_conn **out,
         return MQS_ENOMEM;
     }
     c->path = path;
+    c->lock_fd = -1;
     c->busy_ms = cfg.busy_ms;
     snprintf(c->role, sizeof c->role, "%s", args->role ? args->role : "?");
 
@@ -928,6 +1005,8 @@ static int sqlite_conn_open(const mqs_be_open_args *args, mqs_be_conn **out,
     }
 
     /* Every check before any write: journal_mode=WAL rewrites the header. */
+    if ((rc = sqlite_check_header(c, err, errlen)))
+        goto fail;
     int version;
     rc = sqlite_probe(c, &version);
     if (rc) {
@@ -1453,14 +1532,625 @@ static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 }
 
 /* ---------------------------------------------------------------------------
+ * Exclusive lock (ABI 1.1)
+ *
+ * SQLite has no server, so the backend supplies what a server would:
+ *  - The clock: CLOCK_BOOTTIME in ms. Every process on the host reads the
+ *    same one and no wall-clock change moves it. Its values only mean
+ *    something within one boot, so each lease carries the kernel boot id;
+ *    a lease written under another boot id has ended (its holder died with
+ *    the host).
+ *  - The session (crash detector): an open-file-description lock on one
+ *    byte of "<database>-mqslock" per cluster. The kernel drops it when the
+ *    holder's process dies, which wakes a waiting standby at once. It
+ *    belongs to the file description, not the process, so two stores of
+ *    one process exclude each other too; a child forked (without exec)
+ *    while it is held shares it, and it then lasts until the child exits
+ *    too. The session id is the pid, so a crash is only recognized within
+ *    one pid namespace (elsewhere the lease decides).
+ * Processes on different hosts sharing one file (NFS) have different boot
+ * ids and would each read the other's lease as ended: SQLite HA is for the
+ * processes of one host.
+ * ------------------------------------------------------------------------- */
+
+/* Process-wide facts, read once. */
+static struct {
+    char boot_id[64]; /* "" if it could not be read */
+    int boot_errno;
+    int64_t pidns; /* inode of our pid namespace, 0 if unknown */
+} sqlite_host;
+static pthread_once_t sqlite_host_once = PTHREAD_ONCE_INIT;
+
+static void sqlite_host_init(void)
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    ssize_t n = -1;
+    if (fd >= 0) {
+        n = read(fd, sqlite_host.boot_id, sizeof sqlite_host.boot_id - 1);
+        sqlite_host.boot_errno = n < 0 ? errno : EIO;
+        close(fd);
+    } else {
+        sqlite_host.boot_errno = errno;
+    }
+    if (n < 0)
+        n = 0;
+    while (n > 0 && (sqlite_host.boot_id[n - 1] == '\n' ||
+                     sqlite_host.boot_id[n - 1] == ' '))
+        n--;
+    sqlite_host.boot_id[n] = '\0';
+    struct stat sb;
+    if (stat("/proc/self/ns/pid", &sb) == 0)
+        sqlite_host.pidns = (int64_t)sb.st_ino;
+}
+
+static int sqlite_host_check(mqs_be_conn *c)
+{
+    pthread_once(&sqlite_host_once, sqlite_host_init);
+    if (sqlite_host.boot_id[0])
+        return 0;
+    return sqlite_failf(c, MQS_ENOTSUP,
+                        "sqlite: cannot read the kernel boot id from "
+                        "/proc/sys/kernel/random/boot_id (%s): the SQLite "
+                        "lock needs it to tell a lease of this boot from one "
+                        "written before a restart (Linux with /proc mounted)",
+                        strerror(sqlite_host.boot_errno));
+}
+
+/* The lease clock. A raw system call, not clock_gettime(): LD_PRELOAD
+ * clock fakers (libfaketime) shift the monotonic clocks along with the
+ * wall clock, and the lease must be measured on the one clock all nodes
+ * share. Where the kernel's timespec may differ from the C library's
+ * (32-bit ABIs), the library call is used. */
+static int64_t sqlite_boot_ms(void)
+{
+    struct timespec ts;
+#if defined(SYS_clock_gettime) && !defined(SYS_clock_gettime64)
+    if (syscall(SYS_clock_gettime, CLOCK_BOOTTIME, &ts) != 0)
+#endif
+        clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* sqlite_get for the lock statements: a database still at schema 1 gets
+ * an error that says what to do instead of "no such table". */
+static int sqlite_lock_stmt(mqs_be_conn *c, enum sqlite_stmt_id id,
+                            sqlite3_stmt **st)
+{
+    int rc = sqlite_get(c, id, st);
+    int v = 0;
+    if (rc && sqlite_probe(c, &v) == 0 && v < 2)
+        return sqlite_failf(c, MQS_ESCHEMA,
+                            "sqlite: %s is at schema version %d, without the "
+                            "mqs_lock table: the exclusive lock needs schema "
+                            "version 2 (002_lock.sql); run `mqstore migrate "
+                            "URI` or open the store with migrate=auto",
+                            c->path, v);
+    return rc;
+}
+
+static int sqlite_bind_str(mqs_be_conn *c, sqlite3_stmt *st,
+                           enum sqlite_stmt_id id, int idx, const char *s)
+{
+    int rc = sqlite3_bind_text(st, idx, s, -1, SQLITE_STATIC);
+    return rc == SQLITE_OK ? 0 : sqlite_bind_fail(c, st, id, rc);
+}
+
+/* Bind the three session columns from idx: this process's session when the
+ * core says it holds one, else NULL. For SQLite the session is a file lock
+ * held by another connection of this process, and the core stops passing
+ * its id as soon as it closes that connection, so the pid is the check
+ * left to make. Returns whether a session was recorded. */
+static int sqlite_bind_session(sqlite3_stmt *st, int idx,
+                               const mqs_be_lock *l)
+{
+    pid_t me = getpid();
+    if (l->session_id == 0 || l->session_id != (int64_t)me) {
+        sqlite3_bind_null(st, idx);
+        sqlite3_bind_null(st, idx + 1);
+        sqlite3_bind_null(st, idx + 2);
+        return 0;
+    }
+    sqlite3_bind_int64(st, idx, (int64_t)me);
+    sqlite3_bind_text(st, idx + 1, sqlite_host.boot_id, -1, SQLITE_STATIC);
+    if (sqlite_host.pidns)
+        sqlite3_bind_int64(st, idx + 2, sqlite_host.pidns);
+    else
+        sqlite3_bind_null(st, idx + 2);
+    return 1;
+}
+
+/* One row of mqs_lock, with its boot-clock values judged against ours. */
+struct sqlite_lock_row {
+    int found;
+    int held; /* holder is not NULL */
+    char holder[256];
+    int64_t token;
+    int lease_valid; /* lease and acquired were recorded in this boot */
+    int64_t lease_until;
+    int64_t acquired;
+    int64_t session_id; /* 0: none recorded under this boot */
+    int64_t session_pidns;
+};
+
+/* Read the row of cluster (in or outside a transaction). */
+static int sqlite_lock_load(mqs_be_conn *c, const char *cluster,
+                            struct sqlite_lock_row *r)
+{
+    memset(r, 0, sizeof *r);
+    sqlite3_stmt *st;
+    int rc = sqlite_lock_stmt(c, ST_LOCK_GET, &st);
+    if (rc || (rc = sqlite_bind_str(c, st, ST_LOCK_GET, 1, cluster)))
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(st);
+        return 0;
+    }
+    if (rc != SQLITE_ROW) {
+        int ret = sqlite_fail(c, rc, sqlite_sql[ST_LOCK_GET].name);
+        sqlite3_reset(st);
+        return ret;
+    }
+    r->found = 1;
+    const char *holder = (const char *)sqlite3_column_text(st, 0);
+    const char *boot = (const char *)sqlite3_column_text(st, 4);
+    const char *epoch = (const char *)sqlite3_column_text(st, 6);
+    r->held = holder != NULL;
+    if (holder)
+        snprintf(r->holder, sizeof r->holder, "%s", holder);
+    r->token = sqlite3_column_int64(st, 1);
+    r->lease_valid = boot && !strcmp(boot, sqlite_host.boot_id) &&
+                     sqlite3_column_type(st, 2) != SQLITE_NULL &&
+                     sqlite3_column_type(st, 3) != SQLITE_NULL;
+    r->lease_until = sqlite3_column_int64(st, 2);
+    r->acquired = sqlite3_column_int64(st, 3);
+    if (epoch && !strcmp(epoch, sqlite_host.boot_id)) {
+        r->session_id = sqlite3_column_int64(st, 5);
+        r->session_pidns = sqlite3_column_int64(st, 7);
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
+static void sqlite_lock_fill(mqs_be_lock_state *st,
+                             const struct sqlite_lock_row *r, int64_t now)
+{
+    memset(st, 0, sizeof *st);
+    st->token = r->token;
+    if (!r->held)
+        return;
+    snprintf(st->holder, sizeof st->holder, "%s", r->holder);
+    /* A lease of another boot has ended: 0 left, age unknown. */
+    if (r->lease_valid) {
+        st->lease_left_ms = r->lease_until - now;
+        st->held_ms = now - r->acquired;
+    }
+    st->session_armed = r->session_id > 0;
+}
+
+/* Whether the process of a recorded session is gone. Asked only by a node
+ * that holds the session byte now (holder_gone), so no connection holds it
+ * for the recorded session any more; what is left to rule out is a live
+ * holder whose file lock went some other way (its lock file deleted or
+ * reached by another path): its process must be gone as well. */
+static int sqlite_session_gone(int64_t pid, int64_t pidns)
+{
+    /* A pid of another pid namespace names nothing we can see. */
+    if (!sqlite_host.pidns || pidns != sqlite_host.pidns)
+        return 0;
+    /* Our own pid cannot tell this process's stores apart; the byte we
+     * hold is the proof that the recorded session's connection let go. */
+    if (pid == (int64_t)getpid())
+        return 1;
+    if (pid <= 0 || pid > INT_MAX)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 1;
+    /* A dying process still answers kill(): its files (and so its file
+     * lock) are closed while it exits, before its parent reaps it. The
+     * kernel's PF_EXITING flag is set from the start of the exit, and a
+     * zombie shows state Z. Otherwise the standby would find the holder
+     * "alive" and wait out the lease. */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    char buf[512];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* "pid (comm) state ppid pgrp session tty tpgid flags ...": comm may
+     * hold ')', so parse from the last one. */
+    const char *p = strrchr(buf, ')');
+    char state = 0;
+    unsigned flags = 0;
+    if (!p || sscanf(p + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2)
+        return 0;
+    return state == 'Z' || state == 'X' || (flags & 0x4u /* PF_EXITING */);
+}
+
+/* Roll back the lock's own transaction, keeping the failure's message. */
+static int sqlite_lock_abort(mqs_be_conn *c, int rc)
+{
+    char keep[sizeof c->err];
+    memcpy(keep, c->err, sizeof keep);
+    (void)sqlite_txn_rollback(c);
+    memcpy(c->err, keep, sizeof keep);
+    return rc;
+}
+
+static int sqlite_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
+                               mqs_be_lock_state *st)
+{
+    memset(st, 0, sizeof *st);
+    sqlite3_stmt *ins, *take;
+    int rc;
+    if ((rc = sqlite_host_check(c)) ||
+        (rc = sqlite_lock_stmt(c, ST_LOCK_INIT, &ins)) ||
+        (rc = sqlite_lock_stmt(c, ST_LOCK_TAKE, &take)) ||
+        (rc = sqlite_exec_id(c, ST_BEGIN)))
+        return rc;
+    struct sqlite_lock_row r;
+    if ((rc = sqlite_bind_str(c, ins, ST_LOCK_INIT, 1, l->cluster)) ||
+        (rc = sqlite_run(c, ins, ST_LOCK_INIT, NULL)) ||
+        (rc = sqlite_lock_load(c, l->cluster, &r)))
+        return sqlite_lock_abort(c, rc);
+    /* Read after BEGIN IMMEDIATE: no one can change the row from here. */
+    int64_t now = sqlite_boot_ms();
+    int take_it = !r.held || !r.lease_valid || r.lease_until <= now ||
+                  (l->holder_gone && r.session_id > 0 &&
+                   sqlite_session_gone(r.session_id, r.session_pidns));
+    if (!take_it) {
+        sqlite_lock_fill(st, &r, now);
+        if ((rc = sqlite_txn_rollback(c)))
+            return rc;
+        return sqlite_failf(
+            c, MQS_EBUSY,
+            "sqlite: the lock of cluster '%s' in %s is held by node %s "
+            "(token %lld, lease %lld ms left, held for %lld ms, crash "
+            "detector %s)",
+            l->cluster, c->path, st->holder, (long long)st->token,
+            (long long)st->lease_left_ms, (long long)st->held_ms,
+            st->session_armed ? "armed" : "not armed");
+    }
+    int64_t changed = 0;
+    if ((rc = sqlite_bind_str(c, take, ST_LOCK_TAKE, 1, l->cluster)) ||
+        (rc = sqlite_bind_str(c, take, ST_LOCK_TAKE, 2, l->node)))
+        return sqlite_lock_abort(c, rc);
+    sqlite3_bind_int64(take, 3, now + l->lease_ms);
+    sqlite3_bind_int64(take, 4, now);
+    sqlite3_bind_text(take, 5, sqlite_host.boot_id, -1, SQLITE_STATIC);
+    int armed = sqlite_bind_session(take, 6, l);
+    if ((rc = sqlite_run(c, take, ST_LOCK_TAKE, &changed)))
+        return sqlite_lock_abort(c, rc);
+    if (changed != 1)
+        return sqlite_lock_abort(
+            c, sqlite_failf(c, MQS_EIO,
+                            "sqlite: the lock row of cluster '%s' vanished "
+                            "from %s inside the acquiring transaction",
+                            l->cluster, c->path));
+    if ((rc = sqlite_exec_id(c, ST_COMMIT)))
+        return sqlite_lock_abort(c, rc);
+    snprintf(st->holder, sizeof st->holder, "%s", l->node);
+    st->token = r.token + 1;
+    st->lease_left_ms = l->lease_ms;
+    st->held_ms = 0;
+    st->session_armed = armed;
+    return 0;
+}
+
+/* The renewal found no row with our holder and token: say who has it. */
+static int sqlite_lock_fenced(mqs_be_conn *c, const mqs_be_lock *l)
+{
+    struct sqlite_lock_row r;
+    if (sqlite_lock_load(c, l->cluster, &r) != 0)
+        return sqlite_failf(c, MQS_EFENCED,
+                            "sqlite: node %s (token %lld) no longer holds "
+                            "the lock of cluster '%s' and was fenced (the "
+                            "current holder could not be read)",
+                            l->node, (long long)l->token, l->cluster);
+    if (!r.found)
+        return sqlite_failf(c, MQS_EFENCED,
+                            "sqlite: the lock of cluster '%s' has no row in "
+                            "%s any more; node %s (token %lld) was fenced",
+                            l->cluster, c->path, l->node, (long long)l->token);
+    if (!r.held)
+        return sqlite_failf(c, MQS_EFENCED,
+                            "sqlite: the lock of cluster '%s' is now free "
+                            "(token %lld); node %s (token %lld) was fenced",
+                            l->cluster, (long long)r.token, l->node,
+                            (long long)l->token);
+    return sqlite_failf(c, MQS_EFENCED,
+                        "sqlite: the lock of cluster '%s' is now held by %s "
+                        "(token %lld); node %s (token %lld) was fenced",
+                        l->cluster, r.holder, (long long)r.token, l->node,
+                        (long long)l->token);
+}
+
+static int sqlite_lock_renew(mqs_be_conn *c, const mqs_be_lock *l,
+                             mqs_be_lock_state *st)
+{
+    memset(st, 0, sizeof *st);
+    sqlite3_stmt *up;
+    int rc;
+    if ((rc = sqlite_host_check(c)) ||
+        (rc = sqlite_lock_stmt(c, ST_LOCK_RENEW, &up)) ||
+        (rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 1, l->cluster)) ||
+        (rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 2, l->node)))
+        return rc;
+    /* The caller's BEGIN IMMEDIATE holds the write lock already, so this
+     * is ordered against any acquire. */
+    int64_t now = sqlite_boot_ms();
+    sqlite3_bind_int64(up, 3, l->token);
+    sqlite3_bind_int64(up, 4, now + l->lease_ms);
+    sqlite3_bind_text(up, 5, sqlite_host.boot_id, -1, SQLITE_STATIC);
+    int armed = sqlite_bind_session(up, 6, l);
+    int matched = 0;
+    int64_t acquired = now;
+    rc = sqlite3_step(up);
+    if (rc == SQLITE_ROW) {
+        matched = 1;
+        acquired = sqlite3_column_int64(up, 0);
+        rc = sqlite3_step(up);
+    }
+    if (rc != SQLITE_DONE) {
+        int ret = sqlite_fail(c, rc, sqlite_sql[ST_LOCK_RENEW].name);
+        sqlite3_reset(up);
+        return ret;
+    }
+    sqlite3_reset(up);
+    if (!matched)
+        return sqlite_lock_fenced(c, l);
+    snprintf(st->holder, sizeof st->holder, "%s", l->node);
+    st->token = l->token;
+    st->lease_left_ms = l->lease_ms;
+    st->held_ms = now - acquired;
+    st->session_armed = armed;
+    return 0;
+}
+
+/* Release or force free (node NULL), each in its own transaction. */
+static int sqlite_lock_clear(mqs_be_conn *c, enum sqlite_stmt_id id,
+                             const char *cluster, const char *node,
+                             int64_t token)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if ((rc = sqlite_lock_stmt(c, id, &st)) ||
+        (rc = sqlite_exec_id(c, ST_BEGIN)))
+        return rc;
+    if ((rc = sqlite_bind_str(c, st, id, 1, cluster)) ||
+        (node && (rc = sqlite_bind_str(c, st, id, 2, node))))
+        return sqlite_lock_abort(c, rc);
+    if (node)
+        sqlite3_bind_int64(st, 3, token);
+    if ((rc = sqlite_run(c, st, id, NULL)) ||
+        (rc = sqlite_exec_id(c, ST_COMMIT)))
+        return sqlite_lock_abort(c, rc);
+    return 0;
+}
+
+static int sqlite_lock_release(mqs_be_conn *c, const mqs_be_lock *l)
+{
+    return sqlite_lock_clear(c, ST_LOCK_RELEASE, l->cluster, l->node,
+                             l->token);
+}
+
+static int sqlite_lock_force(mqs_be_conn *c, const char *cluster)
+{
+    return sqlite_lock_clear(c, ST_LOCK_FORCE, cluster, NULL, 0);
+}
+
+static int sqlite_lock_read(mqs_be_conn *c, const char *cluster,
+                            mqs_be_lock_state *st)
+{
+    memset(st, 0, sizeof *st);
+    struct sqlite_lock_row r;
+    int rc;
+    if ((rc = sqlite_host_check(c)) ||
+        (rc = sqlite_lock_load(c, cluster, &r)))
+        return rc;
+    sqlite_lock_fill(st, &r, sqlite_boot_ms());
+    return 0;
+}
+
+/* ---- session lock (crash detector) ---- */
+
+/* The cluster's byte in the lock file: FNV-1a, below 2^31 for any off_t.
+ * Two clusters on one byte can only cost a wake-up or an unarmed detector,
+ * never a takeover: holding the byte proves no one else holds it. */
+static off_t sqlite_session_byte(const char *cluster)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)cluster; *p; p++) {
+        h ^= *p;
+        h *= 16777619u;
+    }
+    return (off_t)(h & 0x7fffffffu);
+}
+
+static int sqlite_lockfile_open(mqs_be_conn *c)
+{
+    if (c->lock_fd >= 0)
+        return 0;
+    /* SQLite's own name for the file (symlinks resolved), so every path to
+     * one database names one lock file. */
+    const char *db = sqlite3_db_filename(c->db, "main");
+    if (!db || !*db)
+        db = c->path;
+    size_t len = strlen(db) + sizeof "-mqslock";
+    char *path = malloc(len);
+    if (!path)
+        return sqlite_failf(c, MQS_ENOMEM,
+                            "sqlite: out of memory opening the session lock "
+                            "file of %s",
+                            c->path);
+    snprintf(path, len, "%s-mqslock", db);
+    /* Whoever may write the database may take the lock: the database's
+     * permissions and owner, as SQLite does for its -wal and -shm files. */
+    struct stat dbst;
+    int have_db = stat(db, &dbst) == 0;
+    mode_t mode = have_db ? (dbst.st_mode & 0666) : 0600;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                  mode);
+    if (fd >= 0) {
+        /* Best effort (past the umask; root's file to the database's
+         * owner): a failure only narrows who else may take the lock. */
+        int ok = fchmod(fd, mode) == 0;
+        if (ok && have_db && geteuid() == 0)
+            ok = fchown(fd, dbst.st_uid, dbst.st_gid) == 0;
+        (void)ok;
+    } else if (errno == EEXIST) {
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    }
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        int e = fd < 0 ? errno : 0;
+        int rc = sqlite_failf(
+            c, MQS_EIO,
+            "sqlite: cannot use '%s' as the session lock file: %s%s", path,
+            e ? strerror(e) : "not a regular file",
+            e == EACCES || e == EPERM || e == EROFS
+                ? " (mqstore needs write access to the database's directory "
+                  "and this file)"
+                : "");
+        if (fd >= 0)
+            close(fd);
+        free(path);
+        return rc;
+    }
+    c->lock_fd = fd;
+    c->lock_path = path;
+    return 0;
+}
+
+/* MQS_ECONN if the lock file was removed or replaced under us: a lock on
+ * the old file excludes no one who opens the new one. Drops the old file
+ * and, with it, the session. */
+static int sqlite_lockfile_check(mqs_be_conn *c)
+{
+    struct stat fd_st, path_st;
+    if (fstat(c->lock_fd, &fd_st) == 0 && fd_st.st_nlink > 0 &&
+        stat(c->lock_path, &path_st) == 0 && fd_st.st_dev == path_st.st_dev &&
+        fd_st.st_ino == path_st.st_ino)
+        return 0;
+    sqlite_failf(c, MQS_ECONN,
+                 "sqlite: the session lock file '%s' was removed or replaced "
+                 "while this connection held the session lock of cluster "
+                 "'%s': that session ended",
+                 c->lock_path, c->sess_cluster ? c->sess_cluster : "?");
+    close(c->lock_fd);
+    c->lock_fd = -1;
+    free(c->lock_path);
+    c->lock_path = NULL;
+    free(c->sess_cluster);
+    c->sess_cluster = NULL;
+    return MQS_ECONN;
+}
+
+static int sqlite_session_lock(mqs_be_conn *c, const char *cluster,
+                               int64_t wait_ms, int64_t *session_id)
+{
+    *session_id = 0;
+    if (c->sess_cluster) {
+        if (strcmp(c->sess_cluster, cluster) != 0)
+            return sqlite_failf(c, MQS_EINVAL,
+                                "sqlite: this connection holds the session "
+                                "lock of cluster '%s'; it cannot also take "
+                                "that of '%s' (one cluster per connection)",
+                                c->sess_cluster, cluster);
+        /* A file lock lasts as long as its process and descriptor: the one
+         * way to lose it alive is the file going away. */
+        int rc = sqlite_lockfile_check(c);
+        if (rc)
+            return rc;
+        *session_id = (int64_t)getpid();
+        return 0;
+    }
+    int rc = sqlite_lockfile_open(c);
+    if (rc)
+        return rc;
+    off_t off = sqlite_session_byte(cluster);
+    int64_t deadline =
+        wait_ms < 0 ? INT64_MAX : sqlite_mono_ms() + wait_ms;
+    for (;;) {
+        struct flock fl = {.l_type = F_WRLCK,
+                           .l_whence = SEEK_SET,
+                           .l_start = off,
+                           .l_len = 1};
+        if (fcntl(c->lock_fd, F_OFD_SETLK, &fl) == 0)
+            break;
+        int e = errno;
+        if (e == EINTR)
+            continue;
+        if (e != EAGAIN && e != EACCES)
+            return sqlite_failf(
+                c, e == EINVAL ? MQS_ENOTSUP : MQS_EIO,
+                "sqlite: cannot lock byte %lld of the session lock file "
+                "'%s': %s%s",
+                (long long)off, c->lock_path, strerror(e),
+                e == EINVAL ? " (open file description locks need Linux "
+                              "3.15 or later)"
+                            : "");
+        int64_t left = deadline - sqlite_mono_ms();
+        if (left <= 0)
+            return sqlite_failf(c, MQS_EBUSY,
+                                "sqlite: the session lock of cluster '%s' "
+                                "(byte %lld of '%s') is held by another "
+                                "connection (waited %lld ms)",
+                                cluster, (long long)off, c->lock_path,
+                                (long long)(wait_ms > 0 ? wait_ms : 0));
+        /* F_OFD_SETLKW can be neither timed out nor interrupted, so poll:
+         * 2 ms is all a standby adds to noticing the holder's death. */
+        struct timespec ts = {0, (left < 2 ? left : 2) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    c->sess_cluster = strdup(cluster);
+    if (!c->sess_cluster) {
+        struct flock fl = {.l_type = F_UNLCK,
+                           .l_whence = SEEK_SET,
+                           .l_start = off,
+                           .l_len = 1};
+        if (fcntl(c->lock_fd, F_OFD_SETLK, &fl) != 0) {
+            close(c->lock_fd); /* drops the lock for sure */
+            c->lock_fd = -1;
+        }
+        return sqlite_failf(c, MQS_ENOMEM,
+                            "sqlite: out of memory taking the session lock "
+                            "of cluster '%s'",
+                            cluster);
+    }
+    c->sess_off = off;
+    *session_id = (int64_t)getpid();
+    return 0;
+}
+
+static int sqlite_session_unlock(mqs_be_conn *c, const char *cluster)
+{
+    if (!c->sess_cluster || strcmp(c->sess_cluster, cluster) != 0)
+        return 0;
+    struct flock fl = {.l_type = F_UNLCK,
+                       .l_whence = SEEK_SET,
+                       .l_start = c->sess_off,
+                       .l_len = 1};
+    if (fcntl(c->lock_fd, F_OFD_SETLK, &fl) != 0) {
+        close(c->lock_fd); /* drops the lock for sure */
+        c->lock_fd = -1;
+    }
+    free(c->sess_cluster);
+    c->sess_cluster = NULL;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
  * The table
  * ------------------------------------------------------------------------- */
 static const char *const sqlite_schemes[] = {"sqlite", NULL};
 
-/* Not const: n_migrations comes from the generated schema file, and C has
- * no way to use another file's array length in a static initializer. It is
- * filled once (pthread_once) and never written again. */
-static mqs_backend sqlite_backend = {
+static const mqs_backend sqlite_backend = {
     .magic = MQS_BACKEND_MAGIC,
     .abi_major = MQS_BACKEND_ABI_MAJOR,
     .abi_minor = MQS_BACKEND_ABI_MINOR,
@@ -1469,7 +2159,7 @@ static mqs_backend sqlite_backend = {
     .version = SQLITE_MODULE_VERSION,
     .schemes = sqlite_schemes,
     .migrations = mqs_schema_sqlite,
-    .n_migrations = 0, /* set in sqlite_backend_init */
+    .n_migrations = MQS_SCHEMA_SQLITE_COUNT,
     .options = sqlite_options,
     .n_options = sizeof sqlite_options / sizeof sqlite_options[0],
     .conn_open = sqlite_conn_open,
@@ -1493,18 +2183,17 @@ static mqs_backend sqlite_backend = {
     .sub_lookup = sqlite_sub_lookup,
     .page_read = sqlite_page_read,
     .dest_list = sqlite_dest_list,
+    .lock_acquire = sqlite_lock_acquire,
+    .lock_renew = sqlite_lock_renew,
+    .lock_release = sqlite_lock_release,
+    .lock_read = sqlite_lock_read,
+    .lock_force = sqlite_lock_force,
+    .session_lock = sqlite_session_lock,
+    .session_unlock = sqlite_session_unlock,
 };
-
-static pthread_once_t sqlite_backend_once = PTHREAD_ONCE_INIT;
-
-static void sqlite_backend_init(void)
-{
-    sqlite_backend.n_migrations = mqs_schema_sqlite_count;
-}
 
 __attribute__((visibility("default"))) const mqs_backend *
 mqs_backend_entry(void)
 {
-    pthread_once(&sqlite_backend_once, sqlite_backend_init);
     return &sqlite_backend;
 }

@@ -51,6 +51,13 @@ static char *expand_tmp(const char *uri, const char *dir)
     return out;
 }
 
+/* Also on exit() from inside cmocka (a crashed test), not only at the end. */
+static void remove_tmpdir(void)
+{
+    if (g_tmpdir)
+        nftw(g_tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 static const tu_group *const groups[] = {
     &tu_group_api,      &tu_group_messages,   &tu_group_topics,
     &tu_group_txn,      &tu_group_recovery,   &tu_group_concurrency,
@@ -59,12 +66,13 @@ static const tu_group *const groups[] = {
 
 int main(int argc, char **argv)
 {
-    char tmpl[] = "/tmp/mqs_conf_XXXXXX";
+    static char tmpl[] = "/tmp/mqs_conf_XXXXXX"; /* outlives main: atexit */
     if (!mkdtemp(tmpl)) {
         perror("mkdtemp");
         return 1;
     }
     g_tmpdir = tmpl;
+    atexit(remove_tmpdir);
     const char *q = getenv("MQSTORE_TEST_QUICK");
     g_quick = q && *q && strcmp(q, "0") != 0;
     const char *filter = getenv("MQSTORE_TEST_FILTER");
@@ -115,6 +123,5 @@ int main(int argc, char **argv)
         g_uri = NULL;
     }
     free(env_copy);
-    nftw(g_tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return failed ? 1 : 0;
 }

@@ -9,21 +9,25 @@
  *
  * A child process opens the store itself (a handle never crosses fork) and
  * loops enqueue/ack with sync calls. Over a pipe it reports
+ *   "R"                   once the store is open,
  *   "E <id> <sub> <sum>"  after an enqueue returned (durable),
  *   "a <id> <sub>"        before an ack (it may or may not land),
  *   "A <id> <sub>"        after the ack returned (durable).
  * Each message carries its seed, length and checksum in its headers and a
- * body derived from the seed, so a half-written row is detectable. The
- * parent kills the child 10-300 ms after fork, then opens the store and
- * checks: every reported enqueue without an ack attempt is there and
- * intact, every reported ack stays acked, every message present is intact.
+ * body derived from the seed, so a half-written row is detectable. After
+ * each kill the parent opens the store and checks: every reported enqueue
+ * without an ack attempt is there and intact, every reported ack stays
+ * acked, every message present is intact.
+ * The kill comes 10-300 ms after fork (even iterations: kills during open
+ * and migration) or after "R" (odd iterations: kills mid-write even on a
+ * slow machine).
  */
 #include <errno.h>
 #include <ftw.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +171,7 @@ static void child(const char *uri, const char *queue, const char *topic,
         say(fd, "X open: %s: %.150s\n", mqs_errname(rc), mqs_errmsg(NULL));
         _exit(3);
     }
+    say(fd, "R\n");
     uint64_t x = seed | 1;
     unsigned char *body = malloc(1024 * 1024 + 1);
     if (!body)
@@ -226,11 +231,16 @@ static void child(const char *uri, const char *queue, const char *topic,
 
 /* ---- the parent ---- */
 static uint64_t reported, acks_done, acks_tried;
+static int child_ready;
 
 static void parse_line(char *line)
 {
     int64_t id = 0, sub = 0;
     uint64_t sum = 0;
+    if (line[0] == 'R') {
+        child_ready = 1;
+        return;
+    }
     if (line[0] == 'X') {
         FAIL("child: %s", line + 2);
         return;
@@ -469,7 +479,12 @@ int main(int argc, char **argv)
         close(fds[1]);
         char buf[65536];
         size_t len = 0;
-        int64_t deadline = now_ms() + delay;
+        /* Even iterations count the delay from fork, so some kills land
+         * while the store opens (and migrates); odd ones from the child's
+         * "R" (opened), so a slow machine still gets kills mid-write. */
+        int from_ready = iter % 2 == 1;
+        child_ready = 0;
+        int64_t deadline = now_ms() + (from_ready ? 10000 : delay);
         int eof = 0;
         /* Read while the child works, so it never blocks on a full pipe. */
         for (int64_t left; !eof && (left = deadline - now_ms()) > 0;) {
@@ -483,6 +498,10 @@ int main(int argc, char **argv)
             }
             len += (size_t)n;
             consume(buf, &len);
+            if (from_ready && child_ready) {
+                from_ready = 0;
+                deadline = now_ms() + delay;
+            }
         }
         kill(pid, SIGKILL);
         int status = 0;
@@ -504,10 +523,10 @@ int main(int argc, char **argv)
         else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
             FAIL("iteration %d: child ended with status 0x%x", iter, status);
         verify(uri, queue, topic, iter);
-        printf("iteration %2d: killed after %3" PRId64 " ms; so far %" PRIu64
+        printf("iteration %2d: killed %3" PRId64 " ms after %s; so far %" PRIu64
                " durable enqueues, %" PRIu64 " acks tried, %" PRIu64
                " durable acks, %" PRIu64 " present but unreported\n",
-               iter, delay, reported, acks_tried, acks_done, present_unreported);
+               iter, delay, iter % 2 ? "open" : "fork", reported, acks_tried, acks_done, present_unreported);
         fflush(stdout);
     }
     if (failures == 0 && reported == 0)

@@ -158,10 +158,9 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void test_threads(void **state)
+/* NTHREADS workers (odd ones on s2 when given) and a reader on s. */
+static void run_threads(mqs_store *s, mqs_store *s2, int n)
 {
-    mqs_store *s = *state;
-    int n = g_quick ? 100 : 500;
     char shared[128];
     tu_name(shared, sizeof shared, "mt_shared");
     struct worker w[NTHREADS];
@@ -172,7 +171,7 @@ static void test_threads(void **state)
     rd.q = shared;
     for (int i = 0; i < NTHREADS; i++) {
         memset(&w[i], 0, sizeof w[i]);
-        w[i].s = s;
+        w[i].s = s2 && i % 2 ? s2 : s;
         w[i].index = i;
         w[i].n = n;
         w[i].shared_q = shared;
@@ -246,6 +245,20 @@ static void test_threads(void **state)
     }
 }
 
+static void test_threads(void **state)
+{
+    run_threads(*state, NULL, g_quick ? 100 : 500);
+}
+
+/* Two handles (as two processes would) writing the same queues at once:
+ * the database's own locking must not surface as errors. */
+static void test_threads_two_handles(void **state)
+{
+    mqs_store *s2 = tu_open();
+    run_threads(*state, s2, g_quick ? 50 : 200);
+    mqs_close(s2);
+}
+
 /* Several handles on one database at once (e.g. two processes' worth). */
 static void test_two_handles(void **state)
 {
@@ -270,6 +283,7 @@ static void test_two_handles(void **state)
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_threads),
+    T(test_threads_two_handles),
     T(test_two_handles),
 };
 TU_GROUP(tu_group_concurrency, "concurrency", tests);

@@ -355,6 +355,22 @@ static void test_expiry(void **state)
     tu_list_free(&l);
     mqs_stats st2 = tu_stats(s);
     assert_int_equal(st2.expired, st1.expired);
+
+    /* the same for a subscription's copy of a topic message */
+    char t[128];
+    tu_name(t, sizeof t, "expiry_t");
+    int64_t sub = 0, tid_past = 0, tid_future = 0;
+    TU_OK(mqs_sub_create(s, t, "s", &sub), s);
+    mqs_msg tp = tu_msg(MQS_TOPIC, t, "past", 4, 4);
+    tp.expires_ms = tu_now_ms() - 1000;
+    TU_OK(mqs_enqueue(s, &tp, &tid_past), s);
+    tp.expires_ms = tu_now_ms() + 3600 * 1000;
+    TU_OK(mqs_enqueue(s, &tp, &tid_future), s);
+    tu_recover(s, MQS_TOPIC, t, "s", 0, &l);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.v[0].id, tid_future);
+    tu_list_free(&l);
+    assert_true(tu_stats(s).expired >= st2.expired + 1);
     (void)id_past;
     (void)id_soon;
 }
@@ -571,6 +587,48 @@ static void test_ack_async(void **state)
     tu_list_free(&l);
 }
 
+/* Async nack: counted like a sync one, in order with other writes. */
+static void test_nack_async(void **state)
+{
+    mqs_store *s = *state;
+    char q[128];
+    tu_name(q, sizeof q, "nackasync");
+    int64_t a = 0, b = 0;
+    mqs_msg m = tu_msg(MQS_QUEUE, q, "n", 1, 4);
+    TU_OK(mqs_enqueue(s, &m, &a), s);
+    TU_OK(mqs_enqueue(s, &m, &b), s);
+    struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0,
+                       0};
+    TU_OK(mqs_nack_async(s, a, 0, waiter_done, &w), s);
+    TU_OK(mqs_nack_async(s, a, 0, NULL, NULL), s);
+    TU_OK(mqs_nack_async(s, b, 0, waiter_done, &w), s);
+    TU_OK(mqs_nack_async(s, (int64_t)1 << 60, 0, waiter_done, &w), s);
+    pthread_mutex_lock(&w.mu);
+    for (int i = 0; i < 1000 && w.done < 3; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
+    }
+    int done = w.done, failed = w.failed;
+    pthread_mutex_unlock(&w.mu);
+    assert_int_equal(done, 3);
+    assert_int_equal(failed, 0);
+    /* the un-awaited nack was submitted before the last awaited one, and
+     * completions come in submission order: it is committed too */
+    tu_list l = {0};
+    tu_recover(s, MQS_QUEUE, q, NULL, 0, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.v[0].id, a);
+    assert_int_equal(l.v[0].redeliveries, 2);
+    assert_int_equal(l.v[1].redeliveries, 1);
+    tu_list_free(&l);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_roundtrip),    T(test_empty_and_binary), T(test_large_body),
@@ -578,6 +636,6 @@ static const struct CMUnitTest tests[] = {
     T(test_ids_increasing), T(test_expiry),         T(test_dest_names),
     T(test_ack_removes),
     T(test_ack_idempotent), T(test_ack_many),       T(test_nack),
-    T(test_ack_async),
+    T(test_ack_async),      T(test_nack_async),
 };
 TU_GROUP(tu_group_messages, "messages", tests);

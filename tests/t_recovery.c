@@ -281,12 +281,17 @@ static void test_cursor_with_writes(void **state)
         if (rc == 0)
             break;
         assert_int_equal(m->id, ids[got]);
+        int64_t id = m->id;
         got++;
-        /* writes elsewhere in between pages must not disturb it */
+        /* what a broker does while recovering: ack what it read, and write
+         * elsewhere; neither may disturb the cursor's pages */
+        if (got % 3 == 0)
+            TU_OK(mqs_ack(s, id, 0), s);
         mqs_msg w = tu_msg(MQS_QUEUE, q2, "w", 1, 4);
         TU_OK(mqs_enqueue(s, &w, NULL), s);
     }
     assert_int_equal(got, 40);
+    assert_int_equal(tu_pending(s, MQS_QUEUE, q, NULL), 40 - 40 / 3);
     const mqs_message *m = NULL;
     assert_int_equal(mqs_cursor_next(c, &m), 0); /* stays at the end */
     mqs_cursor_close(c);
@@ -301,6 +306,51 @@ static void test_cursor_with_writes(void **state)
     tu_recover(s, MQS_TOPIC, none, "x", 0, &l);
     assert_int_equal(l.n, 0);
     tu_list_free(&l);
+}
+
+/* Many cursors open at once on one thread (more than pool_size), read in
+ * turns: each keeps its own position. */
+static void test_many_cursors(void **state)
+{
+    (void)state;
+    char *u = tu_uri_with(g_uri, "pool_size=2");
+    mqs_store *s = tu_open_uri(u);
+    free(u);
+    enum { NC = 6, PER = 12 };
+    char q[NC][128];
+    int64_t ids[NC][PER];
+    for (int c = 0; c < NC; c++) {
+        tu_name(q[c], sizeof q[c], "mc");
+        for (int i = 0; i < PER; i++) {
+            mqs_msg m = tu_msg(MQS_QUEUE, q[c], &i, sizeof i, 4);
+            TU_OK(mqs_enqueue(s, &m, &ids[c][i]), s);
+        }
+    }
+    mqs_cursor *cur[NC];
+    for (int c = 0; c < NC; c++) {
+        mqs_cursor_opts o;
+        memset(&o, 0, sizeof o);
+        o.kind = MQS_QUEUE;
+        o.dest = q[c];
+        o.page_rows = 5;
+        TU_OK(mqs_cursor_open(s, &o, &cur[c]), s);
+    }
+    for (int i = 0; i <= PER; i++) {
+        for (int c = 0; c < NC; c++) {
+            const mqs_message *m = NULL;
+            int rc = mqs_cursor_next(cur[c], &m);
+            if (i == PER) {
+                assert_int_equal(rc, 0);
+                continue;
+            }
+            assert_int_equal(rc, 1);
+            assert_int_equal(m->id, ids[c][i]);
+            assert_string_equal(m->dest, q[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++)
+        mqs_cursor_close(cur[c]);
+    mqs_close(s);
 }
 
 static void test_purge(void **state)
@@ -632,6 +682,7 @@ static void test_many_destinations(void **state)
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_recovery_backlog),  T(test_cursor_with_writes),
+    cmocka_unit_test(test_many_cursors),
     T(test_purge),             cmocka_unit_test(test_stats),
     T(test_dest_foreach),      T(test_dest_foreach_rows),
     T(test_many_destinations),

@@ -362,10 +362,136 @@ static void test_async_backpressure(void **state)
     check_thread(on_main, 200);
 }
 
+/* ---- async commit ---- */
+struct tc_rec {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t main;
+    int calls, bad, on_main, order[4];
+    size_t n_ids[4];
+    int64_t ids[4][4];
+};
+struct tc_slot {
+    struct tc_rec *rec;
+    int index;
+};
+
+static void tc_done(void *ud, int rc, const int64_t *ids, size_t n_ids,
+                    const char *errmsg)
+{
+    struct tc_slot *sl = ud;
+    struct tc_rec *r = sl->rec;
+    pthread_mutex_lock(&r->mu);
+    if (pthread_equal(pthread_self(), r->main))
+        r->on_main++;
+    if (rc != 0 || !errmsg || errmsg[0] || n_ids > 4 || (n_ids && !ids) ||
+        r->calls >= 4) {
+        r->bad++;
+    } else {
+        r->order[r->calls] = sl->index;
+        r->n_ids[sl->index] = n_ids;
+        for (size_t i = 0; i < n_ids; i++)
+            r->ids[sl->index][i] = ids[i];
+    }
+    r->calls++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void test_txn_commit_async(void **state)
+{
+    mqs_store *s = *state;
+    char q1[128], q2[128];
+    tu_name(q1, sizeof q1, "tca1");
+    tu_name(q2, sizeof q2, "tca2");
+    int64_t x = 0;
+    mqs_msg pre = tu_msg(MQS_QUEUE, q2, "pre", 3, 4);
+    TU_OK(mqs_enqueue(s, &pre, &x), s);
+
+    struct tc_rec rec;
+    memset(&rec, 0, sizeof rec);
+    pthread_mutex_init(&rec.mu, NULL);
+    pthread_cond_init(&rec.cv, NULL);
+    rec.main = pthread_self();
+    struct tc_slot slots[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
+
+    /* txn 0: three enqueues over two queues and an ack */
+    mqs_txn *t = NULL;
+    TU_OK(mqs_txn_begin(s, &t), s);
+    const char *b[3] = {"t0a", "t0b", "t0c"};
+    for (int i = 0; i < 3; i++) {
+        mqs_msg m = tu_msg(MQS_QUEUE, i == 1 ? q2 : q1, b[i], 3, 4);
+        TU_OK(mqs_txn_enqueue(t, &m), s);
+    }
+    TU_OK(mqs_txn_ack(t, x, 0), s);
+    TU_OK(mqs_txn_commit_async(t, tc_done, &slots[0]), s);
+    /* txn 1: acks only (no ids); txn 2: one enqueue */
+    TU_OK(mqs_txn_begin(s, &t), s);
+    TU_OK(mqs_txn_ack(t, (int64_t)1 << 60, 0), s);
+    TU_OK(mqs_txn_commit_async(t, tc_done, &slots[1]), s);
+    TU_OK(mqs_txn_begin(s, &t), s);
+    mqs_msg m = tu_msg(MQS_QUEUE, q1, "t2", 2, 4);
+    TU_OK(mqs_txn_enqueue(t, &m), s);
+    TU_OK(mqs_txn_commit_async(t, tc_done, &slots[2]), s);
+    /* and one nobody waits for: visible after close (close flushes) */
+    TU_OK(mqs_txn_begin(s, &t), s);
+    m.body = "t3";
+    TU_OK(mqs_txn_enqueue(t, &m), s);
+    TU_OK(mqs_txn_commit_async(t, NULL, NULL), s);
+
+    pthread_mutex_lock(&rec.mu);
+    for (int i = 0; i < 2000 && rec.calls < 3; i++) { /* <= 20 s */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&rec.cv, &rec.mu, &ts);
+    }
+    pthread_mutex_unlock(&rec.mu);
+    assert_int_equal(rec.calls, 3);
+    assert_int_equal(rec.bad, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rec.order[i], i); /* submission order */
+    assert_int_equal(rec.n_ids[0], 3);
+    assert_int_equal(rec.n_ids[1], 0);
+    assert_int_equal(rec.n_ids[2], 1);
+    assert_true(rec.ids[0][0] > x);
+    assert_true(rec.ids[0][1] > rec.ids[0][0]);
+    assert_true(rec.ids[0][2] > rec.ids[0][1]);
+    assert_true(rec.ids[2][0] > rec.ids[0][2]);
+
+    mqs_store *s2 = tu_open();
+    mqs_close(s); /* flushes the last commit */
+    *state = NULL;
+    tu_list l = {0};
+    tu_recover(s2, MQS_QUEUE, q1, NULL, 0, &l);
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.v[0].id, rec.ids[0][0]);
+    assert_memory_equal(l.v[0].body, "t0a", 3);
+    assert_int_equal(l.v[1].id, rec.ids[0][2]);
+    assert_int_equal(l.v[2].id, rec.ids[2][0]);
+    assert_memory_equal(l.v[3].body, "t3", 2);
+    tu_list_free(&l);
+    tu_recover(s2, MQS_QUEUE, q2, NULL, 0, &l);
+    assert_int_equal(l.n, 1); /* "pre" was acked by txn 0 */
+    assert_int_equal(l.v[0].id, rec.ids[0][1]);
+    tu_list_free(&l);
+    mqs_close(s2);
+    pthread_mutex_destroy(&rec.mu);
+    pthread_cond_destroy(&rec.cv);
+    if (rec.on_main)
+        fail_msg("%d commit completions ran on the submitting thread",
+                 rec.on_main);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_txn_commit),   T(test_txn_rollback),  T(test_txn_small),
     T(test_enqueue_many), T(test_enqueue_async), cmocka_unit_test(test_async_close),
     cmocka_unit_test(test_async_backpressure),
+    T(test_txn_commit_async),
 };
 TU_GROUP(tu_group_txn, "txn", tests);

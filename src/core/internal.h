@@ -190,9 +190,7 @@ struct mqs_store {
     int64_t token;
     int64_t lease_until;    /* local monotonic ms; step down after this */
     int64_t last_renew;     /* monotonic ms of the last committed renewal */
-    bool session_held;
-    int64_t session_id;
-    mqs_be_conn *sconn;     /* session-lock connection */
+    struct mqs_session *sess; /* the master's session-lock keeper */
     mqs_lock_cbs cbs;
     bool keeper_running, keeper_stop;
     bool renew_inflight;

@@ -34,16 +34,146 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* Drop the session lock: closing the connection is the one way that works
- * even when the database is unreachable. Caller holds ha_mu. */
+/* ------------------------------------------------------------------------
+ * The master's session lock lives on its own connection, served by its own
+ * thread: talking to the database can block for as long as the network
+ * says (a frozen path), and nothing that counts the lease may wait on it.
+ * The thread owns the connection and a refcounted context, so it can
+ * outlive the store: a blocked call finishes (or fails) later and the
+ * thread then closes the connection, which drops the session lock, and
+ * frees the context.
+ * ---------------------------------------------------------------------- */
+
+typedef struct mqs_session {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;      /* the store's and the thread's */
+    bool stop;     /* the store is done with it */
+    bool want;     /* check / re-take the lock now */
+    bool held;     /* the last check found the lock held */
+    int64_t sid;   /* session id while held */
+    const mqs_backend *be;
+    mqs_be_conn *conn; /* owned by the thread */
+    char *uri, *masked;
+    char cluster[128];
+} mqs_session;
+
+static void session_unref(mqs_session *x)
+{
+    pthread_mutex_lock(&x->mu);
+    bool last = --x->refs == 0;
+    pthread_mutex_unlock(&x->mu);
+    if (!last)
+        return;
+    if (x->conn)
+        x->be->conn_close(x->conn);
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x->uri);
+    free(x->masked);
+    free(x);
+}
+
+static void *session_main(void *arg)
+{
+    mqs_session *x = arg;
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        while (!x->stop && !x->want)
+            pthread_cond_wait(&x->cv, &x->mu);
+        if (x->stop)
+            break;
+        x->want = false;
+        pthread_mutex_unlock(&x->mu);
+        int rc = MQS_ECONN;
+        int64_t sid = 0;
+        if (!x->conn) {
+            char err[512];
+            mqs_be_open_args a = {x->uri, x->masked, "lock"};
+            if (x->be->conn_open(&a, &x->conn, err, sizeof err) != 0)
+                x->conn = NULL;
+        }
+        if (x->conn) {
+            rc = x->be->session_lock(x->conn, x->cluster, 0, &sid);
+            if (rc == MQS_ECONN) { /* gone: reopen on the next check */
+                x->be->conn_close(x->conn);
+                x->conn = NULL;
+            }
+        }
+        pthread_mutex_lock(&x->mu);
+        x->held = rc == 0;
+        x->sid = rc == 0 ? sid : 0;
+    }
+    /* Closing the connection is what drops the session lock. */
+    mqs_be_conn *c = x->conn;
+    x->conn = NULL;
+    pthread_mutex_unlock(&x->mu);
+    if (c)
+        x->be->conn_close(c);
+    session_unref(x);
+    return NULL;
+}
+
+/* Start the session keeper with conn (holding the lock, or NULL). */
+static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
+{
+    mqs_session *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    x->refs = 2;
+    x->be = s->be;
+    x->conn = conn;
+    x->held = conn != NULL;
+    x->sid = conn ? sid : 0;
+    x->uri = mqs__strdup(s->uri.be_uri);
+    x->masked = mqs__strdup(s->uri.masked);
+    snprintf(x->cluster, sizeof x->cluster, "%s", s->uri.cfg.cluster);
+    pthread_t t;
+    if (!x->uri || !x->masked ||
+        pthread_create(&t, NULL, session_main, x) != 0) {
+        x->conn = NULL; /* the caller keeps and closes conn */
+        x->refs = 1;
+        session_unref(x);
+        return NULL;
+    }
+    pthread_detach(t);
+    return x;
+}
+
+static void session_check(mqs_session *x)
+{
+    pthread_mutex_lock(&x->mu);
+    x->want = true;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+static int64_t session_id_held(mqs_session *x)
+{
+    if (!x)
+        return 0;
+    pthread_mutex_lock(&x->mu);
+    int64_t sid = x->held ? x->sid : 0;
+    pthread_mutex_unlock(&x->mu);
+    return sid;
+}
+
+/* Hand the session keeper its stop; its thread drops the lock as soon as
+ * it is not blocked in the database. Caller holds ha_mu. */
 static void session_drop_locked(mqs_store *s)
 {
-    if (s->sconn) {
-        s->be->conn_close(s->sconn);
-        s->sconn = NULL;
-    }
-    s->session_held = false;
-    s->session_id = 0;
+    mqs_session *x = s->sess;
+    s->sess = NULL;
+    if (!x)
+        return;
+    pthread_mutex_lock(&x->mu);
+    x->stop = true;
+    x->held = false;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    session_unref(x);
 }
 
 /* Call a pending on_lost, outside the lock. It runs on the keeper thread
@@ -117,7 +247,7 @@ int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err, size_t errlen)
         f->l.node = s->uri.cfg.node_id;
         f->l.token = s->token;
         f->l.lease_ms = s->uri.cfg.lease_ms;
-        f->l.session_id = s->session_held ? s->session_id : 0;
+        f->l.session_id = session_id_held(s->sess);
         f->started = mqs__mono_ms();
     }
     pthread_mutex_unlock(&s->ha_mu);
@@ -159,35 +289,6 @@ static void renew_done(void *ud, int rc, int64_t id, const char *errmsg)
     pthread_mutex_unlock(&s->ha_mu);
     if (rc && rc != MQS_EFENCED)
         mqs__log(s, MQS_LOG_WARN, "lease renewal failed: %s", errmsg);
-}
-
-/* Hold the session lock if we can. The keeper checks the connection out
- * while it talks to the database, so a concurrent lose() (which closes
- * s->sconn) never closes it under our feet. */
-static void session_rearm(mqs_store *s)
-{
-    pthread_mutex_lock(&s->ha_mu);
-    mqs_be_conn *c = s->sconn;
-    s->sconn = NULL;
-    pthread_mutex_unlock(&s->ha_mu);
-    if (!c && mqs__conn_open(s, "lock", &c) != 0)
-        return;
-    int64_t sid = 0;
-    int rc = s->be->session_lock(c, s->uri.cfg.cluster, 0, &sid);
-    if (rc == MQS_ECONN) {
-        s->be->conn_close(c);
-        c = NULL;
-    }
-    pthread_mutex_lock(&s->ha_mu);
-    if (s->ha_state == HA_MASTER && !s->sconn) {
-        s->sconn = c;
-        s->session_held = rc == 0;
-        s->session_id = rc == 0 ? sid : 0;
-        c = NULL;
-    }
-    pthread_mutex_unlock(&s->ha_mu);
-    if (c) /* lost meanwhile: closing drops the session lock */
-        s->be->conn_close(c);
 }
 
 static void *keeper_main(void *arg)
@@ -236,10 +337,13 @@ static void *keeper_main(void *arg)
             lose(s, why);
             break;
         }
-        /* Re-check the session each round: after a database restart it is
-         * gone, and renewals must stop recording it. */
-        if (has_session(s))
-            session_rearm(s);
+        /* Re-check the session each round (without waiting for it): after
+         * a database restart it is gone and must be taken again; renewals
+         * record it only while the database sees it held. */
+        pthread_mutex_lock(&s->ha_mu);
+        if (s->sess)
+            session_check(s->sess);
+        pthread_mutex_unlock(&s->ha_mu);
         if (due) {
             /* An empty write: its transaction renews the lease. Async, so
              * a stuck database never stops this thread counting. */
@@ -362,21 +466,46 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
             s->lease_until = t0 + cfg->lease_ms - margin(s);
             s->last_renew = t0;
             s->renew_inflight = false;
-            if (got) {
-                s->sconn = sc;
-                s->session_held = true;
-                s->session_id = sid;
-                sc = NULL;
+            if (has_session(s)) {
+                s->sess = session_start(s, got ? sc : NULL, sid);
+                if (s->sess)
+                    sc = NULL;
             }
-            s->keeper_stop = false;
-            s->keeper_running =
-                pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
-            bool ok = s->keeper_running;
+            /* Callbacks stay hidden until the term is confirmed: a node
+             * that fails its first renewal never was master. */
             mqs_lock_cbs c = s->cbs;
+            s->cbs = (mqs_lock_cbs){0};
             int64_t token = s->token;
             pthread_mutex_unlock(&s->ha_mu);
             if (sc)
                 s->be->conn_close(sc);
+            if (mqs__mono_ms() - t0 > cfg->renew_ms) {
+                /* The acquire was slow (a busy database): the local lease,
+                 * counted from before it, is mostly spent. Renew now so the
+                 * new master does not step down at once. */
+                mqs_request *r = mqs__req_new();
+                int rrc = r ? mqs__submit_wait(s, r) : MQS_ENOMEM;
+                mqs__req_free(r);
+                if (rrc) {
+                    mqs__log(s, MQS_LOG_WARN, "renewal right after a slow "
+                             "acquire failed (%s): waiting again",
+                             mqs_errname(rrc));
+                    lose(s, "renewal after a slow acquire failed");
+                    pthread_mutex_lock(&s->ha_mu);
+                    s->ha_state = HA_NONE;
+                    s->lost_pending = false;
+                    s->cbs = c;
+                    pthread_mutex_unlock(&s->ha_mu);
+                    continue;
+                }
+            }
+            pthread_mutex_lock(&s->ha_mu);
+            s->cbs = c;
+            s->keeper_stop = false;
+            s->keeper_running =
+                pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
+            bool ok = s->keeper_running;
+            pthread_mutex_unlock(&s->ha_mu);
             if (!ok) {
                 lose(s, "cannot start the lease keeper thread");
                 return mqs__err(s, MQS_ENOMEM,

@@ -5,6 +5,7 @@
 #   tests/db/mariadb.sh uri     print the URI
 #   tests/db/mariadb.sh status  exit 0 if it is running
 #   tests/db/mariadb.sh restart stop and start the server, keeping its data
+#                               (down for $MQS_RESTART_PAUSE_MS ms if set)
 #                               (for reconnect / failover tests)
 #   tests/db/mariadb.sh stop    stop it and delete its data
 #
@@ -228,6 +229,10 @@ restart() {
     dir=$(current_dir || true)
     [ -n "$dir" ] || die "not running: use start"
     halt "$dir"
+    # HA tests hold the server down for a while (longer than a lease).
+    if [ -n "${MQS_RESTART_PAUSE_MS:-}" ]; then
+        sleep "$(awk "BEGIN{print ${MQS_RESTART_PAUSE_MS}/1000}")"
+    fi
     launch "$dir"
     log "restarted (dir $dir)"
     echo "$URI"

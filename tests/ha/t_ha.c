@@ -557,6 +557,213 @@ static void test_try_busy(void **state)
     free(u2);
 }
 
+/* ---- database-level faults: need MQSTORE_TEST_DB_SCRIPT (a tests/db script
+ * with a `restart` that honours MQS_RESTART_PAUSE_MS) ---- */
+
+static const char *db_script(void)
+{
+    const char *p = getenv("MQSTORE_TEST_DB_SCRIPT");
+    if (p && *p)
+        return p;
+    if (strncmp(g_uri, "sqlite:", 7) == 0) {
+        print_message("no database server behind a SQLite store: skipped\n");
+        skip();
+    }
+    if (getenv("MQSTORE_REQUIRE_SERVERS") || getenv("CI"))
+        fail_msg("MQSTORE_TEST_DB_SCRIPT is not set: cannot restart the "
+                 "server behind %s", g_uri);
+    skip();
+    return NULL;
+}
+
+static void db_restart(long pause_ms)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "MQS_RESTART_PAUSE_MS=%ld bash %s restart "
+             ">/dev/null", pause_ms, db_script());
+    long long t0 = mono_ms();
+    int rc = system(cmd);
+    assert_int_equal(rc, 0);
+    print_message("database restart (down >= %ld ms) took %lld ms\n",
+                  pause_ms, mono_ms() - t0);
+}
+
+static bool has_ev_after(const char *log, char kind, long long t)
+{
+    evlist l = read_log(log);
+    bool found = false;
+    for (size_t i = 0; i < l.n; i++)
+        if (l.v[i].kind == kind && l.v[i].t > t)
+            found = true;
+    free(l.v);
+    return found;
+}
+
+/* The database restarts while the master's lease is valid: every session
+ * ends, the master's too, but that is not a crash: no takeover, and the
+ * master keeps writing once the database is back. */
+static void test_db_restart_within_lease(void **state)
+{
+    (void)state;
+    db_script();
+    char cluster[96], queue[96], opts[256];
+    names(cluster, sizeof cluster, queue, sizeof queue, "dbshort");
+    snprintf(opts, sizeof opts,
+             "cluster=%s&lease_ms=20000&renew_ms=2000&poll_ms=100", cluster);
+    char *uri = uri_with(opts);
+    const char *a_args[] = {"--queue", queue, "--gap-ms", "20", "--max-ms",
+                            "60000", NULL};
+    const char *b_args[] = {"--queue", queue, "--hold-ms", "100", "--max-ms",
+                            "60000", NULL};
+    node a, b;
+    node_start(&a, uri, NULL, a_args);
+    wait_ev(&a, 'M', 1, 10000);
+    node_start(&b, uri, NULL, b_args);
+    wait_ev(&b, 'W', 1, 10000);
+    wait_ev(&a, 'E', 10, 10000);
+    db_restart(0);
+    long long t_back = mono_ms();
+    sleep_ms(2000); /* the standby has had many polls by now */
+    evlist lb = read_log(b.log);
+    assert_null(find_ev(&lb, 'M', 0));
+    free(lb.v);
+    evlist la = read_log(a.log);
+    assert_null(find_ev(&la, 'L', 0));
+    free(la.v);
+    assert_true(has_ev_after(a.log, 'E', t_back)); /* writing again */
+    kill(a.pid, SIGKILL);
+    node_wait(&a, 5000);
+    wait_ev(&b, 'M', 1, 25000); /* and the standby still works */
+    assert_int_equal(node_wait(&b, 20000), 0);
+    stored s = read_queue(queue);
+    assert_tokens_ordered(&s);
+    stored_free(&s);
+    free(uri);
+}
+
+/* The database stays down longer than the lease: the master steps down on
+ * its own clock (on_lost) before anyone could take over; after the restart
+ * a standby is master and the old one is fenced. */
+static void test_db_down_past_lease(void **state)
+{
+    (void)state;
+    db_script();
+    char cluster[96], queue[96], opts[256];
+    names(cluster, sizeof cluster, queue, sizeof queue, "dblong");
+    snprintf(opts, sizeof opts,
+             "cluster=%s&lease_ms=2000&renew_ms=500&poll_ms=100", cluster);
+    char *uri = uri_with(opts);
+    const char *a_args[] = {"--queue", queue, "--gap-ms", "20", "--max-ms",
+                            "60000", NULL};
+    const char *b_args[] = {"--queue", queue, "--hold-ms", "300", "--max-ms",
+                            "60000", NULL};
+    node a, b;
+    node_start(&a, uri, NULL, a_args);
+    wait_ev(&a, 'M', 1, 10000);
+    node_start(&b, uri, NULL, b_args);
+    wait_ev(&b, 'W', 1, 10000);
+    wait_ev(&a, 'E', 10, 10000);
+    long long t0 = mono_ms();
+    db_restart(4500);
+    long long t_l = wait_ev(&a, 'L', 1, 10000);
+    long long t_m = wait_ev(&b, 'M', 1, 30000);
+    print_message("master stepped down %lld ms into the outage; standby "
+                  "master %lld ms after it\n", t_l - t0, t_m - t_l);
+    assert_true(t_l < t_m);
+    assert_true(t_l - t0 < 2000 + 1000);
+    int st = node_wait(&a, 30000);
+    assert_true(st == 3 || st == 4); /* fenced, or its write failed */
+    assert_int_equal(node_wait(&b, 30000), 0);
+    stored s = read_queue(queue);
+    assert_tokens_ordered(&s);
+    stored_free(&s);
+    free(uri);
+}
+
+/* The master's path to the database freezes (a proxy stops forwarding, the
+ * connections stay open): the standby takes over after the lease, the old
+ * master steps down on its own clock, and once the path thaws its writes
+ * are fenced. */
+static void test_frozen_connection(void **state)
+{
+    (void)state;
+    db_script();
+    const char *hostport = strstr(g_uri, "@127.0.0.1:");
+    if (!hostport)
+        fail_msg("cannot find @127.0.0.1:PORT in %s to put a proxy in front",
+                 g_uri);
+    int dbport = atoi(hostport + 11);
+    int pport = 20000 + (int)(getpid() % 20000);
+    char proxy_bin[400];
+    snprintf(proxy_bin, sizeof proxy_bin, "%s", g_node);
+    char *slash = strrchr(proxy_bin, '/');
+    snprintf(slash ? slash + 1 : proxy_bin,
+             sizeof proxy_bin - (size_t)(slash ? slash + 1 - proxy_bin : 0),
+             "mqs-freeze-proxy");
+    char lp[16], tp[16];
+    snprintf(lp, sizeof lp, "%d", pport);
+    snprintf(tp, sizeof tp, "%d", dbport);
+    int out[2];
+    assert_int_equal(pipe(out), 0);
+    pid_t proxy = fork();
+    if (proxy == 0) {
+        dup2(out[1], 1);
+        execl(proxy_bin, proxy_bin, lp, tp, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char ready[16] = "";
+    assert_true(read(out[0], ready, sizeof ready - 1) > 0);
+    close(out[0]);
+
+    char cluster[96], queue[96], opts[256];
+    names(cluster, sizeof cluster, queue, sizeof queue, "proxy");
+    snprintf(opts, sizeof opts,
+             "cluster=%s&lease_ms=2000&renew_ms=500&poll_ms=100", cluster);
+    char *uri_b = uri_with(opts);
+    /* A talks to the database through the proxy */
+    size_t ulen = strlen(uri_b) + 16;
+    char *uri_a = malloc(ulen);
+    assert_non_null(uri_a);
+    const char *hp = strstr(uri_b, "@127.0.0.1:");
+    const char *rest = hp + 11;
+    while (*rest >= '0' && *rest <= '9')
+        rest++;
+    snprintf(uri_a, ulen, "%.*s@127.0.0.1:%d%s", (int)(hp - uri_b), uri_b,
+             pport, rest);
+    const char *a_args[] = {"--queue", queue, "--gap-ms", "150", "--max-ms",
+                            "60000", NULL};
+    const char *b_args[] = {"--queue", queue, "--hold-ms", "600", "--max-ms",
+                            "60000", NULL};
+    node a, b;
+    node_start(&a, uri_a, NULL, a_args);
+    wait_ev(&a, 'M', 1, 10000);
+    node_start(&b, uri_b, NULL, b_args);
+    wait_ev(&b, 'W', 1, 10000);
+    wait_ev(&a, 'E', 3, 10000);
+    wait_ev(&a, 'E', 4, 10000); /* freeze between two writes */
+    kill(proxy, SIGUSR1);
+    long long t_f = mono_ms();
+    long long t_l = wait_ev(&a, 'L', 1, 10000);
+    long long t_m = wait_ev(&b, 'M', 1, 10000);
+    print_message("frozen path: master stepped down after %lld ms, standby "
+                  "master after %lld ms\n", t_l - t_f, t_m - t_f);
+    assert_true(t_l <= t_m);
+    assert_true(t_m - t_f < 2000 + 1500);
+    wait_ev(&b, 'E', 3, 10000);
+    kill(proxy, SIGUSR2);
+    int st = node_wait(&a, 20000);
+    assert_int_equal(st, 3); /* fenced */
+    assert_int_equal(node_wait(&b, 20000), 0);
+    kill(proxy, SIGTERM);
+    waitpid(proxy, NULL, 0);
+    stored s = read_queue(queue);
+    assert_tokens_ordered(&s);
+    stored_free(&s);
+    free(uri_a);
+    free(uri_b);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -592,6 +799,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_clock_skew),
         cmocka_unit_test(test_kill9),
         cmocka_unit_test(test_freeze),
+        cmocka_unit_test(test_frozen_connection),
+        cmocka_unit_test(test_db_restart_within_lease),
+        cmocka_unit_test(test_db_down_past_lease),
     };
     int failed = 0;
     for (int i = 0; i < n; i++) {

@@ -1,0 +1,735 @@
+/* broker.c - the event loop, master/slave life cycle and store recovery.
+ *
+ * Threads: the loop thread owns all broker state. The HA thread only waits
+ * in mqs_lock_acquire(); store completions and lock events reach the loop
+ * as `op`s through a mutex-protected list and an eventfd. */
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker.h"
+
+broker B;
+
+/* The HA thread waits for the lock in slices so a standby can still shut
+ * down promptly (mqs_lock_acquire cannot be interrupted). */
+#define HA_SLICE_MS 1000
+#define TICK_MS 100
+
+static int h_listen = H_LISTEN, h_signal = H_SIGNAL, h_queue = H_QUEUE;
+static int sfd = -1, qfd = -1;
+
+/* ------------------------------------------------------------------------
+ * Hand-over from other threads
+ * ---------------------------------------------------------------------- */
+
+static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
+static op *q_head, *q_tail;
+
+void broker_post(op *o)
+{
+    o->next = NULL;
+    pthread_mutex_lock(&q_mu);
+    bool wake = !q_head;
+    if (q_tail)
+        q_tail->next = o;
+    else
+        q_head = o;
+    q_tail = o;
+    pthread_mutex_unlock(&q_mu);
+    if (wake) {
+        uint64_t one = 1;
+        (void)!write(qfd, &one, sizeof one);
+    }
+}
+
+op *op_new(op_type type, conn *c, ticket *t)
+{
+    op *o = xcalloc(1, sizeof *o);
+    o->type = type;
+    o->epoch = B.epoch;
+    o->c = c;
+    o->t = t;
+    if (c)
+        c->inflight++;
+    return o;
+}
+
+void op_complete(op *o, int rc, const char *err)
+{
+    pthread_mutex_lock(&q_mu);
+    if (rc && !o->rc) {
+        o->rc = rc;
+        o->err = xstrdup(err && *err ? err : mqs_strerror(rc));
+    }
+    bool last = --o->pending == 0;
+    pthread_mutex_unlock(&q_mu);
+    if (last)
+        broker_post(o);
+}
+
+void op_done_cb(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    op *o = ud;
+    if (o->type == OP_SEND && rc == 0)
+        o->id = id; /* one completion for a send: no race */
+    op_complete(o, rc, errmsg);
+}
+
+void broker_log_store_failure(const char *what, int rc)
+{
+    log_msg(LOG_WARN, "store %s failed (%s): %s", what,
+            rc < 0 ? mqs_errname(rc) : "?", mqs_errmsg(B.store));
+}
+
+/* ------------------------------------------------------------------------
+ * HA thread
+ * ---------------------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    bool started, want, stop;
+    int64_t delay_ms;
+    int64_t token; /* set by on_master, on the HA thread itself */
+} ha = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static _Atomic int64_t lost_token = -1;
+
+static void ha_on_master(void *ud, int64_t token) { ha.token = token; }
+
+/* From a library thread: hand it to the loop. */
+static void ha_on_lost(void *ud, int64_t token, const char *reason)
+{
+    atomic_store(&lost_token, token);
+    op *o = xcalloc(1, sizeof *o);
+    o->type = OP_LOST;
+    o->token = token;
+    o->reason = xstrdup(reason ? reason : "");
+    broker_post(o);
+}
+
+static void ha_wait_ms(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    while (!ha.stop && pthread_cond_timedwait(&ha.cv, &ha.mu, &ts) == 0)
+        ;
+}
+
+static void post_master(int64_t token)
+{
+    op *o = xcalloc(1, sizeof *o);
+    o->type = OP_MASTER;
+    o->token = token;
+    broker_post(o);
+}
+
+static void *ha_main(void *arg)
+{
+    char last_err[512] = "";
+    pthread_mutex_lock(&ha.mu);
+    for (;;) {
+        while (!ha.want && !ha.stop)
+            pthread_cond_wait(&ha.cv, &ha.mu);
+        if (ha.stop)
+            break;
+        if (ha.delay_ms) {
+            ha_wait_ms(ha.delay_ms);
+            ha.delay_ms = 0;
+            if (ha.stop)
+                break;
+        }
+        pthread_mutex_unlock(&ha.mu);
+        mqs_lock_cbs cbs = {ha_on_master, ha_on_lost, NULL};
+        int rc = mqs_lock_acquire(B.store, HA_SLICE_MS, &cbs);
+        char err[512];
+        snprintf(err, sizeof err, "%s", rc ? mqs_errmsg(B.store) : "");
+        pthread_mutex_lock(&ha.mu);
+        if (rc == 0) {
+            ha.want = false;
+            last_err[0] = '\0';
+            post_master(ha.token);
+        } else if (rc == MQS_ENOTSUP) {
+            log_msg(LOG_WARN, "the store has no HA lock (%s); running as "
+                    "the only master", err);
+            ha.want = false;
+            post_master(0);
+        } else if (rc != MQS_ETIMEDOUT && rc != MQS_EBUSY) {
+            /* Database trouble: say it once, then keep trying. */
+            log_msg(strcmp(err, last_err) ? LOG_ERROR : LOG_DEBUG,
+                    "cannot acquire the store lock (%s): %s; retrying",
+                    mqs_errname(rc), err);
+            snprintf(last_err, sizeof last_err, "%s", err);
+            ha.delay_ms = 1000;
+        }
+    }
+    pthread_mutex_unlock(&ha.mu);
+    return NULL;
+}
+
+static void ha_request(int64_t delay_ms)
+{
+    pthread_mutex_lock(&ha.mu);
+    ha.want = true;
+    ha.delay_ms = delay_ms;
+    pthread_cond_broadcast(&ha.cv);
+    pthread_mutex_unlock(&ha.mu);
+}
+
+static void ha_stop(void)
+{
+    if (!ha.started)
+        return;
+    pthread_mutex_lock(&ha.mu);
+    ha.stop = true;
+    pthread_cond_broadcast(&ha.cv);
+    pthread_mutex_unlock(&ha.mu);
+    pthread_join(ha.th, NULL);
+    ha.started = false;
+}
+
+/* ------------------------------------------------------------------------
+ * Listening socket
+ * ---------------------------------------------------------------------- */
+
+static int open_listener(char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    const char *host = B.cfg.listen_host;
+    if (!*host || !strcmp(host, "*"))
+        host = NULL;
+    int gai = getaddrinfo(host, B.cfg.listen_port, &hints, &res);
+    if (gai) {
+        snprintf(err, errlen, "cannot resolve %s: %s", B.cfg.listen,
+                 gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1, last = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family,
+                    ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            last = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+            listen(fd, 511) == 0)
+            break;
+        last = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", B.cfg.listen,
+                 strerror(last));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &h_listen};
+    if (epoll_ctl(B.ep, EPOLL_CTL_ADD, fd, &ev)) {
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    B.lfd = fd;
+    return 0;
+}
+
+static void close_listener(void)
+{
+    if (B.lfd >= 0) {
+        epoll_ctl(B.ep, EPOLL_CTL_DEL, B.lfd, NULL);
+        close(B.lfd);
+        B.lfd = -1;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Recovery: rebuild queues and durable subscription backlogs.
+ * ---------------------------------------------------------------------- */
+
+typedef struct rctx {
+    idmap subs; /* sub id -> box */
+    idmap msgs; /* topic message id -> msg (shared by its subscriptions) */
+} rctx;
+
+static int rec_dest(void *ud, const mqs_dest_info *di)
+{
+    rctx *r = ud;
+    if (di->kind != MQS_TOPIC || di->sub_id <= 0 || !di->sub_name)
+        return 0;
+    dest *d = dest_get_store(MQS_TOPIC, di->dest);
+    if (!d) {
+        log_msg(LOG_WARN, "recovery: skipping subscription '%s' of topic "
+                "'%s': not a usable destination name", di->sub_name,
+                di->dest);
+        return 0;
+    }
+    box *b = dest_find_durable_id(d, di->sub_id);
+    if (!b)
+        b = box_new_sub(d, BOX_DURABLE, di->sub_id, di->sub_name);
+    idmap_put(&r->subs, (uint64_t)di->sub_id, b);
+    return 0;
+}
+
+static int recover(size_t *count)
+{
+    rctx r = {{0}, {0}};
+    size_t n = 0, skipped = 0;
+    mqs_cursor *cur = NULL;
+    dest *last = NULL;
+    int rc = mqs_dest_foreach(B.store, rec_dest, &r);
+    if (!rc)
+        rc = mqs_cursor_open(B.store, NULL, &cur);
+    const mqs_message *m;
+    while (!rc && (rc = mqs_cursor_next(cur, &m)) == 1) {
+        rc = 0;
+        box *b;
+        if (m->kind == MQS_QUEUE) {
+            /* The cursor visits one destination at a time. */
+            dest *d = last && !strcmp(last->store_name, m->dest) &&
+                              last->kind == MQS_QUEUE
+                          ? last
+                          : dest_get_store(MQS_QUEUE, m->dest);
+            if (!d) {
+                skipped++;
+                continue;
+            }
+            last = d;
+            b = &d->qbox;
+        } else {
+            b = idmap_get(&r.subs, (uint64_t)m->sub_id);
+            if (!b) {
+                dest *d = dest_get_store(MQS_TOPIC, m->dest);
+                if (!d || !m->sub_name) {
+                    skipped++;
+                    continue;
+                }
+                b = box_new_sub(d, BOX_DURABLE, m->sub_id, m->sub_name);
+                idmap_put(&r.subs, (uint64_t)m->sub_id, b);
+            }
+        }
+        msg *mm = m->kind == MQS_TOPIC ? idmap_get(&r.msgs, (uint64_t)m->id)
+                                       : NULL;
+        if (!mm) {
+            bool ok = msg_hdrs_valid(m->headers, m->headers_len);
+            if (!ok)
+                log_msg(LOG_WARN, "recovery: message %" PRId64 " has "
+                        "headers in an unknown encoding; delivering it "
+                        "without them", m->id);
+            mm = msg_new(ok ? m->headers : NULL, ok ? m->headers_len : 0,
+                         m->body, m->body_len);
+            mm->id = m->id;
+            mm->persistent = true;
+            mm->priority = m->priority < 0 ? 0
+                           : m->priority >= NPRIO ? NPRIO - 1
+                                                  : m->priority;
+            mm->expires_ms = m->expires_ms;
+            if (m->kind == MQS_TOPIC)
+                idmap_put(&r.msgs, (uint64_t)m->id, mm); /* map's ref */
+        }
+        entry *e = entry_add(b, mm);
+        if (m->kind == MQS_QUEUE)
+            msg_unref(mm);
+        /* Delivered before the failover (or nacked): say so. */
+        if (m->redeliveries > 0)
+            e->redelivered = e->marked = true;
+        n++;
+    }
+    mqs_cursor_close(cur);
+    for (size_t i = 0; i < r.msgs.cap; i++)
+        if (r.msgs.keys[i])
+            msg_unref(r.msgs.vals[i]);
+    idmap_free(&r.msgs);
+    idmap_free(&r.subs);
+    if (skipped)
+        log_msg(LOG_WARN, "recovery: skipped %zu messages with unusable "
+                "destination names", skipped);
+    *count = n;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Master / standby transitions
+ * ---------------------------------------------------------------------- */
+
+static int exit_code;
+static bool stop_now;
+static int64_t stop_deadline;
+
+static void log_waiting(void)
+{
+    log_msg(LOG_INFO, "waiting for the store lock (cluster %s)", B.cluster);
+}
+
+static void drop_state(void)
+{
+    close_listener();
+    conns_close_all("the broker is no longer master");
+    dests_free_all();
+    B.master = false;
+    B.epoch++; /* ops still in flight belong to the old term */
+}
+
+static void on_master(int64_t token)
+{
+    if (B.stopping)
+        return; /* mqs_close releases it */
+    B.token = token;
+    B.master = true;
+    int64_t t0 = mono_ms();
+    size_t n = 0;
+    int rc = recover(&n);
+    if (rc) {
+        log_msg(LOG_ERROR, "recovery from the store failed (%s): %s; "
+                "releasing the lock and retrying", mqs_errname(rc),
+                mqs_errmsg(B.store));
+        drop_state();
+        mqs_lock_release(B.store);
+        ha_request(1000);
+        return;
+    }
+    if (atomic_load(&lost_token) == token)
+        return; /* lost during recovery; its OP_LOST cleans up */
+    char err[256];
+    if (open_listener(err, sizeof err)) {
+        log_msg(LOG_ERROR, "%s; releasing the store lock and exiting", err);
+        drop_state();
+        exit_code = 1;
+        stop_now = true;
+        B.stopping = true;
+        return;
+    }
+    log_msg(LOG_INFO, "master (token %" PRId64 "): recovered %zu messages "
+            "in %" PRId64 " ms, listening on %s", token, n,
+            mono_ms() - t0, B.cfg.listen);
+}
+
+static void on_lost(int64_t token, const char *reason)
+{
+    if (!B.master || token != B.token)
+        return; /* a term already handled, or a release at shutdown */
+    size_t n = B.nconns;
+    drop_state();
+    log_msg(LOG_WARN, "lost the store lock (token %" PRId64 "): %s; closed "
+            "%zu connections and dropped in-memory state", token, reason, n);
+    if (!B.stopping) {
+        log_waiting();
+        ha_request(0);
+    }
+}
+
+static void txn_free_stale(stx *x)
+{
+    /* Its destinations belong to a dropped term: touch only messages. */
+    while (!q_empty(&x->items)) {
+        txitem *it = container_of(x->items.next, txitem, link);
+        q_remove(&it->link);
+        if (it->kind == TX_SEND)
+            msg_unref(it->m);
+        free(it);
+    }
+    free(x->name);
+    free(x);
+}
+
+static void op_finish(op *o)
+{
+    bool live = o->epoch == B.epoch;
+    switch (o->type) {
+    case OP_SEND:
+        if (live) {
+            dest_release(o->d, o->m->size);
+            if (!o->rc) {
+                o->m->id = o->id;
+                dest_publish(o->d, o->m, o->seq);
+            }
+            dest_unref(o->d);
+        }
+        msg_unref(o->m);
+        break;
+    case OP_ACK:
+        break;
+    case OP_TXN:
+        if (live && !o->rc)
+            txn_apply(o->c, o->x, o->ids, o->n_ids, o->seq);
+        if (live)
+            txn_free(o->x);
+        else
+            txn_free_stale(o->x);
+        break;
+    case OP_MASTER:
+        on_master(o->token);
+        break;
+    case OP_LOST:
+        on_lost(o->token, o->reason);
+        break;
+    }
+    if (o->c) {
+        conn *c = o->c;
+        c->inflight--;
+        ticket_done(c, o->t, o->rc, o->err);
+        if (c->state == CS_DEAD && c->inflight == 0)
+            conn_free_zombie(c);
+    }
+    free(o->err);
+    free(o->ids);
+    free(o->reason);
+    free(o);
+}
+
+static void drain_ops(void)
+{
+    uint64_t v;
+    (void)!read(qfd, &v, sizeof v);
+    for (;;) {
+        pthread_mutex_lock(&q_mu);
+        op *list = q_head;
+        q_head = q_tail = NULL;
+        pthread_mutex_unlock(&q_mu);
+        if (!list)
+            return;
+        while (list) {
+            op *o = list;
+            list = o->next;
+            op_finish(o);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Loop
+ * ---------------------------------------------------------------------- */
+
+static void begin_stop(const char *why)
+{
+    if (B.stopping) {
+        log_msg(LOG_WARN, "%s again: stopping now", why);
+        stop_now = true;
+        return;
+    }
+    B.stopping = true;
+    log_msg(LOG_INFO, "%s: shutting down (no new connections, finishing "
+            "store writes)", why);
+    close_listener();
+    stop_deadline = mono_ms() + B.cfg.shutdown_timeout_ms;
+    /* Read no more frames; receipts of writes in flight still go out. */
+    for (qlink *l = B.conns.next; l != &B.conns;) {
+        conn *c = container_of(l, conn, link);
+        l = l->next;
+        if (c->state == CS_CONNECTING) {
+            conn_close(c, "broker shutting down");
+            continue;
+        }
+        c->disconnecting = true;
+        conn_process_input(c); /* only updates its epoll mask now */
+    }
+}
+
+static bool drained(void)
+{
+    for (qlink *l = B.conns.next; l != &B.conns; l = l->next) {
+        conn *c = container_of(l, conn, link);
+        if (c->inflight || buf_used(&c->out))
+            return false;
+    }
+    return true;
+}
+
+static bool work_pending(void)
+{
+    return !q_empty(&B.flush_list) || !q_empty(&B.dirty_boxes) ||
+           !q_empty(&B.resume_dests);
+}
+
+/* Library log lines: the same line repeated (a standby retrying an
+ * unreachable database) drops to debug after the first. */
+static void store_log(void *ud, mqs_log_level level, const char *text)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static char last[512];
+    static int64_t last_ms;
+    int lvl = (int)level;
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&mu);
+    if (!strncmp(last, text, sizeof last - 1) && now - last_ms < 60000)
+        lvl = LOG_DEBUG;
+    else {
+        snprintf(last, sizeof last, "%s", text);
+        last_ms = now;
+    }
+    pthread_mutex_unlock(&mu);
+    log_msg(lvl, "store: %s", text);
+}
+
+static int setup(const config *cfg)
+{
+    memset(&B, 0, sizeof B);
+    B.cfg = *cfg;
+    B.lfd = -1;
+    B.ep = -1;
+    B.epoch = 1;
+    q_init(&B.conns);
+    q_init(&B.zombies);
+    q_init(&B.flush_list);
+    q_init(&B.dirty_boxes);
+    q_init(&B.resume_dests);
+    q_init(&B.gc_dests);
+    q_init(&B.dests);
+    B.cluster = config_store_cluster(cfg->store);
+
+    /* Signals arrive through signalfd; block them before any thread
+     * (the store's included) starts, so they inherit the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    B.ep = epoll_create1(EPOLL_CLOEXEC);
+    sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    qfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (B.ep < 0 || sfd < 0 || qfd < 0) {
+        log_msg(LOG_ERROR, "cannot set up the event loop: %s",
+                strerror(errno));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &h_signal};
+    epoll_ctl(B.ep, EPOLL_CTL_ADD, sfd, &ev);
+    ev.data.ptr = &h_queue;
+    epoll_ctl(B.ep, EPOLL_CTL_ADD, qfd, &ev);
+
+    mqs_open_opts oo = {store_log, NULL,
+                        g_log_level >= LOG_DEBUG ? MQS_LOG_DEBUG
+                                                 : MQS_LOG_WARN};
+    int rc = mqs_open(cfg->store, &oo, &B.store);
+    if (rc) {
+        log_msg(LOG_ERROR, "cannot open the store: %s", mqs_errmsg(NULL));
+        return -1;
+    }
+    B.store_max = mqs_max_message_size(B.store);
+    log_msg(LOG_INFO, "mqbroker %s: store %s, STOMP on %s when master",
+            MQBROKER_VERSION, mqs_uri(B.store), cfg->listen);
+    if (pthread_create(&ha.th, NULL, ha_main, NULL)) {
+        log_msg(LOG_ERROR, "cannot start the HA thread");
+        return -1;
+    }
+    ha.started = true;
+    log_waiting();
+    ha_request(0);
+    return 0;
+}
+
+static void teardown(void)
+{
+    B.stopping = true; /* an OP_MASTER still queued must not recover */
+    close_listener();
+    conns_close_all("broker shutting down");
+    ha_stop();
+    dests_free_all();
+    B.master = false;
+    B.epoch++;
+    /* Finishes queued writes, then releases the lock. Completions still
+     * arrive through the op list, drained below. */
+    if (B.store) {
+        mqs_close(B.store);
+        B.store = NULL;
+    }
+    if (qfd >= 0)
+        drain_ops();
+    while (!q_empty(&B.zombies))
+        conn_free_zombie(container_of(B.zombies.next, conn, link));
+    dests_free_all();
+    if (B.ep >= 0)
+        close(B.ep);
+    if (sfd >= 0)
+        close(sfd);
+    if (qfd >= 0)
+        close(qfd);
+    free(B.cluster);
+}
+
+int broker_run(const config *cfg)
+{
+    if (setup(cfg)) {
+        teardown();
+        return 1;
+    }
+    int64_t last_tick = mono_ms();
+    struct epoll_event evs[64];
+    while (!stop_now) {
+        int timeout = work_pending()             ? 0
+                      : (B.nconns || B.stopping) ? TICK_MS
+                                                 : -1;
+        int n = epoll_wait(B.ep, evs, 64, timeout);
+        if (n < 0 && errno != EINTR) {
+            log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            exit_code = 1;
+            break;
+        }
+        bool ops = false, sig = false;
+        for (int i = 0; i < n; i++) {
+            int type = *(int *)evs[i].data.ptr;
+            if (type == H_CONN)
+                conn_event(evs[i].data.ptr, evs[i].events);
+            else if (type == H_LISTEN && B.lfd >= 0)
+                conn_accept(B.lfd);
+            else if (type == H_QUEUE)
+                ops = true;
+            else if (type == H_SIGNAL)
+                sig = true;
+        }
+        /* After the batch: these may close any connection. */
+        if (ops)
+            drain_ops();
+        if (sig) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+                begin_stop(si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+        }
+        /* Deferred work; flushing may make room for more dispatch. */
+        for (int round = 0; round < 4; round++) {
+            size_t w = dests_resume();
+            w += boxes_dispatch();
+            w += conns_flush();
+            if (!w)
+                break;
+        }
+        dests_gc();
+        int64_t now = mono_ms();
+        if (now - last_tick >= TICK_MS) {
+            conns_tick(now);
+            last_tick = now;
+        }
+        if (B.stopping && (drained() || now >= stop_deadline))
+            break;
+    }
+    teardown();
+    log_msg(LOG_INFO, "stopped");
+    return exit_code;
+}

@@ -1,0 +1,311 @@
+/* broker.h - mqbroker internals shared by dest.c, conn.c, stomp.c and
+ * broker.c. One broker per process: its state is the global B.
+ *
+ * Threads: everything here runs on the event-loop thread, except the
+ * store's completion callbacks and the HA thread, which only ever hand an
+ * `op` to the loop through broker_post(). */
+#ifndef MQBROKER_BROKER_H
+#define MQBROKER_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mqstore/mqstore.h>
+
+#include "config.h"
+#include "frame.h"
+#include "util.h"
+
+#ifndef MQBROKER_VERSION
+#define MQBROKER_VERSION "unknown"
+#endif
+
+#define NPRIO 10 /* STOMP priority header 0..9, like the store */
+
+typedef struct dest dest;
+typedef struct box box;
+typedef struct sub sub;
+typedef struct conn conn;
+
+/* A message body with its user headers; shared by every entry holding it. */
+typedef struct msg {
+    int refs;
+    int64_t id;   /* store id; 0 when not stored */
+    uint64_t seq; /* arrival order in this broker (for redelivery order) */
+    int64_t term; /* fencing token of the term it arrived in */
+    int priority;
+    bool persistent;
+    int64_t expires_ms; /* absolute Unix ms, 0 = never */
+    size_t size;        /* bytes it accounts for */
+    char *hdrs;         /* "name\0value\0" pairs (also the stored form) */
+    size_t hdrs_len;
+    char *body;
+    size_t body_len;
+} msg;
+
+/* A message waiting in a box (pending) or delivered and not yet acked. */
+typedef struct entry {
+    qlink link; /* box->pending[prio] or sub->unacked */
+    msg *m;
+    box *b;
+    sub *s;       /* set while delivered and unacked */
+    uint64_t tag; /* its ack id on that connection */
+    bool redelivered;
+    bool marked; /* "delivered once" already persisted */
+} entry;
+
+typedef enum box_type {
+    BOX_QUEUE,   /* the one box of a queue; any number of consumers */
+    BOX_DURABLE, /* a durable topic subscription; 0 or 1 consumer */
+    BOX_TOPIC    /* a live topic subscription; exactly its one consumer */
+} box_type;
+
+/* Messages waiting for a set of consumers. */
+struct box {
+    qlink dlink; /* dest->boxes, for topic boxes */
+    dest *d;
+    box_type type;
+    int64_t sub_id; /* durable: the store's subscription id */
+    char *name;     /* durable: "client-id:name" */
+    uint64_t created_seq;
+    qlink pending[NPRIO];
+    size_t npending;
+    size_t nentries;  /* pending + delivered */
+    qlink consumers;  /* sub->blink; the front is served first */
+    size_t nconsumers;
+    bool dirty;
+    qlink dirty_link;
+};
+
+struct dest {
+    qlink link;   /* B.dests */
+    dest *hnext;  /* hash chain */
+    char *name;   /* "/queue/x" or "/topic/x" */
+    const char *store_name; /* name without its prefix */
+    mqs_kind kind;
+    box qbox;     /* queues only */
+    qlink boxes;  /* topics: subscription boxes */
+    size_t ndurable;
+    size_t bytes; /* message bytes held in memory (producer flow control) */
+    size_t refs;  /* in-flight store writes and transaction items */
+    qlink paused; /* conn->plink: producers waiting for bytes to drop */
+    bool in_resume, in_gc;
+    qlink resume_link, gc_link;
+};
+
+enum ack_mode { ACK_AUTO, ACK_CLIENT, ACK_INDIVIDUAL };
+
+struct sub {
+    qlink clink; /* conn->subs */
+    qlink blink; /* box->consumers */
+    conn *c;
+    box *b;
+    char *id;
+    int ack;
+    size_t prefetch;
+    qlink unacked; /* entries in delivery order */
+    size_t nunacked;
+};
+
+/* Ordered reply slot: RECEIPTs (and the ERROR of a failed store write) go
+ * out in frame order, each once its store write committed. */
+typedef struct ticket {
+    qlink link;
+    bool done;
+    bool disconnect; /* DISCONNECT: close after this receipt */
+    int rc;
+    char *receipt;
+    char *error;
+    const char *what; /* command, for the error */
+} ticket;
+
+/* A STOMP transaction. */
+typedef enum txkind { TX_SEND, TX_ACK, TX_NACK } txkind;
+typedef struct txitem {
+    qlink link;
+    txkind kind;
+    msg *m;      /* SEND */
+    dest *d;     /* SEND (holds a ref) */
+    bool stored; /* SEND went into the mqs_txn */
+    uint64_t tag; /* ACK/NACK */
+} txitem;
+typedef struct stx {
+    qlink link; /* conn->txns */
+    char *name;
+    qlink items;
+    size_t bytes;
+} stx;
+
+enum conn_state {
+    CS_CONNECTING, /* waiting for CONNECT */
+    CS_OPEN,
+    CS_CLOSING,    /* ERROR or DISCONNECT sent: flush, then close */
+    CS_DEAD        /* socket closed; waits for its store writes to finish */
+};
+
+/* Tags telling epoll handles apart (first member of each handle). */
+enum { H_CONN = 1, H_LISTEN, H_SIGNAL, H_QUEUE };
+
+struct conn {
+    int htype; /* H_CONN */
+    qlink link; /* B.conns or B.zombies */
+    uint64_t serial;
+    int fd;
+    char peer[64];
+    int state;
+    bool disconnecting; /* DISCONNECT read: no more frames */
+    bool lingering;     /* closing: our side shut down, draining input */
+    int version;
+    char *client_id;
+    int64_t created_ms, last_rx_ms, last_tx_ms, closing_ms;
+    int64_t hb_send_ms, hb_recv_ms; /* negotiated; 0 = off */
+    buf in, out;
+    frame_parser parser;
+    uint32_t events; /* epoll mask armed */
+    bool flush_queued;
+    qlink flush_link;
+    bool out_full;
+    int64_t full_since;
+    dest *paused_on;
+    qlink plink;
+    qlink subs;
+    size_t nsubs;
+    size_t nunacked;
+    idmap acks; /* tag -> entry */
+    uint64_t next_tag;
+    qlink txns;
+    size_t ntxns;
+    qlink tickets;
+    size_t inflight; /* store writes not completed yet */
+};
+
+/* Work handed to the loop thread (store completions, HA events). */
+typedef enum op_type { OP_SEND, OP_ACK, OP_TXN, OP_MASTER, OP_LOST } op_type;
+typedef struct op {
+    struct op *next;
+    op_type type;
+    uint64_t epoch; /* B.epoch when submitted: stale ops only free */
+    conn *c;        /* may be a zombie by completion time */
+    ticket *t;
+    msg *m;       /* OP_SEND */
+    dest *d;      /* OP_SEND (holds a ref) */
+    uint64_t seq; /* snapshot: durable subs created before it get it */
+    stx *x;       /* OP_TXN */
+    int pending;  /* completions still to come (under the queue mutex) */
+    int rc;
+    int64_t id;
+    char *err;
+    int64_t *ids;
+    size_t n_ids;
+    int64_t token; /* OP_MASTER, OP_LOST */
+    char *reason;
+} op;
+
+typedef struct broker {
+    config cfg;
+    mqs_store *store;
+    size_t store_max; /* mqs_max_message_size */
+    char *cluster;
+    int ep;   /* epoll */
+    int lfd;  /* listening socket; -1 unless master */
+    bool master;
+    int64_t token;
+    uint64_t epoch;
+    uint64_t seq; /* arrival order of messages, creation of boxes */
+    uint64_t next_serial;
+    qlink conns, zombies;
+    size_t nconns;
+    /* Deferred work, done once per loop turn. */
+    qlink flush_list, dirty_boxes, resume_dests, gc_dests;
+    /* Destinations. */
+    qlink dests;
+    dest **dtab;
+    size_t dcap, ndests;
+    bool stopping;
+} broker;
+
+extern broker B;
+
+/* broker.c */
+/* Run until SIGTERM/SIGINT; returns the process exit code. */
+int broker_run(const config *cfg);
+void broker_post(op *o); /* any thread */
+op *op_new(op_type type, conn *c, ticket *t);
+/* Called by the store's callbacks: one of o->pending completions. */
+void op_complete(op *o, int rc, const char *err);
+/* mqs_done_fn for ops: ud is the op. */
+void op_done_cb(void *ud, int rc, int64_t id, const char *errmsg);
+void broker_log_store_failure(const char *what, int rc);
+
+/* dest.c */
+msg *msg_new(const void *hdrs, size_t hdrs_len, const void *body,
+             size_t body_len);
+void msg_unref(msg *m);
+bool msg_hdrs_valid(const char *h, size_t n);
+/* Validate a STOMP destination; NULL if fine, else why not. */
+const char *dest_check(const char *name, mqs_kind *kind);
+dest *dest_get(const char *name, bool create);
+dest *dest_get_store(mqs_kind kind, const char *store_name);
+void dest_ref(dest *d);
+void dest_unref(dest *d);
+void dest_reserve(dest *d, size_t n);
+void dest_release(dest *d, size_t n);
+void dest_pause(dest *d, conn *c);
+void dest_unpause(conn *c);
+void dest_publish(dest *d, msg *m, uint64_t snapshot);
+size_t dests_resume(void);
+void dests_gc(void);
+void dests_free_all(void);
+box *box_new_sub(dest *d, box_type type, int64_t sub_id, const char *name);
+box *dest_find_durable(dest *d, const char *name);
+box *dest_find_durable_id(dest *d, int64_t sub_id);
+void box_free(box *b);
+void box_kick(box *b);
+size_t boxes_dispatch(void);
+entry *entry_add(box *b, msg *m); /* pending, at the tail */
+void entry_free(entry *e);        /* unlinked by the caller */
+bool entry_stored(const entry *e);
+int64_t entry_sub_id(const entry *e);
+void entry_message_id(const entry *e, char *out, size_t n);
+/* Ack one delivered entry: store ack (if stored; counted in o->pending
+ * when o is not NULL), then entry_consume. */
+void entry_ack(entry *e, op *o);
+/* Drop a delivered entry from memory only (its store ack is done). */
+void entry_consume(entry *e);
+/* NACK / connection loss: back to pending, redelivered. */
+void entry_requeue(entry *e);
+void sub_attach(sub *s, box *b);
+void sub_detach(sub *s); /* requeues unacked, frees a live topic box */
+
+/* conn.c */
+void conn_accept(int lfd);
+void conn_event(conn *c, uint32_t events);
+void conn_process_input(conn *c);
+void conn_out_changed(conn *c);
+size_t conns_flush(void);
+void conn_close(conn *c, const char *why);
+void conn_free_zombie(conn *c);
+void conn_teardown(conn *c);
+bool conn_can_take(const conn *c);
+void conn_error(conn *c, const char *receipt, const char *message,
+                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* ERROR with one more header (CONNECT's version mismatch). */
+void conn_error_hdr(conn *c, const char *xname, const char *xval,
+                    const char *message, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void conn_write_message(conn *c, sub *s, const entry *e);
+ticket *ticket_add(conn *c, const char *receipt, const char *what);
+void ticket_done(conn *c, ticket *t, int rc, const char *err);
+void conns_tick(int64_t now);
+void conns_close_all(const char *why);
+
+/* stomp.c */
+void stomp_handle(conn *c, const frame *f);
+void txn_free(stx *x);
+/* A committed transaction reaches memory: publish its messages (ids from
+ * the store, snapshot as for dest_publish), apply its acks and nacks. */
+void txn_apply(conn *c, stx *x, const int64_t *ids, size_t n_ids,
+               uint64_t snapshot);
+
+#endif

@@ -1,0 +1,421 @@
+/* config.c - command line and config file (see config.h, docs/broker.md). */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mqstore/mqstore.h>
+
+#include "util.h"
+
+#ifndef MQBROKER_VERSION
+#define MQBROKER_VERSION "unknown"
+#endif
+
+typedef enum otype { T_STR, T_LEVEL, T_SIZE, T_MS, T_HB, T_LISTEN } otype;
+
+typedef struct opt {
+    const char *name;
+    otype type;
+    size_t off; /* field in config (T_HB and T_LISTEN set several) */
+    const char *def;
+    const char *arg;
+    const char *doc;
+    bool file_ok; /* may appear in a config file */
+} opt;
+
+#define F(field) offsetof(config, field)
+
+static const opt opts[] = {
+    {"store", T_STR, F(store), NULL, "URI",
+     "store URI (required), e.g. 'sqlite:///var/lib/mq/b.db?cluster=prod'; "
+     "its options set the HA cluster, node_id, lease_ms, ...", true},
+    {"listen", T_LISTEN, F(listen), "127.0.0.1:61613", "HOST:PORT",
+     "STOMP address, opened only while this broker is master; IPv6 as "
+     "[::1]:61613", true},
+    {"config", T_STR, F(config_file), NULL, "FILE",
+     "read 'key = value' settings from FILE (the command line wins)", false},
+    {"log-level", T_LEVEL, F(log_level), "info", "LEVEL",
+     "error | warn | info | debug", true},
+    {"max-body", T_SIZE, F(max_body), "4194304", "BYTES",
+     "largest message body accepted (k/m/g suffixes allowed)", true},
+    {"prefetch", T_SIZE, F(prefetch), "1000", "N",
+     "unacknowledged messages per client-ack subscription (the SUBSCRIBE "
+     "header activemq.prefetchSize or prefetch overrides)", true},
+    {"max-connections", T_SIZE, F(max_connections), "1000", "N",
+     "client connections at once; more are refused with an ERROR frame",
+     true},
+    {"heartbeat", T_HB, F(hb_send_ms), "10000,10000", "MS,MS",
+     "heart-beats the broker can send, and wants to receive (0 = none)",
+     true},
+    {"max-header-bytes", T_SIZE, F(max_header_bytes), "65536", "BYTES",
+     "largest command + header section of a frame", true},
+    {"max-headers", T_SIZE, F(max_headers), "256", "N",
+     "most headers in one frame", true},
+    {"max-out-buffer", T_SIZE, F(max_out_buffer), "8m", "BYTES",
+     "output buffered for one connection before dispatching to it stops",
+     true},
+    {"max-dest-bytes", T_SIZE, F(max_dest_bytes), "64m", "BYTES",
+     "message bytes held in memory per destination before its producers "
+     "are paused", true},
+    {"slow-consumer-ms", T_MS, F(slow_consumer_ms), "30000", "MS",
+     "disconnect a client whose full output buffer made no progress this "
+     "long", true},
+    {"connect-timeout-ms", T_MS, F(connect_timeout_ms), "10000", "MS",
+     "close connections that send no CONNECT frame within this time", true},
+    {"shutdown-timeout-ms", T_MS, F(shutdown_timeout_ms), "5000", "MS",
+     "on SIGTERM, how long to wait for pending store writes and receipts",
+     true},
+};
+#define NOPTS (sizeof opts / sizeof opts[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: mqbroker --store URI [OPTION]...\n"
+            "STOMP 1.2 broker with durable storage and master/slave HA on "
+            "libmqstore.\n\n"
+            "Brokers started on the same store (same cluster) elect one "
+            "master; the others\nkeep their port closed until they take "
+            "over.\n\nOptions:\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "--%s %s", opts[i].name, opts[i].arg);
+        fprintf(f, "  %-28s %s", left, opts[i].doc);
+        if (opts[i].def)
+            fprintf(f, " [%s]", opts[i].def);
+        fputc('\n', f);
+    }
+    fprintf(f, "  %-28s %s\n  %-28s %s\n", "--help", "show this help",
+            "--version", "show versions");
+    fprintf(f, "\nA config file has one 'key = value' per line with the long "
+               "option names\n(store, listen, log-level, ...); '#' starts a "
+               "comment at the start of a line\nor after a blank. Logs go to "
+               "stderr. SIGTERM/SIGINT shut down cleanly.\n");
+}
+
+/* Unsigned number with an optional binary k/m/g suffix. */
+static int parse_size(const char *s, bool suffix, uint64_t *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    unsigned shift = 0;
+    if (suffix && *end) {
+        switch (*end) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        default: return -1;
+        }
+        end++;
+        if (*end == 'i' || *end == 'I')
+            end++;
+        if (*end == 'b' || *end == 'B')
+            end++;
+    }
+    if (*end || v > (UINT64_MAX >> shift))
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static int split_listen(config *c, const char *v, char *err, size_t errlen)
+{
+    const char *colon;
+    char *host;
+    if (v[0] == '[') {
+        const char *rb = strchr(v, ']');
+        if (!rb || rb[1] != ':') {
+            snprintf(err, errlen, "expected [IPV6]:PORT");
+            return -1;
+        }
+        host = xstrndup(v + 1, (size_t)(rb - v - 1));
+        colon = rb + 1;
+    } else {
+        colon = strrchr(v, ':');
+        if (!colon || colon == v) {
+            snprintf(err, errlen, "expected HOST:PORT");
+            return -1;
+        }
+        host = xstrndup(v, (size_t)(colon - v));
+    }
+    uint64_t port;
+    if (parse_size(colon + 1, false, &port) || port == 0 || port > 65535) {
+        snprintf(err, errlen, "bad port '%s' (1..65535)", colon + 1);
+        free(host);
+        return -1;
+    }
+    free(c->listen_host);
+    free(c->listen_port);
+    c->listen_host = host;
+    c->listen_port = xstrdup(colon + 1);
+    return 0;
+}
+
+static int set_opt(config *c, const opt *o, const char *v, char *err,
+                   size_t errlen)
+{
+    char *field = (char *)c + o->off;
+    uint64_t n;
+    switch (o->type) {
+    case T_STR:
+    case T_LISTEN:
+        if (!*v) {
+            snprintf(err, errlen, "empty value");
+            return -1;
+        }
+        if (o->type == T_LISTEN && split_listen(c, v, err, errlen))
+            return -1;
+        free(*(char **)field);
+        *(char **)field = xstrdup(v);
+        return 0;
+    case T_LEVEL: {
+        int l = log_level_parse(v);
+        if (l < 0) {
+            snprintf(err, errlen, "expected error, warn, info or debug");
+            return -1;
+        }
+        *(int *)field = l;
+        return 0;
+    }
+    case T_SIZE:
+        if (parse_size(v, true, &n) || n > SIZE_MAX) {
+            snprintf(err, errlen, "expected a non-negative number");
+            return -1;
+        }
+        *(size_t *)field = (size_t)n;
+        return 0;
+    case T_MS:
+        if (parse_size(v, false, &n) || n > INT64_MAX / 2) {
+            snprintf(err, errlen, "expected milliseconds");
+            return -1;
+        }
+        *(int64_t *)field = (int64_t)n;
+        return 0;
+    case T_HB: {
+        const char *comma = strchr(v, ',');
+        uint64_t a, b;
+        char first[32];
+        if (!comma || (size_t)(comma - v) >= sizeof first) {
+            snprintf(err, errlen, "expected MS,MS");
+            return -1;
+        }
+        memcpy(first, v, (size_t)(comma - v));
+        first[comma - v] = '\0';
+        if (parse_size(first, false, &a) || parse_size(comma + 1, false, &b) ||
+            a > INT64_MAX / 2 || b > INT64_MAX / 2) {
+            snprintf(err, errlen, "expected MS,MS");
+            return -1;
+        }
+        c->hb_send_ms = (int64_t)a;
+        c->hb_recv_ms = (int64_t)b;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+static const opt *find_opt(const char *name, size_t n)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(opts[i].name) == n && !memcmp(opts[i].name, name, n))
+            return &opts[i];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' ||
+                 s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int load_file(config *c, const char *path, const bool *given)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "mqbroker: cannot open config file %s: %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    while (getline(&line, &cap, f) >= 0) {
+        lineno++;
+        /* '#' at the start or after a blank: a URI may contain '#'. */
+        for (char *h = strchr(line, '#'); h; h = strchr(h + 1, '#'))
+            if (h == line || h[-1] == ' ' || h[-1] == '\t') {
+                *h = '\0';
+                break;
+            }
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            fprintf(stderr, "mqbroker: %s:%d: expected 'key = value'\n",
+                    path, lineno);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        const opt *o = find_opt(key, strlen(key));
+        if (!o || !o->file_ok) {
+            fprintf(stderr, "mqbroker: %s:%d: unknown setting '%s' (see "
+                    "mqbroker --help)\n", path, lineno, key);
+            rc = -1;
+            break;
+        }
+        if (given[o - opts])
+            continue; /* the command line wins */
+        char err[256];
+        if (set_opt(c, o, val, err, sizeof err)) {
+            fprintf(stderr, "mqbroker: %s:%d: %s = %s: %s\n", path, lineno,
+                    key, val, err);
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static int validate(const config *c)
+{
+    const char *bad = NULL;
+    if (!c->store)
+        bad = "--store URI is required";
+    else if (c->prefetch == 0)
+        bad = "--prefetch must be at least 1";
+    else if (c->max_headers == 0 || c->max_header_bytes < 64)
+        bad = "--max-headers must be >= 1 and --max-header-bytes >= 64";
+    else if (c->max_out_buffer < 4096)
+        bad = "--max-out-buffer must be at least 4096";
+    else if (c->max_dest_bytes < c->max_body)
+        bad = "--max-dest-bytes must be at least --max-body";
+    else if (c->max_connections == 0)
+        bad = "--max-connections must be at least 1";
+    if (bad) {
+        fprintf(stderr, "mqbroker: %s\nTry 'mqbroker --help'.\n", bad);
+        return -1;
+    }
+    return 0;
+}
+
+int config_load(config *c, int argc, char **argv)
+{
+    memset(c, 0, sizeof *c);
+    char err[256];
+    for (size_t i = 0; i < NOPTS; i++)
+        if (opts[i].def && set_opt(c, &opts[i], opts[i].def, err, sizeof err))
+            abort(); /* a broken default is a programming error */
+    bool given[NOPTS] = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return CONFIG_EXIT_OK;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("mqbroker %s (libmqstore %d.%d.%d, STOMP 1.0-1.2)\n",
+                   MQBROKER_VERSION, MQS_VERSION_MAJOR, MQS_VERSION_MINOR,
+                   MQS_VERSION_PATCH);
+            return CONFIG_EXIT_OK;
+        }
+        if (strncmp(a, "--", 2)) {
+            fprintf(stderr, "mqbroker: unexpected argument '%s'\nTry "
+                    "'mqbroker --help'.\n", a);
+            return CONFIG_ERROR;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t n = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *o = find_opt(name, n);
+        if (!o) {
+            fprintf(stderr, "mqbroker: unknown option '%s'\nTry 'mqbroker "
+                    "--help'.\n", a);
+            return CONFIG_ERROR;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "mqbroker: option --%s needs a value (%s)\n",
+                        o->name, o->arg);
+                return CONFIG_ERROR;
+            }
+            v = argv[++i];
+        }
+        if (set_opt(c, o, v, err, sizeof err)) {
+            fprintf(stderr, "mqbroker: --%s %s: %s\n", o->name, v, err);
+            return CONFIG_ERROR;
+        }
+        given[o - opts] = true;
+    }
+    if (c->config_file && load_file(c, c->config_file, given))
+        return CONFIG_ERROR;
+    return validate(c) ? CONFIG_ERROR : CONFIG_OK;
+}
+
+void config_free(config *c)
+{
+    free(c->store);
+    free(c->listen);
+    free(c->listen_host);
+    free(c->listen_port);
+    free(c->config_file);
+    memset(c, 0, sizeof *c);
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+char *config_store_cluster(const char *uri)
+{
+    const char *q = strchr(uri, '?');
+    while (q) {
+        q++;
+        const char *end = strchr(q, '&');
+        size_t n = end ? (size_t)(end - q) : strlen(q);
+        if (n > 8 && !strncmp(q, "cluster=", 8)) {
+            /* Percent-decode, as the library does for option values. */
+            char *out = xmalloc(n);
+            size_t o = 0;
+            for (size_t i = 8; i < n; i++) {
+                int h1, h2;
+                if (q[i] == '%' && i + 2 < n &&
+                    (h1 = hexval(q[i + 1])) >= 0 &&
+                    (h2 = hexval(q[i + 2])) >= 0) {
+                    out[o++] = (char)(h1 * 16 + h2);
+                    i += 2;
+                } else {
+                    out[o++] = q[i];
+                }
+            }
+            out[o] = '\0';
+            return out;
+        }
+        q = end;
+    }
+    return xstrdup("default");
+}

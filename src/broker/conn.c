@@ -1,0 +1,560 @@
+/* conn.c - client connections: non-blocking socket I/O, output buffering
+ * and its flow control, ordered receipts, heart-beats and closing. STOMP
+ * frames themselves are handled in stomp.c. */
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "broker.h"
+
+#define READ_CHUNK 65536
+#define CLOSING_GRACE_MS 5000 /* to flush an ERROR or a last RECEIPT */
+#define LINGER_MS 1000
+
+static void peer_name(const struct sockaddr_storage *ss, char *out, size_t n)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        snprintf(out, n, "%s:%u", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+        snprintf(out, n, "[%s]:%u", host, port);
+    } else {
+        snprintf(out, n, "?");
+    }
+}
+
+static void refuse(int fd, const char *why)
+{
+    char text[512];
+    int body = (int)strlen(why);
+    int n = snprintf(text, sizeof text,
+                     "ERROR\nmessage:%s\ncontent-type:text/plain\n"
+                     "content-length:%d\n\n%s", why, body, why);
+    if (n > 0 && (size_t)n < sizeof text - 1) {
+        text[n] = '\0'; /* the frame's NUL */
+        (void)!send(fd, text, (size_t)n + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    close(fd);
+}
+
+void conn_accept(int lfd)
+{
+    /* A bounded batch per wake-up keeps other connections served. */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE)
+                log_msg(LOG_WARN, "cannot accept a connection: %s "
+                        "(raise the open files limit or lower "
+                        "--max-connections)", strerror(errno));
+            else if (errno != EAGAIN && errno != EWOULDBLOCK &&
+                     errno != EINTR && errno != ECONNABORTED)
+                log_msg(LOG_WARN, "accept failed: %s", strerror(errno));
+            return;
+        }
+        char peer[64];
+        peer_name(&ss, peer, sizeof peer);
+        if (B.nconns >= B.cfg.max_connections) {
+            log_msg(LOG_WARN, "refusing %s: %zu connections already "
+                    "(max-connections)", peer, B.nconns);
+            refuse(fd, "too many connections (max-connections)");
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn *c = xcalloc(1, sizeof *c);
+        c->htype = H_CONN;
+        c->serial = ++B.next_serial;
+        c->fd = fd;
+        snprintf(c->peer, sizeof c->peer, "%s", peer);
+        c->state = CS_CONNECTING;
+        c->version = STOMP_10;
+        c->created_ms = c->last_rx_ms = c->last_tx_ms = mono_ms();
+        frame_limits lim = {B.cfg.max_header_bytes, B.cfg.max_headers,
+                            B.cfg.max_body};
+        frame_parser_init(&c->parser, &lim);
+        q_init(&c->flush_link);
+        q_init(&c->plink);
+        q_init(&c->subs);
+        q_init(&c->txns);
+        q_init(&c->tickets);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        if (epoll_ctl(B.ep, EPOLL_CTL_ADD, fd, &ev)) {
+            log_msg(LOG_ERROR, "epoll_ctl(add) failed: %s", strerror(errno));
+            frame_parser_free(&c->parser);
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->events = EPOLLIN;
+        q_push_back(&B.conns, &c->link);
+        B.nconns++;
+        log_msg(LOG_DEBUG, "conn %" PRIu64 ": accepted from %s", c->serial,
+                peer);
+    }
+}
+
+static void set_events(conn *c)
+{
+    if (c->state == CS_DEAD)
+        return;
+    uint32_t ev = 0;
+    if (((c->state == CS_CONNECTING || c->state == CS_OPEN) &&
+         !c->disconnecting && !c->paused_on) ||
+        c->lingering)
+        ev |= EPOLLIN;
+    if (buf_used(&c->out))
+        ev |= EPOLLOUT;
+    if (ev != c->events) {
+        struct epoll_event e = {.events = ev, .data.ptr = c};
+        if (epoll_ctl(B.ep, EPOLL_CTL_MOD, c->fd, &e) == 0)
+            c->events = ev;
+    }
+}
+
+bool conn_can_take(const conn *c)
+{
+    return c->state == CS_OPEN && !c->disconnecting &&
+           buf_used(&c->out) < B.cfg.max_out_buffer;
+}
+
+static void update_full(conn *c, bool progress)
+{
+    bool full = buf_used(&c->out) >= B.cfg.max_out_buffer;
+    if (full && (!c->out_full || progress))
+        c->full_since = mono_ms();
+    if (!full && c->out_full) {
+        /* Room again: its subscriptions may take messages. */
+        for (qlink *l = c->subs.next; l != &c->subs; l = l->next)
+            box_kick(container_of(l, sub, clink)->b);
+    }
+    c->out_full = full;
+}
+
+void conn_out_changed(conn *c)
+{
+    if (c->state == CS_DEAD)
+        return;
+    c->last_tx_ms = mono_ms();
+    if (!c->flush_queued) {
+        c->flush_queued = true;
+        q_push_back(&B.flush_list, &c->flush_link);
+    }
+    update_full(c, false);
+}
+
+void conn_process_input(conn *c)
+{
+    while ((c->state == CS_CONNECTING || c->state == CS_OPEN) &&
+           !c->disconnecting && !c->paused_on) {
+        frame f;
+        size_t used;
+        char err[256];
+        int rc = frame_parse(&c->parser, buf_data(&c->in), buf_used(&c->in),
+                             &used, &f, err, sizeof err);
+        if (rc == FRAME_ERR) {
+            conn_error(c, NULL, "malformed frame", "%s", err);
+            break;
+        }
+        if (rc == FRAME_MORE) {
+            buf_consume(&c->in, used); /* heart-beat EOLs */
+            break;
+        }
+        /* f.body points into c->in: consume only after handling. */
+        stomp_handle(c, &f);
+        buf_consume(&c->in, used);
+    }
+    set_events(c);
+}
+
+static int conn_read(conn *c)
+{
+    if (c->lingering) {
+        /* Unread input at close() makes the kernel send RST, which can
+         * destroy our ERROR before the client read it: drain until EOF. */
+        char sink[4096];
+        ssize_t n = recv(c->fd, sink, sizeof sink, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            conn_close(c, c->disconnecting ? "DISCONNECT" : "after ERROR");
+            return -1;
+        }
+        return 0;
+    }
+    buf_reserve(&c->in, READ_CHUNK);
+    ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
+    if (n > 0) {
+        c->in.len += (size_t)n;
+        c->last_rx_ms = mono_ms();
+        conn_process_input(c);
+        return 0;
+    }
+    if (n == 0) {
+        conn_close(c, "closed by the client");
+        return -1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return 0;
+    char why[128];
+    snprintf(why, sizeof why, "read error: %s", strerror(errno));
+    conn_close(c, why);
+    return -1;
+}
+
+/* Returns false when the connection was closed. */
+static bool conn_flush(conn *c)
+{
+    bool progress = false;
+    while (buf_used(&c->out)) {
+        ssize_t n = send(c->fd, buf_data(&c->out), buf_used(&c->out),
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            progress = true;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        char why[128];
+        snprintf(why, sizeof why, "write error: %s",
+                 n < 0 ? strerror(errno) : "nothing written");
+        conn_close(c, why);
+        return false;
+    }
+    update_full(c, progress);
+    if (c->state == CS_CLOSING && !buf_used(&c->out) && !c->lingering) {
+        /* All sent: close our side, let the client close its own. */
+        shutdown(c->fd, SHUT_WR);
+        c->lingering = true;
+        c->closing_ms = mono_ms();
+    }
+    set_events(c);
+    return true;
+}
+
+size_t conns_flush(void)
+{
+    size_t n = 0;
+    while (!q_empty(&B.flush_list)) {
+        conn *c = container_of(B.flush_list.next, conn, flush_link);
+        q_remove(&c->flush_link);
+        c->flush_queued = false;
+        conn_flush(c);
+        n++;
+    }
+    return n;
+}
+
+void conn_event(conn *c, uint32_t events)
+{
+    if (events & EPOLLERR) {
+        int err = 0;
+        socklen_t sl = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &sl);
+        char why[128];
+        snprintf(why, sizeof why, "socket error: %s",
+                 err ? strerror(err) : "unknown");
+        conn_close(c, why);
+        return;
+    }
+    if ((events & EPOLLIN) && conn_read(c))
+        return;
+    if ((events & EPOLLOUT) && !conn_flush(c))
+        return;
+    /* Hang-up while we are not reading (closing or paused). */
+    if ((events & EPOLLHUP) && !(c->events & EPOLLIN))
+        conn_close(c, "hang-up");
+    else if ((events & EPOLLHUP) && c->lingering)
+        conn_close(c, c->disconnecting ? "DISCONNECT" : "after ERROR");
+}
+
+/* Everything a connection holds in the broker: subscriptions (unacked
+ * messages go back to their boxes), transactions, producer pause. */
+void conn_teardown(conn *c)
+{
+    dest_unpause(c);
+    while (!q_empty(&c->subs)) {
+        sub *s = container_of(c->subs.next, sub, clink);
+        q_remove(&s->clink);
+        sub_detach(s);
+        free(s->id);
+        free(s);
+    }
+    c->nsubs = 0;
+    while (!q_empty(&c->txns)) {
+        stx *x = container_of(c->txns.next, stx, link);
+        q_remove(&x->link);
+        txn_free(x);
+    }
+    c->ntxns = 0;
+    idmap_free(&c->acks);
+}
+
+static void ticket_free(ticket *t)
+{
+    free(t->receipt);
+    free(t->error);
+    free(t);
+}
+
+void conn_free_zombie(conn *c)
+{
+    while (!q_empty(&c->tickets)) {
+        ticket *t = container_of(c->tickets.next, ticket, link);
+        q_remove(&t->link);
+        ticket_free(t);
+    }
+    q_remove(&c->link);
+    free(c);
+}
+
+void conn_close(conn *c, const char *why)
+{
+    if (c->state == CS_DEAD)
+        return;
+    log_msg(LOG_DEBUG, "conn %" PRIu64 " (%s): closed: %s", c->serial,
+            c->peer, why);
+    conn_teardown(c);
+    epoll_ctl(B.ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+    if (c->flush_queued) {
+        q_remove(&c->flush_link);
+        c->flush_queued = false;
+    }
+    buf_free(&c->in);
+    buf_free(&c->out);
+    frame_parser_free(&c->parser);
+    free(c->client_id);
+    c->client_id = NULL;
+    q_remove(&c->link);
+    B.nconns--;
+    c->state = CS_DEAD;
+    /* Replies nobody will read; pending ones wait for their store write. */
+    for (qlink *l = c->tickets.next; l != &c->tickets;) {
+        ticket *t = container_of(l, ticket, link);
+        l = l->next;
+        if (t->done) {
+            q_remove(&t->link);
+            ticket_free(t);
+        }
+    }
+    if (c->inflight == 0)
+        conn_free_zombie(c);
+    else
+        q_push_back(&B.zombies, &c->link);
+}
+
+void conns_close_all(const char *why)
+{
+    while (!q_empty(&B.conns))
+        conn_close(container_of(B.conns.next, conn, link), why);
+}
+
+static void error_v(conn *c, const char *receipt, const char *xname,
+                    const char *xval, const char *message, const char *fmt,
+                    va_list ap)
+{
+    if (c->state == CS_CLOSING || c->state == CS_DEAD)
+        return;
+    char detail[1024];
+    vsnprintf(detail, sizeof detail - 1, fmt, ap);
+    log_msg(LOG_INFO, "conn %" PRIu64 " (%s): ERROR %s: %s", c->serial,
+            c->peer, message, detail);
+    buf *b = &c->out;
+    frame_begin(b, "ERROR");
+    frame_put(b, c->version, "message", message);
+    if (receipt)
+        frame_put(b, c->version, "receipt-id", receipt);
+    if (xname)
+        frame_put(b, c->version, xname, xval);
+    frame_put(b, c->version, "content-type", "text/plain");
+    size_t n = strlen(detail);
+    detail[n++] = '\n';
+    frame_end(b, detail, n, true);
+    /* STOMP: the connection closes after an ERROR frame. */
+    c->state = CS_CLOSING;
+    c->closing_ms = mono_ms();
+    conn_teardown(c);
+    conn_out_changed(c);
+}
+
+void conn_error(conn *c, const char *receipt, const char *message,
+                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_v(c, receipt, NULL, NULL, message, fmt, ap);
+    va_end(ap);
+}
+
+void conn_error_hdr(conn *c, const char *xname, const char *xval,
+                    const char *message, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_v(c, NULL, xname, xval, message, fmt, ap);
+    va_end(ap);
+}
+
+void conn_write_message(conn *c, sub *s, const entry *e)
+{
+    buf *b = &c->out;
+    int v = c->version;
+    char tmp[96];
+    frame_begin(b, "MESSAGE");
+    frame_put(b, v, "subscription", s->id);
+    entry_message_id(e, tmp, sizeof tmp);
+    frame_put(b, v, "message-id", tmp);
+    frame_put(b, v, "destination", e->b->d->name);
+    if (s->ack != ACK_AUTO) {
+        snprintf(tmp, sizeof tmp, "%" PRIu64, e->tag);
+        frame_put(b, v, "ack", tmp);
+    }
+    if (e->redelivered)
+        frame_put(b, v, "redelivered", "true");
+    if (e->m->persistent)
+        frame_put(b, v, "persistent", "true");
+    const msg *m = e->m;
+    for (size_t i = 0; i < m->hdrs_len;) {
+        const char *name = m->hdrs + i;
+        size_t nl = strlen(name);
+        const char *val = name + nl + 1;
+        size_t vl = strlen(val);
+        frame_putn(b, v, name, nl, val, vl);
+        i += nl + vl + 2;
+    }
+    frame_end(b, m->body, m->body_len, true);
+    conn_out_changed(c);
+}
+
+/* ------------------------------------------------------------------------
+ * Tickets
+ * ---------------------------------------------------------------------- */
+
+ticket *ticket_add(conn *c, const char *receipt, const char *what)
+{
+    ticket *t = xcalloc(1, sizeof *t);
+    t->receipt = receipt ? xstrdup(receipt) : NULL;
+    t->what = what;
+    q_push_back(&c->tickets, &t->link);
+    return t;
+}
+
+static void flush_tickets(conn *c)
+{
+    while (!q_empty(&c->tickets)) {
+        ticket *t = container_of(c->tickets.next, ticket, link);
+        if (!t->done)
+            break;
+        q_remove(&t->link);
+        if (c->state == CS_OPEN) {
+            if (t->rc) {
+                conn_error(c, t->receipt, "store write failed",
+                           "%s was not stored: %s", t->what, t->error);
+            } else {
+                if (t->receipt) {
+                    frame_begin(&c->out, "RECEIPT");
+                    frame_put(&c->out, c->version, "receipt-id", t->receipt);
+                    frame_end(&c->out, NULL, 0, false);
+                    conn_out_changed(c);
+                }
+                if (t->disconnect) {
+                    c->state = CS_CLOSING;
+                    c->closing_ms = mono_ms();
+                    conn_out_changed(c);
+                }
+            }
+        }
+        ticket_free(t);
+    }
+}
+
+void ticket_done(conn *c, ticket *t, int rc, const char *err)
+{
+    t->done = true;
+    t->rc = rc;
+    if (rc)
+        t->error = xstrdup(err && *err ? err : mqs_strerror(rc));
+    if (c->state == CS_DEAD) {
+        q_remove(&t->link);
+        ticket_free(t);
+        return;
+    }
+    flush_tickets(c);
+}
+
+/* ------------------------------------------------------------------------
+ * Timers
+ * ---------------------------------------------------------------------- */
+
+void conns_tick(int64_t now)
+{
+    for (qlink *l = B.conns.next; l != &B.conns;) {
+        conn *c = container_of(l, conn, link);
+        l = l->next; /* c may close */
+        char why[160];
+        if (c->state == CS_CONNECTING &&
+            now - c->created_ms > B.cfg.connect_timeout_ms) {
+            snprintf(why, sizeof why, "no CONNECT frame within %" PRId64
+                     " ms (connect-timeout-ms)", B.cfg.connect_timeout_ms);
+            log_msg(LOG_INFO, "conn %" PRIu64 " (%s): %s", c->serial,
+                    c->peer, why);
+            conn_close(c, why);
+            continue;
+        }
+        if (c->lingering && now - c->closing_ms > LINGER_MS) {
+            conn_close(c, c->disconnecting ? "DISCONNECT" : "after ERROR");
+            continue;
+        }
+        if (c->state == CS_CLOSING && now - c->closing_ms > CLOSING_GRACE_MS) {
+            conn_close(c, "the client did not read its last frames");
+            continue;
+        }
+        if (c->out_full && now - c->full_since >= B.cfg.slow_consumer_ms) {
+            snprintf(why, sizeof why, "slow consumer: %zu bytes unread for "
+                     "%" PRId64 " ms (slow-consumer-ms)", buf_used(&c->out),
+                     now - c->full_since);
+            log_msg(LOG_WARN, "conn %" PRIu64 " (%s): disconnected: %s",
+                    c->serial, c->peer, why);
+            conn_close(c, why);
+            continue;
+        }
+        if (c->state != CS_OPEN)
+            continue;
+        /* Spec: be tolerant; twice the interval allows for network delay. */
+        if (c->hb_recv_ms && now - c->last_rx_ms > 2 * c->hb_recv_ms) {
+            snprintf(why, sizeof why, "no data or heart-beat from the client "
+                     "for %" PRId64 " ms (negotiated %" PRId64 " ms)",
+                     now - c->last_rx_ms, c->hb_recv_ms);
+            log_msg(LOG_INFO, "conn %" PRIu64 " (%s): closed: %s", c->serial,
+                    c->peer, why);
+            conn_close(c, why);
+            continue;
+        }
+        if (c->hb_send_ms && now - c->last_tx_ms >= c->hb_send_ms) {
+            buf_addc(&c->out, '\n');
+            conn_out_changed(c);
+        }
+    }
+}

@@ -1,0 +1,631 @@
+/* dest.c - destinations, the boxes their messages wait in, delivery to
+ * subscriptions, and the in-memory side of ack/nack.
+ *
+ * A queue has one box shared round-robin by its consumers. A topic has one
+ * box per subscription: a live one (freed with its subscriber) or a durable
+ * one (kept while offline; mirrors a store subscription). A message is
+ * shared by the entries of every box that holds it. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+
+#define QUEUE_PREFIX "/queue/"
+#define TOPIC_PREFIX "/topic/"
+#define PREFIX_LEN 7
+
+/* ------------------------------------------------------------------------
+ * Messages
+ * ---------------------------------------------------------------------- */
+
+msg *msg_new(const void *hdrs, size_t hdrs_len, const void *body,
+             size_t body_len)
+{
+    /* One allocation: the struct, then headers and body, NUL-terminated. */
+    msg *m = xmalloc(sizeof *m + hdrs_len + body_len + 2);
+    memset(m, 0, sizeof *m);
+    m->refs = 1;
+    m->hdrs = (char *)(m + 1);
+    if (hdrs_len)
+        memcpy(m->hdrs, hdrs, hdrs_len);
+    m->hdrs[hdrs_len] = '\0';
+    m->hdrs_len = hdrs_len;
+    m->body = m->hdrs + hdrs_len + 1;
+    if (body_len)
+        memcpy(m->body, body, body_len);
+    m->body[body_len] = '\0';
+    m->body_len = body_len;
+    m->size = sizeof *m + hdrs_len + body_len;
+    m->priority = MQS_PRIORITY_DEFAULT;
+    m->seq = ++B.seq;
+    m->term = B.token;
+    return m;
+}
+
+void msg_unref(msg *m)
+{
+    if (m && --m->refs == 0)
+        free(m);
+}
+
+bool msg_hdrs_valid(const char *h, size_t n)
+{
+    if (n == 0)
+        return true;
+    if (h[n - 1] != '\0')
+        return false;
+    size_t nuls = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i] == '\0') {
+            /* A name (even position) must not be empty. */
+            if (nuls % 2 == 0 && (i == 0 || h[i - 1] == '\0'))
+                return false;
+            nuls++;
+        }
+    }
+    return nuls % 2 == 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Destinations
+ * ---------------------------------------------------------------------- */
+
+const char *dest_check(const char *name, mqs_kind *kind)
+{
+    if (!strncmp(name, QUEUE_PREFIX, PREFIX_LEN))
+        *kind = MQS_QUEUE;
+    else if (!strncmp(name, TOPIC_PREFIX, PREFIX_LEN))
+        *kind = MQS_TOPIC;
+    else
+        return "destinations are /queue/NAME or /topic/NAME";
+    size_t n = strlen(name + PREFIX_LEN);
+    if (n == 0)
+        return "destination name is empty";
+    if (n > 255)
+        return "destination name is longer than 255 bytes";
+    return NULL;
+}
+
+static size_t hash_name(const char *s)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void rehash(void)
+{
+    size_t cap = B.dcap ? B.dcap * 2 : 64;
+    dest **t = xcalloc(cap, sizeof *t);
+    for (size_t i = 0; i < B.dcap; i++) {
+        for (dest *d = B.dtab[i], *next; d; d = next) {
+            next = d->hnext;
+            size_t k = hash_name(d->name) & (cap - 1);
+            d->hnext = t[k];
+            t[k] = d;
+        }
+    }
+    free(B.dtab);
+    B.dtab = t;
+    B.dcap = cap;
+}
+
+static void box_init(box *b, dest *d, box_type type)
+{
+    memset(b, 0, sizeof *b);
+    b->d = d;
+    b->type = type;
+    for (int i = 0; i < NPRIO; i++)
+        q_init(&b->pending[i]);
+    q_init(&b->consumers);
+    q_init(&b->dirty_link);
+    q_init(&b->dlink);
+    b->created_seq = ++B.seq;
+}
+
+static bool collectable(const dest *d)
+{
+    if (d->refs || d->bytes || !q_empty(&d->paused))
+        return false;
+    if (d->kind == MQS_QUEUE)
+        return d->qbox.nentries == 0 && d->qbox.nconsumers == 0;
+    return q_empty(&d->boxes);
+}
+
+/* Empty, unused destinations are freed at the end of the loop turn, so no
+ * caller ever holds a pointer to a freed one. */
+static void gc_check(dest *d)
+{
+    if (!d->in_gc && collectable(d)) {
+        d->in_gc = true;
+        q_push_back(&B.gc_dests, &d->gc_link);
+    }
+}
+
+dest *dest_get(const char *name, bool create)
+{
+    if (B.dcap) {
+        for (dest *d = B.dtab[hash_name(name) & (B.dcap - 1)]; d;
+             d = d->hnext)
+            if (!strcmp(d->name, name))
+                return d;
+    }
+    if (!create)
+        return NULL;
+    mqs_kind kind;
+    if (dest_check(name, &kind))
+        return NULL;
+    if (B.ndests + 1 > B.dcap)
+        rehash();
+    dest *d = xcalloc(1, sizeof *d);
+    d->name = xstrdup(name);
+    d->store_name = d->name + PREFIX_LEN;
+    d->kind = kind;
+    box_init(&d->qbox, d, BOX_QUEUE);
+    q_init(&d->boxes);
+    q_init(&d->paused);
+    q_init(&d->resume_link);
+    q_init(&d->gc_link);
+    size_t k = hash_name(name) & (B.dcap - 1);
+    d->hnext = B.dtab[k];
+    B.dtab[k] = d;
+    B.ndests++;
+    q_push_back(&B.dests, &d->link);
+    gc_check(d);
+    return d;
+}
+
+dest *dest_get_store(mqs_kind kind, const char *store_name)
+{
+    size_t n = strlen(store_name);
+    char *name = xmalloc(PREFIX_LEN + n + 1);
+    memcpy(name, kind == MQS_QUEUE ? QUEUE_PREFIX : TOPIC_PREFIX, PREFIX_LEN);
+    memcpy(name + PREFIX_LEN, store_name, n + 1);
+    dest *d = dest_get(name, true);
+    free(name);
+    return d;
+}
+
+void dest_ref(dest *d) { d->refs++; }
+
+void dest_unref(dest *d)
+{
+    d->refs--;
+    gc_check(d);
+}
+
+void dest_reserve(dest *d, size_t n) { d->bytes += n; }
+
+void dest_release(dest *d, size_t n)
+{
+    d->bytes -= n;
+    if (d->bytes < B.cfg.max_dest_bytes && !q_empty(&d->paused) &&
+        !d->in_resume) {
+        d->in_resume = true;
+        q_push_back(&B.resume_dests, &d->resume_link);
+    }
+    gc_check(d);
+}
+
+void dest_pause(dest *d, conn *c)
+{
+    c->paused_on = d;
+    q_push_back(&d->paused, &c->plink);
+    log_msg(LOG_DEBUG, "conn %" PRIu64 ": paused: %s holds %zu bytes "
+            "(max-dest-bytes %zu)", c->serial, d->name, d->bytes,
+            B.cfg.max_dest_bytes);
+}
+
+void dest_unpause(conn *c)
+{
+    dest *d = c->paused_on;
+    if (!d)
+        return;
+    q_remove(&c->plink);
+    c->paused_on = NULL;
+    gc_check(d);
+}
+
+size_t dests_resume(void)
+{
+    size_t n = 0;
+    while (!q_empty(&B.resume_dests)) {
+        dest *d = container_of(B.resume_dests.next, dest, resume_link);
+        q_remove(&d->resume_link);
+        d->in_resume = false;
+        while (!q_empty(&d->paused) && d->bytes < B.cfg.max_dest_bytes) {
+            conn *c = container_of(d->paused.next, conn, plink);
+            dest_unpause(c);
+            conn_process_input(c); /* may pause it again */
+            n++;
+        }
+    }
+    return n;
+}
+
+static void box_clear(box *b)
+{
+    for (int p = 0; p < NPRIO; p++) {
+        while (!q_empty(&b->pending[p])) {
+            entry *e = container_of(b->pending[p].next, entry, link);
+            q_remove(&e->link);
+            msg_unref(e->m);
+            free(e);
+        }
+    }
+    b->npending = b->nentries = 0;
+}
+
+static void dest_destroy(dest *d)
+{
+    dest **pp = &B.dtab[hash_name(d->name) & (B.dcap - 1)];
+    while (*pp != d)
+        pp = &(*pp)->hnext;
+    *pp = d->hnext;
+    B.ndests--;
+    q_remove(&d->link);
+    q_remove(&d->qbox.dirty_link);
+    q_remove(&d->resume_link);
+    q_remove(&d->gc_link);
+    free(d->name);
+    free(d);
+}
+
+void dests_gc(void)
+{
+    while (!q_empty(&B.gc_dests)) {
+        dest *d = container_of(B.gc_dests.next, dest, gc_link);
+        q_remove(&d->gc_link);
+        d->in_gc = false;
+        if (collectable(d))
+            dest_destroy(d);
+    }
+}
+
+/* Drop everything (the store lock was lost, or shutdown). Connections are
+ * gone already, so no subscription points into a box. */
+void dests_free_all(void)
+{
+    while (!q_empty(&B.dests)) {
+        dest *d = container_of(B.dests.next, dest, link);
+        while (!q_empty(&d->boxes)) {
+            box *b = container_of(d->boxes.next, box, dlink);
+            q_remove(&b->dlink);
+            box_clear(b);
+            free(b->name);
+            free(b);
+        }
+        box_clear(&d->qbox);
+        q_remove(&d->link);
+        free(d->name);
+        free(d);
+    }
+    free(B.dtab);
+    B.dtab = NULL;
+    B.dcap = B.ndests = 0;
+    q_init(&B.dirty_boxes);
+    q_init(&B.resume_dests);
+    q_init(&B.gc_dests);
+}
+
+/* ------------------------------------------------------------------------
+ * Boxes
+ * ---------------------------------------------------------------------- */
+
+box *box_new_sub(dest *d, box_type type, int64_t sub_id, const char *name)
+{
+    box *b = xmalloc(sizeof *b);
+    box_init(b, d, type);
+    b->sub_id = sub_id;
+    b->name = name ? xstrdup(name) : NULL;
+    q_push_back(&d->boxes, &b->dlink);
+    if (type == BOX_DURABLE)
+        d->ndurable++;
+    return b;
+}
+
+box *dest_find_durable(dest *d, const char *name)
+{
+    for (qlink *l = d->boxes.next; l != &d->boxes; l = l->next) {
+        box *b = container_of(l, box, dlink);
+        if (b->type == BOX_DURABLE && !strcmp(b->name, name))
+            return b;
+    }
+    return NULL;
+}
+
+box *dest_find_durable_id(dest *d, int64_t sub_id)
+{
+    for (qlink *l = d->boxes.next; l != &d->boxes; l = l->next) {
+        box *b = container_of(l, box, dlink);
+        if (b->type == BOX_DURABLE && b->sub_id == sub_id)
+            return b;
+    }
+    return NULL;
+}
+
+void box_free(box *b)
+{
+    dest *d = b->d;
+    for (int p = 0; p < NPRIO; p++) {
+        while (!q_empty(&b->pending[p])) {
+            entry *e = container_of(b->pending[p].next, entry, link);
+            q_remove(&e->link);
+            b->npending--;
+            entry_free(e);
+        }
+    }
+    q_remove(&b->dirty_link);
+    q_remove(&b->dlink);
+    if (b->type == BOX_DURABLE)
+        d->ndurable--;
+    free(b->name);
+    free(b);
+    gc_check(d);
+}
+
+void box_kick(box *b)
+{
+    if (!b->dirty) {
+        b->dirty = true;
+        q_push_back(&B.dirty_boxes, &b->dirty_link);
+    }
+}
+
+static entry *box_head(box *b)
+{
+    for (int p = NPRIO - 1; p >= 0; p--)
+        if (!q_empty(&b->pending[p]))
+            return container_of(b->pending[p].next, entry, link);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Entries
+ * ---------------------------------------------------------------------- */
+
+entry *entry_add(box *b, msg *m)
+{
+    entry *e = xcalloc(1, sizeof *e);
+    e->m = m;
+    m->refs++;
+    e->b = b;
+    q_push_back(&b->pending[m->priority], &e->link);
+    b->npending++;
+    b->nentries++;
+    dest_reserve(b->d, m->size);
+    box_kick(b);
+    return e;
+}
+
+void entry_free(entry *e)
+{
+    box *b = e->b;
+    b->nentries--;
+    dest_release(b->d, e->m->size);
+    msg_unref(e->m);
+    free(e);
+}
+
+bool entry_stored(const entry *e)
+{
+    return e->m->id != 0 && e->b->type != BOX_TOPIC;
+}
+
+int64_t entry_sub_id(const entry *e)
+{
+    return e->b->type == BOX_DURABLE ? e->b->sub_id : 0;
+}
+
+void entry_message_id(const entry *e, char *out, size_t n)
+{
+    if (entry_stored(e) && e->b->type == BOX_DURABLE)
+        snprintf(out, n, "ID:%" PRId64 ":%" PRId64, e->m->id, e->b->sub_id);
+    else if (e->m->id)
+        snprintf(out, n, "ID:%" PRId64, e->m->id);
+    else
+        snprintf(out, n, "ID:T%" PRId64 "-%" PRIu64, e->m->term, e->m->seq);
+}
+
+/* Fire-and-forget store writes still report failures. From a library
+ * thread: only logs. */
+static void log_store_cb(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    if (rc)
+        log_msg(rc == MQS_EFENCED ? LOG_DEBUG : LOG_WARN,
+                "store %s of message %" PRId64 " failed: %s",
+                (const char *)ud, id, errmsg);
+}
+
+typedef int (*ref_async_fn)(mqs_store *, int64_t, int64_t, mqs_done_fn,
+                            void *);
+
+/* An ack or nack nobody waits for; failures are logged. */
+static void submit_logged(ref_async_fn fn, const entry *e, const char *what)
+{
+    int rc = fn(B.store, e->m->id, entry_sub_id(e), log_store_cb,
+                (void *)what);
+    if (rc)
+        broker_log_store_failure(what, rc);
+}
+
+static void entry_undeliver(entry *e)
+{
+    sub *s = e->s;
+    q_remove(&e->link);
+    s->nunacked--;
+    s->c->nunacked--;
+    idmap_del(&s->c->acks, e->tag);
+    e->s = NULL;
+    e->tag = 0;
+}
+
+void entry_consume(entry *e)
+{
+    box *b = e->b;
+    if (e->s)
+        entry_undeliver(e);
+    entry_free(e);
+    box_kick(b); /* a prefetch slot is free */
+}
+
+void entry_ack(entry *e, op *o)
+{
+    if (entry_stored(e)) {
+        /* The caller counted this write in o->pending. */
+        if (!o) {
+            submit_logged(mqs_ack_async, e, "ack");
+        } else {
+            int rc = mqs_ack_async(B.store, e->m->id, entry_sub_id(e),
+                                   op_done_cb, o);
+            if (rc)
+                op_complete(o, rc, mqs_errmsg(B.store));
+        }
+    }
+    entry_consume(e);
+}
+
+/* Sorted back into its priority list by arrival, so redeliveries keep the
+ * original order. */
+void entry_requeue(entry *e)
+{
+    box *b = e->b;
+    if (e->s)
+        entry_undeliver(e);
+    e->redelivered = true;
+    qlink *h = &b->pending[e->m->priority], *pos = h->next;
+    while (pos != h && container_of(pos, entry, link)->m->seq < e->m->seq)
+        pos = pos->next;
+    q_insert_before(pos, &e->link);
+    b->npending++;
+    box_kick(b);
+}
+
+/* ------------------------------------------------------------------------
+ * Subscriptions and dispatch
+ * ---------------------------------------------------------------------- */
+
+void sub_attach(sub *s, box *b)
+{
+    s->b = b;
+    q_push_back(&b->consumers, &s->blink);
+    b->nconsumers++;
+    box_kick(b);
+}
+
+void sub_detach(sub *s)
+{
+    box *b = s->b;
+    q_remove(&s->blink);
+    b->nconsumers--;
+    /* Newest first: each then lands at the front of its list (pending
+     * messages are usually newer), keeping this linear. */
+    while (!q_empty(&s->unacked))
+        entry_requeue(container_of(s->unacked.prev, entry, link));
+    s->b = NULL;
+    if (b->type == BOX_TOPIC)
+        box_free(b);
+    else
+        gc_check(b->d);
+}
+
+static bool sub_ready(const sub *s)
+{
+    return conn_can_take(s->c) &&
+           (s->ack == ACK_AUTO || s->nunacked < s->prefetch);
+}
+
+static void deliver(entry *e, sub *s)
+{
+    box *b = e->b;
+    conn *c = s->c;
+    q_remove(&e->link);
+    b->npending--;
+    if (s->ack == ACK_AUTO) {
+        conn_write_message(c, s, e);
+        /* Auto mode: delivered is consumed. */
+        if (entry_stored(e))
+            submit_logged(mqs_ack_async, e, "auto-ack");
+        entry_free(e);
+        return;
+    }
+    e->s = s;
+    e->tag = ++c->next_tag;
+    q_push_back(&s->unacked, &e->link);
+    s->nunacked++;
+    c->nunacked++;
+    idmap_put(&c->acks, e->tag, e);
+    conn_write_message(c, s, e);
+    if (entry_stored(e) && !e->marked) {
+        /* Persist "delivered once" without waiting, so after a failover
+         * this message comes back flagged as redelivered. */
+        e->marked = true;
+        submit_logged(mqs_nack_async, e, "delivery mark");
+    }
+}
+
+static void box_dispatch(box *b)
+{
+    int64_t now = 0;
+    while (b->npending && b->nconsumers) {
+        entry *e = box_head(b);
+        if (e->m->expires_ms) {
+            if (!now)
+                now = wall_ms();
+            if (now >= e->m->expires_ms) {
+                q_remove(&e->link);
+                b->npending--;
+                if (entry_stored(e))
+                    submit_logged(mqs_ack_async, e, "expiry");
+                entry_free(e);
+                continue;
+            }
+        }
+        sub *s = NULL;
+        for (qlink *l = b->consumers.next; l != &b->consumers; l = l->next) {
+            sub *cand = container_of(l, sub, blink);
+            if (sub_ready(cand)) {
+                s = cand;
+                break;
+            }
+        }
+        if (!s)
+            break;
+        /* Round-robin: the served consumer goes to the back. */
+        q_remove(&s->blink);
+        q_push_back(&b->consumers, &s->blink);
+        deliver(e, s);
+    }
+}
+
+size_t boxes_dispatch(void)
+{
+    size_t n = 0;
+    while (!q_empty(&B.dirty_boxes)) {
+        box *b = container_of(B.dirty_boxes.next, box, dirty_link);
+        q_remove(&b->dirty_link);
+        b->dirty = false;
+        box_dispatch(b);
+        n++;
+    }
+    return n;
+}
+
+void dest_publish(dest *d, msg *m, uint64_t snapshot)
+{
+    if (d->kind == MQS_QUEUE) {
+        entry_add(&d->qbox, m);
+        return;
+    }
+    for (qlink *l = d->boxes.next; l != &d->boxes; l = l->next) {
+        box *b = container_of(l, box, dlink);
+        /* A durable subscription created after the store write was
+         * submitted did not get the message in the store either. */
+        if (b->type == BOX_DURABLE && m->id && b->created_seq > snapshot)
+            continue;
+        entry_add(b, m);
+    }
+}

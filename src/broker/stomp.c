@@ -1,0 +1,871 @@
+/* stomp.c - what each client frame does: CONNECT, SEND, SUBSCRIBE,
+ * UNSUBSCRIBE, ACK, NACK, BEGIN, COMMIT, ABORT, DISCONNECT.
+ *
+ * Rules kept throughout: a handler never closes the connection itself (it
+ * sends ERROR, which closes it after flushing), and a RECEIPT goes out only
+ * once what the frame asked for is done, in the store when it involves
+ * the store. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+
+#define MAX_TXNS_PER_CONN 64
+
+static const char *receipt_of(const frame *f)
+{
+    return frame_get(f, "receipt");
+}
+
+/* Value of a required header, or NULL after sending the ERROR. */
+static const char *need(conn *c, const frame *f, const char *name)
+{
+    const char *v = frame_get(f, name);
+    if (!v || !*v) {
+        conn_error(c, receipt_of(f), "missing header",
+                   "%s frame needs the header '%s'", f->command, name);
+        return NULL;
+    }
+    return v;
+}
+
+/* A receipt for a frame that needed no store write: still queued behind
+ * earlier pending ones, so receipts keep frame order. */
+static void receipt_now(conn *c, const frame *f)
+{
+    const char *r = receipt_of(f);
+    if (r && c->state == CS_OPEN)
+        ticket_done(c, ticket_add(c, r, stomp_cmd_name(f->cmd)), 0, NULL);
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return false;
+    uint64_t v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return *s == '\0';
+}
+
+/* ------------------------------------------------------------------------
+ * CONNECT / STOMP
+ * ---------------------------------------------------------------------- */
+
+static int best_version(const char *list)
+{
+    int best = 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ')
+            e++;
+        size_t n = (size_t)(e - p);
+        int v = 0;
+        if (n == 3 && !strncmp(p, "1.0", 3))
+            v = STOMP_10;
+        else if (n == 3 && !strncmp(p, "1.1", 3))
+            v = STOMP_11;
+        else if (n == 3 && !strncmp(p, "1.2", 3))
+            v = STOMP_12;
+        if (v > best)
+            best = v;
+        p = e;
+    }
+    return best;
+}
+
+static void on_connect(conn *c, const frame *f)
+{
+    const char *accept = frame_get(f, "accept-version");
+    int version = accept ? best_version(accept) : STOMP_10;
+    if (!version) {
+        conn_error_hdr(c, "version", "1.0,1.1,1.2", "unsupported version",
+                       "accept-version '%.64s' names no version this broker "
+                       "speaks: 1.0, 1.1, 1.2", accept);
+        return;
+    }
+    int64_t cx = 0, cy = 0;
+    const char *hb = frame_get(f, "heart-beat");
+    if (hb && version >= STOMP_11) {
+        const char *comma = strchr(hb, ',');
+        uint64_t a, b;
+        char first[24];
+        size_t n = comma ? (size_t)(comma - hb) : 0;
+        if (!comma || n >= sizeof first)
+            goto bad_hb;
+        memcpy(first, hb, n);
+        first[n] = '\0';
+        if (!parse_u64(first, &a) || !parse_u64(comma + 1, &b) ||
+            a > INT32_MAX || b > INT32_MAX)
+            goto bad_hb;
+        cx = (int64_t)a;
+        cy = (int64_t)b;
+    }
+    c->version = version;
+    c->parser.version = version;
+    /* Each direction runs at the slower of what one side can do and the
+     * other wants; 0 on either side turns it off. */
+    c->hb_send_ms = B.cfg.hb_send_ms && cy
+                        ? (B.cfg.hb_send_ms > cy ? B.cfg.hb_send_ms : cy)
+                        : 0;
+    c->hb_recv_ms = B.cfg.hb_recv_ms && cx
+                        ? (B.cfg.hb_recv_ms > cx ? B.cfg.hb_recv_ms : cx)
+                        : 0;
+    const char *cid = frame_get(f, "client-id");
+    if (cid && *cid)
+        c->client_id = xstrdup(cid);
+    c->state = CS_OPEN;
+
+    /* CONNECTED is never escaped (1.0 compatibility). */
+    char tmp[64];
+    frame_begin(&c->out, "CONNECTED");
+    if (accept) {
+        snprintf(tmp, sizeof tmp, "1.%d", version - 10);
+        frame_put(&c->out, STOMP_10, "version", tmp);
+    }
+    if (version >= STOMP_11) {
+        snprintf(tmp, sizeof tmp, "%" PRId64 ",%" PRId64, B.cfg.hb_send_ms,
+                 B.cfg.hb_recv_ms);
+        frame_put(&c->out, STOMP_10, "heart-beat", tmp);
+    }
+    frame_put(&c->out, STOMP_10, "server", "mqbroker/" MQBROKER_VERSION);
+    snprintf(tmp, sizeof tmp, "%" PRId64 "-%" PRIu64, B.token, c->serial);
+    frame_put(&c->out, STOMP_10, "session", tmp);
+    frame_end(&c->out, NULL, 0, false);
+    conn_out_changed(c);
+    log_msg(LOG_DEBUG, "conn %" PRIu64 " (%s): connected, STOMP 1.%d, "
+            "client-id %s, heart-beat send %" PRId64 " ms / expect %" PRId64
+            " ms", c->serial, c->peer, version - 10,
+            c->client_id ? c->client_id : "-", c->hb_send_ms, c->hb_recv_ms);
+    return;
+bad_hb:
+    conn_error(c, NULL, "invalid heart-beat",
+               "heart-beat '%.64s' is not two non-negative numbers 'cx,cy'",
+               hb);
+}
+
+/* ------------------------------------------------------------------------
+ * SEND
+ * ---------------------------------------------------------------------- */
+
+/* Headers the broker sets itself on MESSAGE, or that only mean something
+ * on the SEND frame. */
+static bool reserved_header(const char *name)
+{
+    static const char *const names[] = {
+        "destination", "receipt", "transaction", "content-length",
+        "message-id", "subscription", "ack", "redelivered", "persistent"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(name, names[i]))
+            return true;
+    return false;
+}
+
+static void encode_user_headers(const frame *f, buf *out)
+{
+    for (size_t i = 0; i < f->nheaders; i++) {
+        const frame_header *h = &f->headers[i];
+        if (reserved_header(h->name))
+            continue;
+        bool dup = false; /* the first of repeated headers counts */
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = !strcmp(f->headers[j].name, h->name);
+        if (dup)
+            continue;
+        buf_add(out, h->name, h->name_len + 1);
+        buf_add(out, h->value, h->value_len + 1);
+    }
+}
+
+static stx *find_txn(conn *c, const char *name)
+{
+    for (qlink *l = c->txns.next; l != &c->txns; l = l->next) {
+        stx *x = container_of(l, stx, link);
+        if (!strcmp(x->name, name))
+            return x;
+    }
+    return NULL;
+}
+
+/* The frame's transaction, NULL if it has none; *bad after an ERROR. */
+static stx *frame_txn(conn *c, const frame *f, bool *bad)
+{
+    *bad = false;
+    const char *name = frame_get(f, "transaction");
+    if (!name)
+        return NULL;
+    stx *x = find_txn(c, name);
+    if (!x) {
+        conn_error(c, receipt_of(f), "unknown transaction",
+                   "%s names transaction '%.128s', which was not begun (or "
+                   "already ended) on this connection", f->command, name);
+        *bad = true;
+    }
+    return x;
+}
+
+/* Producer flow control: stop reading from a connection whose destination
+ * holds too much. A connection with unacked messages is left alone: it
+ * may be the consumer that would drain it. */
+static void maybe_pause(conn *c, dest *d)
+{
+    if (c->state == CS_OPEN && d->bytes >= B.cfg.max_dest_bytes &&
+        c->nunacked == 0 && !c->paused_on)
+        dest_pause(d, c);
+}
+
+static bool wants_store(const msg *m, const dest *d)
+{
+    return m->persistent && (d->kind == MQS_QUEUE || d->ndurable > 0);
+}
+
+static void on_send(conn *c, const frame *f)
+{
+    const char *receipt = receipt_of(f);
+    const char *dn = need(c, f, "destination");
+    if (!dn)
+        return;
+    mqs_kind kind;
+    const char *why = dest_check(dn, &kind);
+    if (why) {
+        conn_error(c, receipt, "invalid destination", "'%.300s': %s", dn,
+                   why);
+        return;
+    }
+    bool bad;
+    stx *x = frame_txn(c, f, &bad);
+    if (bad)
+        return;
+    const char *v = frame_get(f, "persistent");
+    bool persistent = v && !strcmp(v, "true");
+    int prio = MQS_PRIORITY_DEFAULT;
+    uint64_t n;
+    if ((v = frame_get(f, "priority"))) {
+        if (!parse_u64(v, &n) || n > MQS_PRIORITY_MAX) {
+            conn_error(c, receipt, "invalid priority",
+                       "priority '%.32s' is not a number from 0 to 9", v);
+            return;
+        }
+        prio = (int)n;
+    }
+    int64_t expires = 0;
+    if ((v = frame_get(f, "expires"))) {
+        if (!parse_u64(v, &n) || n > INT64_MAX) {
+            conn_error(c, receipt, "invalid expires",
+                       "expires '%.32s' is not a time in ms since the epoch "
+                       "(0 = never)", v);
+            return;
+        }
+        expires = (int64_t)n;
+    }
+    buf h = {0};
+    encode_user_headers(f, &h);
+    if (persistent && h.len + f->body_len > B.store_max) {
+        conn_error(c, receipt, "message too large",
+                   "headers + body are %zu bytes; the store takes at most "
+                   "%zu", h.len + f->body_len, B.store_max);
+        buf_free(&h);
+        return;
+    }
+    msg *m = msg_new(h.p, h.len, f->body, f->body_len);
+    buf_free(&h);
+    m->persistent = persistent;
+    m->priority = prio;
+    m->expires_ms = expires;
+    dest *d = dest_get(dn, true);
+
+    if (x) {
+        if (x->bytes + m->size > B.cfg.max_dest_bytes) {
+            msg_unref(m);
+            conn_error(c, receipt, "transaction too large",
+                       "transaction '%.128s' would hold more than %zu bytes "
+                       "(max-dest-bytes)", x->name, B.cfg.max_dest_bytes);
+            return;
+        }
+        txitem *it = xcalloc(1, sizeof *it);
+        it->kind = TX_SEND;
+        it->m = m; /* takes our reference */
+        it->d = d;
+        dest_ref(d);
+        x->bytes += m->size;
+        q_push_back(&x->items, &it->link);
+        receipt_now(c, f);
+        return;
+    }
+    if (!wants_store(m, d)) {
+        dest_publish(d, m, 0);
+        msg_unref(m);
+        receipt_now(c, f);
+        maybe_pause(c, d);
+        return;
+    }
+    /* Delivered once stored: consumers then ack by its store id, and
+     * never see a message the store refused. */
+    op *o = op_new(OP_SEND, c, ticket_add(c, receipt, "SEND"));
+    o->m = m;
+    o->d = d;
+    dest_ref(d);
+    o->seq = ++B.seq;
+    o->pending = 1;
+    dest_reserve(d, m->size);
+    mqs_msg mm = {kind,    d->store_name, m->hdrs, m->hdrs_len,
+                  m->body, m->body_len,   prio,    expires};
+    int rc = mqs_enqueue_async(B.store, &mm, op_done_cb, o);
+    if (rc)
+        op_complete(o, rc, mqs_errmsg(B.store));
+    maybe_pause(c, d);
+}
+
+/* ------------------------------------------------------------------------
+ * SUBSCRIBE / UNSUBSCRIBE
+ * ---------------------------------------------------------------------- */
+
+static sub *find_sub(conn *c, const char *id)
+{
+    for (qlink *l = c->subs.next; l != &c->subs; l = l->next) {
+        sub *s = container_of(l, sub, clink);
+        if (!strcmp(s->id, id))
+            return s;
+    }
+    return NULL;
+}
+
+static const char *durable_name(const frame *f)
+{
+    const char *n = frame_get(f, "durable-subscription-name");
+    if (!n)
+        n = frame_get(f, "activemq.subscriptionName");
+    return n && *n ? n : NULL;
+}
+
+static char *full_durable_name(const conn *c, const char *name)
+{
+    size_t a = strlen(c->client_id), b = strlen(name);
+    char *s = xmalloc(a + b + 2);
+    memcpy(s, c->client_id, a);
+    s[a] = ':';
+    memcpy(s + a + 1, name, b + 1);
+    return s;
+}
+
+static void on_subscribe(conn *c, const frame *f)
+{
+    const char *receipt = receipt_of(f);
+    const char *dn = need(c, f, "destination");
+    if (!dn)
+        return;
+    mqs_kind kind;
+    const char *why = dest_check(dn, &kind);
+    if (why) {
+        conn_error(c, receipt, "invalid destination", "'%.300s': %s", dn,
+                   why);
+        return;
+    }
+    const char *id = frame_get(f, "id");
+    if (!id || !*id) {
+        if (c->version >= STOMP_11) {
+            need(c, f, "id");
+            return;
+        }
+        id = dn; /* STOMP 1.0: id is optional */
+    }
+    if (find_sub(c, id)) {
+        conn_error(c, receipt, "duplicate subscription id",
+                   "subscription id '%.128s' is already in use on this "
+                   "connection", id);
+        return;
+    }
+    const char *a = frame_get(f, "ack");
+    int ack;
+    if (!a || !strcmp(a, "auto"))
+        ack = ACK_AUTO;
+    else if (!strcmp(a, "client"))
+        ack = ACK_CLIENT;
+    else if (!strcmp(a, "client-individual"))
+        ack = ACK_INDIVIDUAL;
+    else {
+        conn_error(c, receipt, "invalid ack mode",
+                   "ack '%.64s' is not auto, client or client-individual", a);
+        return;
+    }
+    if (frame_get(f, "selector")) {
+        conn_error(c, receipt, "selectors not supported",
+                   "this broker does not filter messages; subscribe "
+                   "without a selector header");
+        return;
+    }
+    size_t prefetch = B.cfg.prefetch;
+    const char *pf = frame_get(f, "activemq.prefetchSize");
+    if (!pf)
+        pf = frame_get(f, "prefetch");
+    if (pf) {
+        uint64_t n;
+        if (!parse_u64(pf, &n) || n == 0 || n > 1000000) {
+            conn_error(c, receipt, "invalid prefetch",
+                       "prefetch '%.32s' must be a number from 1 to 1000000",
+                       pf);
+            return;
+        }
+        prefetch = (size_t)n;
+    }
+    dest *d = dest_get(dn, true);
+    box *b;
+    const char *dname = durable_name(f);
+    if (kind == MQS_QUEUE) {
+        b = &d->qbox;
+    } else if (dname) {
+        if (!c->client_id) {
+            conn_error(c, receipt, "client-id required",
+                       "durable subscription '%.128s' needs a client-id "
+                       "header in the CONNECT frame", dname);
+            return;
+        }
+        char *full = full_durable_name(c, dname);
+        b = dest_find_durable(d, full);
+        if (b && b->nconsumers) {
+            conn_error(c, receipt, "durable subscription in use",
+                       "durable subscription '%.200s' on %.300s already has "
+                       "an active subscriber", full, dn);
+            free(full);
+            return;
+        }
+        if (!b) {
+            int64_t sid = 0;
+            int rc = mqs_sub_create(B.store, d->store_name, full, &sid);
+            if (rc) {
+                conn_error(c, receipt, "cannot create durable subscription",
+                           "'%.200s' on %.300s: %s", full, dn,
+                           mqs_errmsg(B.store));
+                free(full);
+                return;
+            }
+            b = box_new_sub(d, BOX_DURABLE, sid, full);
+            log_msg(LOG_INFO, "durable subscription '%s' on %s created "
+                    "(id %" PRId64 ")", full, dn, sid);
+        }
+        free(full);
+    } else {
+        b = box_new_sub(d, BOX_TOPIC, 0, NULL);
+    }
+    sub *s = xcalloc(1, sizeof *s);
+    s->c = c;
+    s->id = xstrdup(id);
+    s->ack = ack;
+    s->prefetch = prefetch;
+    q_init(&s->unacked);
+    q_push_back(&c->subs, &s->clink);
+    c->nsubs++;
+    sub_attach(s, b);
+    receipt_now(c, f);
+}
+
+static bool remove_durable(conn *c, const frame *f, box *b)
+{
+    int rc = mqs_sub_remove(B.store, b->sub_id);
+    if (rc && rc != MQS_ENOTFOUND) {
+        conn_error(c, receipt_of(f), "cannot remove durable subscription",
+                   "'%.200s': %s", b->name, mqs_errmsg(B.store));
+        return false;
+    }
+    log_msg(LOG_INFO, "durable subscription '%s' on %s removed", b->name,
+            b->d->name);
+    box_free(b);
+    return true;
+}
+
+static void on_unsubscribe(conn *c, const frame *f)
+{
+    const char *id = frame_get(f, "id");
+    if ((!id || !*id) && c->version < STOMP_11)
+        id = frame_get(f, "destination");
+    if (!id || !*id) {
+        need(c, f, "id");
+        return;
+    }
+    const char *dname = durable_name(f);
+    sub *s = find_sub(c, id);
+    if (s) {
+        box *b = s->b;
+        /* Read before detaching: a live topic box dies with its sub. */
+        bool durable = b->type == BOX_DURABLE;
+        q_remove(&s->clink);
+        c->nsubs--;
+        sub_detach(s);
+        free(s->id);
+        free(s);
+        /* A plain UNSUBSCRIBE keeps a durable subscription. */
+        if (dname && durable && !remove_durable(c, f, b))
+            return;
+    } else if (dname && c->client_id) {
+        /* Removing an inactive durable subscription by name. */
+        char *full = full_durable_name(c, dname);
+        const char *dn = frame_get(f, "destination");
+        for (qlink *l = B.dests.next; l != &B.dests;) {
+            dest *d = container_of(l, dest, link);
+            l = l->next;
+            if (d->kind != MQS_TOPIC || (dn && strcmp(dn, d->name)))
+                continue;
+            box *b = dest_find_durable(d, full);
+            if (b && !b->nconsumers && !remove_durable(c, f, b)) {
+                free(full);
+                return;
+            }
+        }
+        free(full);
+    } else {
+        log_msg(LOG_DEBUG, "conn %" PRIu64 ": UNSUBSCRIBE of unknown "
+                "subscription '%s'", c->serial, id);
+    }
+    receipt_now(c, f);
+}
+
+/* ------------------------------------------------------------------------
+ * ACK / NACK
+ * ---------------------------------------------------------------------- */
+
+static entry *find_entry(conn *c, const frame *f)
+{
+    const char *id = frame_get(f, "id");
+    uint64_t tag;
+    if (id && parse_u64(id, &tag)) {
+        entry *e = idmap_get(&c->acks, tag);
+        if (e)
+            return e;
+    }
+    /* STOMP 1.0/1.1 name the message by message-id (and subscription);
+     * some 1.2 clients put the message-id in `id`. */
+    const char *mid = frame_get(f, "message-id");
+    if (!mid)
+        mid = id;
+    if (!mid)
+        return NULL;
+    const char *sid = frame_get(f, "subscription");
+    char idbuf[96];
+    for (qlink *l = c->subs.next; l != &c->subs; l = l->next) {
+        sub *s = container_of(l, sub, clink);
+        if (sid && strcmp(sid, s->id))
+            continue;
+        for (qlink *k = s->unacked.next; k != &s->unacked; k = k->next) {
+            entry *e = container_of(k, entry, link);
+            entry_message_id(e, idbuf, sizeof idbuf);
+            if (!strcmp(idbuf, mid))
+                return e;
+        }
+    }
+    return NULL;
+}
+
+static void txn_add_ref(stx *x, txkind kind, const entry *e)
+{
+    txitem *it = xcalloc(1, sizeof *it);
+    it->kind = kind;
+    it->tag = e->tag;
+    q_push_back(&x->items, &it->link);
+}
+
+static void on_ack(conn *c, const frame *f, bool nack)
+{
+    const char *receipt = receipt_of(f);
+    if (c->version >= STOMP_12) {
+        if (!need(c, f, "id"))
+            return;
+    } else if (!frame_get(f, "message-id") && !frame_get(f, "id")) {
+        need(c, f, "message-id");
+        return;
+    }
+    bool bad;
+    stx *x = frame_txn(c, f, &bad);
+    if (bad)
+        return;
+    entry *e = find_entry(c, f);
+    if (!e) {
+        /* Already acked (e.g. by a cumulative ACK) or never ours. */
+        log_msg(LOG_DEBUG, "conn %" PRIu64 ": %s of an unknown or settled "
+                "message", c->serial, f->command);
+        receipt_now(c, f);
+        return;
+    }
+    sub *s = e->s;
+    /* client mode: an ACK covers every earlier message of that
+     * subscription too. */
+    bool cumulative = !nack && s->ack == ACK_CLIENT;
+    if (x) {
+        if (cumulative) {
+            for (qlink *l = s->unacked.next; l != &s->unacked; l = l->next) {
+                entry *k = container_of(l, entry, link);
+                txn_add_ref(x, TX_ACK, k);
+                if (k == e)
+                    break;
+            }
+        } else {
+            txn_add_ref(x, nack ? TX_NACK : TX_ACK, e);
+        }
+        receipt_now(c, f);
+        return;
+    }
+    if (nack) {
+        if (entry_stored(e)) {
+            op *o = op_new(OP_ACK, c, ticket_add(c, receipt, "NACK"));
+            o->pending = 1;
+            int rc = mqs_nack_async(B.store, e->m->id, entry_sub_id(e),
+                                    op_done_cb, o);
+            if (rc)
+                op_complete(o, rc, mqs_errmsg(B.store));
+        } else {
+            receipt_now(c, f);
+        }
+        entry_requeue(e);
+        return;
+    }
+    int stored = 0;
+    qlink *first = cumulative ? s->unacked.next : &e->link;
+    for (qlink *l = first;; l = l->next) {
+        entry *k = container_of(l, entry, link);
+        stored += entry_stored(k);
+        if (k == e)
+            break;
+    }
+    op *o = NULL;
+    if (stored) {
+        o = op_new(OP_ACK, c, ticket_add(c, receipt, "ACK"));
+        o->pending = stored;
+    }
+    for (qlink *l = first;;) {
+        entry *k = container_of(l, entry, link);
+        l = l->next;
+        entry_ack(k, o);
+        if (k == e)
+            break;
+    }
+    if (!stored)
+        receipt_now(c, f);
+}
+
+/* ------------------------------------------------------------------------
+ * Transactions
+ * ---------------------------------------------------------------------- */
+
+void txn_free(stx *x)
+{
+    while (!q_empty(&x->items)) {
+        txitem *it = container_of(x->items.next, txitem, link);
+        q_remove(&it->link);
+        if (it->kind == TX_SEND) {
+            msg_unref(it->m);
+            dest_unref(it->d);
+        }
+        free(it);
+    }
+    free(x->name);
+    free(x);
+}
+
+/* Only called in the term the transaction was made in. */
+void txn_apply(conn *c, stx *x, const int64_t *ids, size_t n_ids,
+               uint64_t snapshot)
+{
+    size_t k = 0;
+    bool live = c->state != CS_DEAD;
+    for (qlink *l = x->items.next; l != &x->items; l = l->next) {
+        txitem *it = container_of(l, txitem, link);
+        if (it->kind == TX_SEND) {
+            if (it->stored)
+                it->m->id = k < n_ids ? ids[k++] : 0;
+            dest_publish(it->d, it->m, snapshot);
+            continue;
+        }
+        /* The connection's deliveries died with it (back in their boxes). */
+        entry *e = live ? idmap_get(&c->acks, it->tag) : NULL;
+        if (!e)
+            continue;
+        if (it->kind == TX_ACK) {
+            entry_consume(e); /* its store ack committed with the txn */
+        } else {
+            int rc = entry_stored(e) ? mqs_nack_async(B.store, e->m->id,
+                                                      entry_sub_id(e), NULL,
+                                                      NULL)
+                                     : 0;
+            if (rc)
+                broker_log_store_failure("nack", rc);
+            entry_requeue(e);
+        }
+    }
+}
+
+static void on_begin(conn *c, const frame *f)
+{
+    const char *name = need(c, f, "transaction");
+    if (!name)
+        return;
+    if (find_txn(c, name)) {
+        conn_error(c, receipt_of(f), "transaction exists",
+                   "transaction '%.128s' is already open on this "
+                   "connection", name);
+        return;
+    }
+    if (c->ntxns >= MAX_TXNS_PER_CONN) {
+        conn_error(c, receipt_of(f), "too many transactions",
+                   "at most %d transactions may be open per connection",
+                   MAX_TXNS_PER_CONN);
+        return;
+    }
+    stx *x = xcalloc(1, sizeof *x);
+    x->name = xstrdup(name);
+    q_init(&x->items);
+    q_push_back(&c->txns, &x->link);
+    c->ntxns++;
+    receipt_now(c, f);
+}
+
+static void txn_done_cb(void *ud, int rc, const int64_t *ids, size_t n_ids,
+                        const char *errmsg)
+{
+    op *o = ud;
+    if (rc == 0 && n_ids) {
+        o->ids = xmalloc(n_ids * sizeof *ids);
+        memcpy(o->ids, ids, n_ids * sizeof *ids);
+        o->n_ids = n_ids;
+    }
+    op_complete(o, rc, errmsg);
+}
+
+static void on_commit(conn *c, const frame *f)
+{
+    const char *receipt = receipt_of(f);
+    const char *name = need(c, f, "transaction");
+    if (!name)
+        return;
+    stx *x = find_txn(c, name);
+    if (!x) {
+        conn_error(c, receipt, "unknown transaction",
+                   "COMMIT of transaction '%.128s', which was not begun on "
+                   "this connection", name);
+        return;
+    }
+    q_remove(&x->link);
+    c->ntxns--;
+    /* The store transaction is built now, so which topics have durable
+     * subscriptions is decided at the same moment as the snapshot. */
+    mqs_txn *t = NULL;
+    int rc = 0;
+    for (qlink *l = x->items.next; l != &x->items && !rc; l = l->next) {
+        txitem *it = container_of(l, txitem, link);
+        if (it->kind == TX_SEND) {
+            it->stored = wants_store(it->m, it->d);
+            if (!it->stored)
+                continue;
+            if (!t && (rc = mqs_txn_begin(B.store, &t)))
+                break;
+            const msg *m = it->m;
+            mqs_msg mm = {it->d->kind, it->d->store_name, m->hdrs,
+                          m->hdrs_len, m->body, m->body_len, m->priority,
+                          m->expires_ms};
+            rc = mqs_txn_enqueue(t, &mm);
+        } else if (it->kind == TX_ACK) {
+            entry *e = idmap_get(&c->acks, it->tag);
+            if (!e || !entry_stored(e))
+                continue;
+            if (!t && (rc = mqs_txn_begin(B.store, &t)))
+                break;
+            rc = mqs_txn_ack(t, e->m->id, entry_sub_id(e));
+        }
+    }
+    if (rc) {
+        conn_error(c, receipt, "transaction failed",
+                   "COMMIT of '%.128s': %s", x->name, mqs_errmsg(B.store));
+        mqs_txn_rollback(t);
+        txn_free(x);
+        return;
+    }
+    if (!t) {
+        txn_apply(c, x, NULL, 0, 0);
+        txn_free(x);
+        receipt_now(c, f);
+        return;
+    }
+    op *o = op_new(OP_TXN, c, ticket_add(c, receipt, "COMMIT"));
+    o->x = x;
+    o->seq = ++B.seq;
+    o->pending = 1;
+    rc = mqs_txn_commit_async(t, txn_done_cb, o);
+    if (rc)
+        op_complete(o, rc, mqs_errmsg(B.store));
+}
+
+static void on_abort(conn *c, const frame *f)
+{
+    const char *name = need(c, f, "transaction");
+    if (!name)
+        return;
+    stx *x = find_txn(c, name);
+    if (!x) {
+        conn_error(c, receipt_of(f), "unknown transaction",
+                   "ABORT of transaction '%.128s', which was not begun on "
+                   "this connection", name);
+        return;
+    }
+    q_remove(&x->link);
+    c->ntxns--;
+    txn_free(x);
+    receipt_now(c, f);
+}
+
+/* ------------------------------------------------------------------------
+ * DISCONNECT and dispatch
+ * ---------------------------------------------------------------------- */
+
+static void on_disconnect(conn *c, const frame *f)
+{
+    c->disconnecting = true;
+    /* Unacked messages go back to their destinations now. */
+    conn_teardown(c);
+    ticket *t = ticket_add(c, receipt_of(f), "DISCONNECT");
+    t->disconnect = true;
+    ticket_done(c, t, 0, NULL); /* after every earlier receipt */
+}
+
+void stomp_handle(conn *c, const frame *f)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_msg(LOG_DEBUG, "conn %" PRIu64 ": %s (%zu headers, %zu-byte "
+                "body)", c->serial, f->command, f->nheaders, f->body_len);
+    if (c->state == CS_CONNECTING) {
+        if (f->cmd == CMD_CONNECT || f->cmd == CMD_STOMP)
+            on_connect(c, f);
+        else
+            conn_error(c, NULL, "not connected",
+                       "the first frame must be CONNECT or STOMP, not "
+                       "'%.64s'", f->command);
+        return;
+    }
+    switch (f->cmd) {
+    case CMD_SEND: on_send(c, f); break;
+    case CMD_SUBSCRIBE: on_subscribe(c, f); break;
+    case CMD_UNSUBSCRIBE: on_unsubscribe(c, f); break;
+    case CMD_ACK: on_ack(c, f, false); break;
+    case CMD_NACK: on_ack(c, f, true); break;
+    case CMD_BEGIN: on_begin(c, f); break;
+    case CMD_COMMIT: on_commit(c, f); break;
+    case CMD_ABORT: on_abort(c, f); break;
+    case CMD_DISCONNECT: on_disconnect(c, f); break;
+    case CMD_CONNECT:
+    case CMD_STOMP:
+        conn_error(c, receipt_of(f), "already connected",
+                   "%s sent on a connection that is already connected",
+                   f->command);
+        break;
+    default:
+        conn_error(c, receipt_of(f), "unknown command",
+                   "'%.64s' is not a STOMP client command", f->command);
+        break;
+    }
+}

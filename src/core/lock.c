@@ -532,6 +532,9 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
         if (rc == MQS_EBUSY && timeout_ms == 0) {
             if (sc)
                 s->be->conn_close(sc);
+            if (!a.st.holder[0]) /* the database itself was busy */
+                return mqs__err(s, MQS_EBUSY, "cannot acquire the lock of "
+                                "cluster '%s' now: %s", cfg->cluster, msg);
             return mqs__err(s, MQS_EBUSY,
                             "the lock of cluster '%s' is held by node %s "
                             "(token %lld, lease %lld ms left)",

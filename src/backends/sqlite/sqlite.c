@@ -1790,8 +1790,17 @@ static int sqlite_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
     int rc;
     if ((rc = sqlite_host_check(c)) ||
         (rc = sqlite_lock_stmt(c, ST_LOCK_INIT, &ins)) ||
-        (rc = sqlite_lock_stmt(c, ST_LOCK_TAKE, &take)) ||
-        (rc = sqlite_exec_id(c, ST_BEGIN)))
+        (rc = sqlite_lock_stmt(c, ST_LOCK_TAKE, &take)))
+        return rc;
+    /* A standby must not sit out busy_timeout behind a master frozen
+     * inside a write transaction: give up quickly (MQS_EBUSY) and let the
+     * core poll again. */
+    int busy = c->busy_ms;
+    if (c->busy_ms > 100)
+        c->busy_ms = 100;
+    rc = sqlite_exec_id(c, ST_BEGIN);
+    c->busy_ms = busy;
+    if (rc)
         return rc;
     struct sqlite_lock_row r;
     if ((rc = sqlite_bind_str(c, ins, ST_LOCK_INIT, 1, l->cluster)) ||

@@ -169,10 +169,14 @@ static void *ha_main(void *arg)
             last_err[0] = '\0';
             post_master(ha.token);
         } else if (rc == MQS_ENOTSUP) {
-            log_msg(LOG_WARN, "the store has no HA lock (%s); running as "
-                    "the only master", err);
+            /* Running as master without a lock would let a second broker
+             * on the same store do the same: two masters. Refuse. */
+            log_msg(LOG_ERROR, "the store has no HA lock (%s): refusing to "
+                    "run, since another broker on this store could become "
+                    "master too; use a backend module with lock support",
+                    err);
             ha.want = false;
-            post_master(0);
+            post_master(-1); /* -1: fatal, see on_master */
         } else if (rc != MQS_ETIMEDOUT && rc != MQS_EBUSY) {
             /* Database trouble: say it once, then keep trying. */
             log_msg(strcmp(err, last_err) ? LOG_ERROR : LOG_DEBUG,
@@ -399,6 +403,12 @@ static void on_master(int64_t token)
 {
     if (B.stopping)
         return; /* mqs_close releases it */
+    if (token < 0) { /* the HA thread found no usable lock */
+        exit_code = 1;
+        stop_now = true;
+        B.stopping = true;
+        return;
+    }
     B.token = token;
     B.master = true;
     int64_t t0 = mono_ms();

@@ -160,6 +160,8 @@ struct mqs_be_conn {
      * detector is then never armed: the lease alone decides). */
     int64_t epoch;
     int epoch_read;
+    int idle_write_s;   /* idle_write_transaction_timeout set on this
+                           session (MariaDB), -1 = not settable */
     char *sess_cluster; /* cluster whose session lock this connection holds */
     int64_t sess_id;    /* its CONNECTION_ID() */
     MYSQL_STMT *ins[MY_INS_SHIFT_MAX + 1];
@@ -2199,15 +2201,38 @@ static int my_lock_abort(mqs_be_conn *c, int rc)
     return rc;
 }
 
+static int my_lock_acquire_txn(mqs_be_conn *c, const mqs_be_lock *l,
+                               mqs_be_lock_state *st);
+
 static int my_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st)
 {
-    struct my_lock_row r;
-    uint64_t changed = 0;
     int rc;
 
     memset(st, 0, sizeof *st);
     MY_CHECK_CONN(c);
-    if ((rc = my_epoch(c)) || (rc = my_txn_begin(c)))
+    if ((rc = my_epoch(c)))
+        return rc;
+    /* Never queue behind a master frozen with the lock row locked: give up
+     * after a second (MQS_EBUSY) and let the core poll again. Restored
+     * after, since this pooled connection also serves other writes. */
+    if ((rc = my_exec(c, "setting innodb_lock_wait_timeout for the acquire",
+                      "SET SESSION innodb_lock_wait_timeout = 1", NULL)))
+        return rc;
+    rc = my_lock_acquire_txn(c, l, st);
+    int rc2 = c->broken ? 0
+                        : my_exec(c, "restoring innodb_lock_wait_timeout",
+                                  "SET SESSION innodb_lock_wait_timeout = "
+                                  "DEFAULT", NULL);
+    return rc ? rc : rc2;
+}
+
+static int my_lock_acquire_txn(mqs_be_conn *c, const mqs_be_lock *l,
+                               mqs_be_lock_state *st)
+{
+    struct my_lock_row r;
+    uint64_t changed = 0;
+    int rc;
+    if ((rc = my_txn_begin(c)))
         return rc;
     my_sb_reset(&c->sql);
     my_sb_printf(&c->sql, "INSERT INTO mqs_lock (cluster) VALUES (");
@@ -2295,6 +2320,23 @@ static int my_lock_renew(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state
     MY_CHECK_CONN(c);
     if ((rc = my_epoch(c)))
         return rc;
+    /* A master frozen inside a write transaction keeps the lock row locked,
+     * so no standby could ever take over. MariaDB ends such a session
+     * after idle_write_transaction_timeout: make that about one lease.
+     * Set once per connection; servers without it (MySQL) rely on the
+     * lease and wait_timeout. */
+    int want = (int)((l->lease_ms + 999) / 1000);
+    if (c->is_mariadb && c->idle_write_s != want && c->idle_write_s != -1) {
+        char q[96];
+        snprintf(q, sizeof q,
+                 "SET SESSION idle_write_transaction_timeout = %d", want);
+        if (mysql_real_query(c->db, q, (unsigned long)strlen(q)) == 0)
+            c->idle_write_s = want;
+        else if (mysql_errno(c->db) == 1193) /* unknown variable */
+            c->idle_write_s = -1;
+        else
+            return my_fail_db(c, "setting idle_write_transaction_timeout", 0);
+    }
     /* Inside the caller's transaction: the row lock this takes orders the
      * renewal against any acquire until COMMIT. */
     my_sb_reset(&c->sql);

@@ -87,7 +87,11 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
     else
         s->opts.log_level = MQS_LOG_WARN;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv_work, NULL);
+    pthread_condattr_t wa; /* the writer's linger is timed on it */
+    pthread_condattr_init(&wa);
+    pthread_condattr_setclock(&wa, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv_work, &wa);
+    pthread_condattr_destroy(&wa);
     pthread_cond_init(&s->cv_space, NULL);
     pthread_mutex_init(&s->cache_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);

@@ -630,20 +630,48 @@ static void complete(mqs_store *s, mqs_request **reqs, size_t n)
     pthread_mutex_unlock(&s->mu);
 }
 
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void *writer_main(void *arg)
 {
     mqs_store *s = arg;
     /* commit=each: async writes still complete on this thread (the API
      * promises a library thread), but one per transaction. */
     size_t cap = s->uri.cfg.commit_each ? 1 : s->uri.cfg.batch_max;
+    size_t last_n = 0;      /* synchronous requests in the last batch */
+    int64_t commit_us = 0;  /* average time of a batch, in us */
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->q_head && !s->stop)
             pthread_cond_wait(&s->cv_work, &s->mu);
         if (!s->q_head && s->stop)
             break;
-        /* Take what is queued now; never wait for a batch to fill, so a
-         * lone writer pays one commit of latency. */
+        /* Take what is queued now. A lone writer never waits: it pays one
+         * commit of latency. But when the last batch had more requests
+         * than are queued now, its writers are most likely on their way
+         * back (woken, building the next message): wait for them a little,
+         * at most a fraction of what a commit costs, as PostgreSQL's
+         * commit_delay does. Without this, N synchronous producers split
+         * into ever smaller batches. */
+        if (!s->uri.cfg.commit_each && !s->stop && s->q_count < last_n &&
+            commit_us > 0) {
+            int64_t linger_us = commit_us / 2 < 2000 ? commit_us / 2 : 2000;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += (long)linger_us * 1000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            while (!s->stop && s->q_count < last_n &&
+                   pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) == 0)
+                ;
+        }
         size_t n = 0, bytes = 0;
         while (s->q_head && n < cap &&
                (n == 0 || bytes + s->q_head->bytes <= s->uri.cfg.batch_bytes)) {
@@ -661,7 +689,15 @@ static void *writer_main(void *arg)
             continue;
         pthread_cond_broadcast(&s->cv_space);
         pthread_mutex_unlock(&s->mu);
+        int64_t t0 = mono_us();
         run_batch(s, &s->wconn, "writer", s->batch, n);
+        /* moving average of the commit time: the linger budget */
+        int64_t took = mono_us() - t0;
+        commit_us = commit_us ? (commit_us * 7 + took) / 8 : took;
+        /* Only synchronous writers come back for another turn. */
+        last_n = 0;
+        for (size_t i = 0; i < n; i++)
+            last_n += !s->batch[i]->async;
         complete(s, s->batch, n);
         pthread_mutex_lock(&s->mu);
     }

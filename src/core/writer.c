@@ -74,14 +74,25 @@ int mqs__req_add_msg(mqs_store *s, mqs_request *r, const mqs_msg *m)
         return mqs__err(s, MQS_EINVAL, "expires_ms %lld is negative",
                         (long long)m->expires_ms);
     size_t total = m->headers_len + m->body_len;
-    if (total < m->headers_len || total > s->max_message)
+    if (total < m->headers_len || total > s->max_message) {
+        if (s->max_message < s->uri.cfg.max_message_size)
+            /* The database server is what limits: say so, the URI option
+             * cannot help. */
+            return mqs__err(s, MQS_ETOOBIG,
+                            "message for '%s' is %zu bytes (headers %zu + "
+                            "body %zu), over the %zu bytes the database "
+                            "server accepts (the %s backend's limit, e.g. "
+                            "MySQL's max_allowed_packet): raise that setting "
+                            "on the server",
+                            m->dest, total, m->headers_len, m->body_len,
+                            s->max_message, s->be->name);
         return mqs__err(s, MQS_ETOOBIG,
                         "message for '%s' is %zu bytes (headers %zu + body "
-                        "%zu), over the limit of %zu bytes; raise "
-                        "max_message_size in the store URI (the %s backend "
-                        "can store up to the limit it reports)",
+                        "%zu), over max_message_size=%zu; raise "
+                        "max_message_size in the store URI",
                         m->dest, total, m->headers_len, m->body_len,
-                        s->max_message, s->be->name);
+                        s->max_message);
+    }
     mqs_op *op = mqs__req_add(r, OP_ENQ);
     if (!op)
         return mqs__err(s, MQS_ENOMEM, "out of memory queuing a message");
@@ -562,7 +573,11 @@ static void run_batch(mqs_store *s, mqs_be_conn **c, const char *role,
             reqs[i]->rc = 0;
         return;
     }
-    if (n > 1 && rc != MQS_EUNKNOWN && rc != MQS_ECONN && rc != MQS_EFENCED) {
+    /* A lock timeout (MQS_EBUSY) is not one bad request: retried one by
+     * one, every request would wait the timeout again while the whole store
+     * stalls. Those fail together; the callers may retry. */
+    if (n > 1 && rc != MQS_EUNKNOWN && rc != MQS_ECONN &&
+        rc != MQS_EFENCED && rc != MQS_EBUSY) {
         pthread_mutex_lock(&s->stats_mu);
         s->stats.retries++;
         pthread_mutex_unlock(&s->stats_mu);

@@ -161,6 +161,12 @@ EOF
     # database does not own its public schema either, so grant it.
     psql_admin "$d" -d "$DB_NAME" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
         die "granting schema public to $USER_NAME failed"
+    # The broker end-to-end tests get a database of their own: a broker
+    # recovers its whole store.
+    psql_admin "$d" -c "CREATE DATABASE ${DB_NAME}_e2e OWNER $USER_NAME" ||
+        die "creating database ${DB_NAME}_e2e failed"
+    psql_admin "$d" -d "${DB_NAME}_e2e" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
+        die "granting schema public of ${DB_NAME}_e2e to $USER_NAME failed"
     wait_port "$PORT" || die "server started but 127.0.0.1:$PORT does not answer"
     log "ready"
 }

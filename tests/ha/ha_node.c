@@ -17,6 +17,8 @@
  *   W <mono>                       waiting for the lock
  *   M <token> <mono>               became master
  *   E <id> <token> <mono>          message id durable
+ *   P <id> <mono>                  about to ack (the ack may commit even
+ *                                  if the node dies before its A line)
  *   A <id> <mono>                  ack durable
  *   R <token> <mono>               about to release (stops believing)
  *   L <token> <mono> <reason>      on_lost
@@ -162,6 +164,7 @@ int main(int argc, char **argv)
             logf_("E %lld %lld %lld", (long long)id, (long long)token,
                   mono_ms());
             if (ack_every > 0 && seq % ack_every == 0) {
+                logf_("P %lld %lld", (long long)id, mono_ms());
                 rc = mqs_ack(s, id, 0);
                 if (rc == MQS_EFENCED) {
                     logf_("F %lld %lld %d", (long long)token, mono_ms(), rc);

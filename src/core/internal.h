@@ -191,6 +191,8 @@ struct mqs_store {
     int64_t lease_until;    /* local monotonic ms; step down after this */
     int64_t last_renew;     /* monotonic ms of the last committed renewal */
     struct mqs_session *sess; /* the master's session-lock keeper */
+    struct mqs_session *sess_wait; /* the latest one, waited for at close */
+    bool session_off;         /* the backend refused session locks here */
     mqs_lock_cbs cbs;
     bool keeper_running, keeper_stop;
     bool renew_inflight;

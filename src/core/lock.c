@@ -22,7 +22,7 @@ static bool has_lock(const mqs_backend *be)
 
 static bool has_session(const mqs_store *s)
 {
-    return s->uri.cfg.crash_detect && s->be->session_lock &&
+    return s->uri.cfg.crash_detect && !s->session_off && s->be->session_lock &&
            s->be->session_unlock;
 }
 
@@ -51,6 +51,8 @@ typedef struct mqs_session {
     bool stop;     /* the store is done with it */
     bool want;     /* check / re-take the lock now */
     bool held;     /* the last check found the lock held */
+    bool done;     /* the thread has closed its connection */
+    pthread_t tid; /* joined (or detached) through s->sess_wait */
     int64_t sid;   /* session id while held */
     const mqs_backend *be;
     mqs_be_conn *conn; /* owned by the thread */
@@ -110,8 +112,35 @@ static void *session_main(void *arg)
     pthread_mutex_unlock(&x->mu);
     if (c)
         x->be->conn_close(c);
+    pthread_mutex_lock(&x->mu);
+    x->done = true;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->mu);
     session_unref(x);
     return NULL;
+}
+
+/* Join a stopped session thread (normally done within milliseconds); one
+ * stuck in the database gets a second, then is left to finish on its own,
+ * holding only its own references. */
+static void session_reap(mqs_session *x)
+{
+    if (!x)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += 1;
+    pthread_mutex_lock(&x->mu);
+    while (!x->done &&
+           pthread_cond_clockwait(&x->cv, &x->mu, CLOCK_MONOTONIC, &ts) == 0)
+        ;
+    bool done = x->done;
+    pthread_mutex_unlock(&x->mu);
+    if (done)
+        pthread_join(x->tid, NULL); /* it is past its last use of x->mu */
+    else
+        pthread_detach(x->tid);
+    session_unref(x);
 }
 
 /* Start the session keeper with conn (holding the lock, or NULL). */
@@ -122,7 +151,7 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
         return NULL;
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
-    x->refs = 2;
+    x->refs = 3; /* the store's, the thread's, and s->sess_wait's */
     x->be = s->be;
     x->conn = conn;
     x->held = conn != NULL;
@@ -130,15 +159,17 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
     x->uri = mqs__strdup(s->uri.be_uri);
     x->masked = mqs__strdup(s->uri.masked);
     snprintf(x->cluster, sizeof x->cluster, "%s", s->uri.cfg.cluster);
-    pthread_t t;
     if (!x->uri || !x->masked ||
-        pthread_create(&t, NULL, session_main, x) != 0) {
+        pthread_create(&x->tid, NULL, session_main, x) != 0) {
         x->conn = NULL; /* the caller keeps and closes conn */
         x->refs = 1;
         session_unref(x);
         return NULL;
     }
-    pthread_detach(t);
+    /* Kept so the next term or mqs_close can join the thread once it let
+     * go of its connection. */
+    session_reap(s->sess_wait);
+    s->sess_wait = x;
     return x;
 }
 
@@ -312,7 +343,7 @@ static void *keeper_main(void *arg)
                 ts.tv_nsec -= 1000000000L;
             }
             while (!s->keeper_stop && s->ha_state == HA_MASTER &&
-                   pthread_cond_timedwait(&s->ha_cv, &s->ha_mu, &ts) == 0)
+                   pthread_cond_clockwait(&s->ha_cv, &s->ha_mu, CLOCK_MONOTONIC, &ts) == 0)
                 ;
         }
         if (s->keeper_stop || s->ha_state != HA_MASTER) {
@@ -425,6 +456,16 @@ static int standby_session(mqs_store *s, mqs_be_conn **c, int64_t wait_ms,
     if (!*c && mqs__conn_open(s, "lock", c) != 0)
         return MQS_ECONN;
     int rc = s->be->session_lock(*c, s->uri.cfg.cluster, wait_ms, sid);
+    if (rc && rc != MQS_EBUSY && rc != MQS_ECONN && rc != MQS_ETIMEDOUT) {
+        /* e.g. a transaction pooler: session locks cannot work here. Say
+         * so once and fall back to the lease alone, instead of opening a
+         * connection on every poll. */
+        mqs__log(s, MQS_LOG_WARN, "crash detector disabled for this store, "
+                 "the lease alone decides: %s", s->be->conn_errmsg(*c));
+        pthread_mutex_lock(&s->ha_mu);
+        s->session_off = true;
+        pthread_mutex_unlock(&s->ha_mu);
+    }
     if (rc == MQS_ECONN || (rc && rc != MQS_EBUSY)) {
         s->be->conn_close(*c);
         *c = NULL;
@@ -468,8 +509,8 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
             s->renew_inflight = false;
             if (has_session(s)) {
                 s->sess = session_start(s, got ? sc : NULL, sid);
-                if (s->sess)
-                    sc = NULL;
+                if (s->sess && got)
+                    sc = NULL; /* handed over; else closed below */
             }
             /* Callbacks stay hidden until the term is confirmed: a node
              * that fails its first renewal never was master. */
@@ -657,5 +698,9 @@ void mqs__lock_shutdown(mqs_store *s)
     keeper_stop(s);
     pthread_mutex_lock(&s->ha_mu);
     session_drop_locked(s);
+    mqs_session *x = s->sess_wait;
+    s->sess_wait = NULL;
     pthread_mutex_unlock(&s->ha_mu);
+    /* The session thread closes its connection before we return. */
+    session_reap(x);
 }

@@ -87,24 +87,17 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
     else
         s->opts.log_level = MQS_LOG_WARN;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t wa; /* the writer's linger is timed on it */
-    pthread_condattr_init(&wa);
-    pthread_condattr_setclock(&wa, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv_work, &wa);
-    pthread_condattr_destroy(&wa);
+    pthread_cond_init(&s->cv_work, NULL);
     pthread_cond_init(&s->cv_space, NULL);
     pthread_mutex_init(&s->cache_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
     pthread_mutex_init(&s->pool.mu, NULL);
     pthread_cond_init(&s->pool.cv, NULL);
     pthread_mutex_init(&s->ha_mu, NULL);
-    /* The keeper's deadlines are monotonic: a wall-clock change must not
-     * stretch or shrink a lease. */
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->ha_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    /* The keeper's and the writer's timed waits use
+     * pthread_cond_clockwait(CLOCK_MONOTONIC): a wall-clock change must not
+     * stretch or shrink a lease (nor does a wall-clock faker reach it). */
+    pthread_cond_init(&s->ha_cv, NULL);
 
     if ((rc = mqs__uri_parse(uri, be, &s->uri)))
         goto fail;

@@ -684,7 +684,7 @@ static void *writer_main(void *arg)
                 ts.tv_nsec -= 1000000000L;
             }
             while (!s->stop && s->q_count < last_n &&
-                   pthread_cond_timedwait(&s->cv_work, &s->mu, &ts) == 0)
+                   pthread_cond_clockwait(&s->cv_work, &s->mu, CLOCK_MONOTONIC, &ts) == 0)
                 ;
         }
         size_t n = 0, bytes = 0;

@@ -15,6 +15,9 @@
 # Only URIs go to stdout; progress and errors go to stderr, so CI can do
 #   MQSTORE_TEST_URIS="$(tests/db/postgres.sh start)"
 #
+# Databases: mqstore (the URI's) and mqstore_e2e (the broker's end-to-end
+# tests, which need a store of their own), both owned by the role mqs.
+#
 # The server listens on 127.0.0.1 only, with fsync and synchronous_commit on
 # (the tests check durability-related behaviour, so no unsafe speed-ups on
 # the server; only initdb skips its final sync, the data is throw-away).
@@ -29,6 +32,7 @@ PGB_PORT="${MQS_PGB_PORT:-56432}"
 USER_NAME=mqs
 USER_PASS=mqs-secret
 DB_NAME=mqstore
+E2E_DB=mqstore_e2e
 STATE="${MQS_PG_STATE:-/tmp/mqs-pg-$PORT.dir}"
 PG_URI="postgresql://$USER_NAME:$USER_PASS@127.0.0.1:$PORT/$DB_NAME"
 PGB_URI="postgresql://$USER_NAME:$USER_PASS@127.0.0.1:$PGB_PORT/$DB_NAME"
@@ -107,9 +111,25 @@ psql_admin() {
     as_owner "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$d" -p "$PORT" -U postgres -d postgres "$@"
 }
 
+# The broker's end-to-end tests get a database of their own beside the main
+# one (a broker recovers its whole store; scripts/test.sh uses
+# ${MQSTORE_TEST_PG_URI%/*}/mqstore_e2e). Also made on a server started
+# before this existed.
+ensure_e2e_db() {
+    d=$1
+    have=$(psql_admin "$d" -At -c "SELECT 1 FROM pg_database WHERE datname = '$E2E_DB'") ||
+        die "cannot list the databases"
+    [ "$have" = 1 ] && return 0
+    psql_admin "$d" -c "CREATE DATABASE $E2E_DB OWNER $USER_NAME" ||
+        die "creating database $E2E_DB failed"
+    psql_admin "$d" -d "$E2E_DB" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
+        die "granting schema public of $E2E_DB to $USER_NAME failed"
+}
+
 start_pg() {
     if pg_running; then
         log "already running in $(current_dir)"
+        ensure_e2e_db "$(current_dir)"
         return 0
     fi
     # Left over from a crash or a killed CI job: clear it first.
@@ -161,12 +181,7 @@ EOF
     # database does not own its public schema either, so grant it.
     psql_admin "$d" -d "$DB_NAME" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
         die "granting schema public to $USER_NAME failed"
-    # The broker end-to-end tests get a database of their own: a broker
-    # recovers its whole store.
-    psql_admin "$d" -c "CREATE DATABASE ${DB_NAME}_e2e OWNER $USER_NAME" ||
-        die "creating database ${DB_NAME}_e2e failed"
-    psql_admin "$d" -d "${DB_NAME}_e2e" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
-        die "granting schema public of ${DB_NAME}_e2e to $USER_NAME failed"
+    ensure_e2e_db "$d"
     wait_port "$PORT" || die "server started but 127.0.0.1:$PORT does not answer"
     log "ready"
 }
@@ -184,6 +199,7 @@ start_pgb() {
     cat >"$d/pgbouncer.ini" <<EOF
 [databases]
 $DB_NAME = host=127.0.0.1 port=$PORT dbname=$DB_NAME
+$E2E_DB = host=127.0.0.1 port=$PORT dbname=$E2E_DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1

@@ -297,11 +297,14 @@ static int cmp_iv(const void *a, const void *b)
 /* Several nodes take turns; with skew, some see a wall clock hours off. */
 static void race(int nodes, const char *const *skews)
 {
+    static char *uri; /* freed on the next call if a failure skipped it */
+    free(uri);
+    uri = NULL;
     char cluster[96], queue[96], opts[256];
     names(cluster, sizeof cluster, queue, sizeof queue, "race");
     snprintf(opts, sizeof opts, "cluster=%s&lease_ms=1500&renew_ms=300&"
              "poll_ms=20", cluster);
-    char *uri = uri_with(opts);
+    uri = uri_with(opts);
     const char *args[] = {"--rounds", "4", "--hold-ms", "60", "--queue", queue,
                           "--max-ms", "40000", "--gap-ms", "3", NULL};
     node n[4];
@@ -345,6 +348,7 @@ static void race(int nodes, const char *const *skews)
     assert_tokens_ordered(&s);
     stored_free(&s);
     free(uri);
+    uri = NULL;
 }
 
 static void test_race_two(void **state)
@@ -364,6 +368,14 @@ static void test_race_three(void **state)
 static void test_clock_skew(void **state)
 {
     (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    /* libfaketime preloaded in front of the ASan runtime breaks glibc's
+     * timed waits ("The futex facility returned an unexpected error
+     * code"): the plain build runs this test. */
+    print_message("faketime cannot be preloaded into an ASan build: "
+                  "skipped here, run by the plain build\n");
+    skip();
+#endif
     if (access("/usr/bin/faketime", X_OK) != 0) {
         if (getenv("MQSTORE_REQUIRE_SERVERS") || getenv("CI"))
             fail_msg("faketime is missing (apt-get install faketime)");

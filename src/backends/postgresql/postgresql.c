@@ -84,13 +84,14 @@ struct mqs_be_conn {
     char state[6];                    /* SQLSTATE of the last failure */
     char err[2048];
     /* Session lock (crash detector), on the core's lock connection only. */
-    char *sess_cluster;               /* cluster whose lock this session holds */
+    char *sess_cluster;               /* cluster whose lock it holds */
     int sess_pid;                     /* its pg_backend_pid() */
     int sess_pending;                 /* an alive check is still unanswered */
     int direct;                       /* 1 direct, -1 via a pooler, 0 unknown */
     int pooled_pid;                   /* server pid seen through the pooler */
     int inflight;                     /* an async statement is unanswered */
     PGresult *pend;                   /* its first result, once it came */
+    char fatal[256];                  /* why the server ended the session */
 };
 
 /* ---------------------------------------------------------------------------
@@ -712,10 +713,21 @@ static int pg_run_id(mqs_be_conn *c, const char *what, const char *sql, int n,
 /* ---------------------------------------------------------------------------
  * Connection
  * ------------------------------------------------------------------------- */
-static void pg_notice_ignore(void *arg, const PGresult *r)
+/* Notices are not for stderr ("there is no transaction in progress"), but
+ * a server ending the session says why in one (FATAL, e.g. the
+ * idle-in-transaction timeout): kept for the message of the failure that
+ * follows. */
+static void pg_notice(void *arg, const PGresult *r)
 {
-    (void)arg;
-    (void)r; /* e.g. "there is no transaction in progress": not for stderr */
+    mqs_be_conn *c = arg;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (!sev || (strcmp(sev, "FATAL") != 0 && strcmp(sev, "PANIC") != 0))
+        return;
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    char m[200];
+    pg_oneline(m, sizeof m, PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
+    snprintf(c->fatal, sizeof c->fatal, "%s (SQLSTATE %s)", m,
+             state ? state : "none");
 }
 
 static int pg_is_state(const char *s)
@@ -843,7 +855,7 @@ static int pg_conn_open(const mqs_be_open_args *a, mqs_be_conn **out,
         rc = MQS_ENOMEM;
         goto fail;
     }
-    PQsetNoticeReceiver(c->pg, pg_notice_ignore, NULL);
+    PQsetNoticeReceiver(c->pg, pg_notice, c);
     if (PQstatus(c->pg) == CONNECTION_BAD) {
         /* Refused before any network traffic: a bad option, or no host
          * could even be resolved. */
@@ -1125,13 +1137,24 @@ static int pg_txn_begin(mqs_be_conn *c)
 /* COMMIT with its outcome classified. */
 static int pg_commit_now(mqs_be_conn *c, const char *what)
 {
+    /* A session the server ended meanwhile (idle_in_transaction_session_
+     * timeout on a frozen master, a restart) has closed its end: reading
+     * that now tells a COMMIT never sent, so rolled back, from one whose
+     * outcome is unknown. */
+    for (int i = 0; i < 4 && PQstatus(c->pg) != CONNECTION_BAD; i++) {
+        struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
+        int more = poll(&p, 1, 0) > 0 && PQconsumeInput(c->pg);
+        (void)PQisBusy(c->pg); /* parses what came: the FATAL notice */
+        if (!more)
+            break;
+    }
     if (PQstatus(c->pg) == CONNECTION_BAD) {
         /* Nothing sent: the server rolls the transaction back. */
         c->broken = 1;
         pg_set_err(c,
                    "postgresql %s: %s: the connection was lost before COMMIT "
-                   "was sent; the transaction was rolled back.",
-                   c->masked, what);
+                   "was sent%s%s; the transaction was rolled back.",
+                   c->masked, what, c->fatal[0] ? ": " : "", c->fatal);
         return MQS_ECONN;
     }
     PGresult *r = PQexec(c->pg, "COMMIT");

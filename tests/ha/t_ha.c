@@ -282,6 +282,19 @@ static void names(char *cluster, size_t cl, char *queue, size_t ql,
     snprintf(queue, ql, "q%ld_%d_%s", (long)getpid(), g_seq, what);
 }
 
+/* The usual opening: A becomes master and has made `writes` durable, B
+ * has started and waits for the lock. */
+static void start_master_standby(node *a, node *b, const char *uri,
+                                 const char *const *a_args,
+                                 const char *const *b_args, size_t writes)
+{
+    node_start(a, uri, NULL, a_args);
+    wait_ev(a, 'M', 1, 10000);
+    node_start(b, uri, NULL, b_args);
+    wait_ev(b, 'W', 1, 10000);
+    wait_ev(a, 'E', writes, 10000);
+}
+
 /* ---- tests ---- */
 
 typedef struct interval {
@@ -399,11 +412,7 @@ static void test_kill9(void **state)
     const char *b_args[] = {"--queue", queue, "--hold-ms", "300", "--max-ms",
                             "20000", NULL};
     node a, b;
-    node_start(&a, uri, NULL, a_args);
-    wait_ev(&a, 'M', 1, 10000);
-    node_start(&b, uri, NULL, b_args);
-    wait_ev(&b, 'W', 1, 10000);
-    wait_ev(&a, 'E', 60, 10000);
+    start_master_standby(&a, &b, uri, a_args, b_args, 60);
     sleep_ms(150); /* b is blocked on the session lock by now */
     long long t_kill = mono_ms();
     kill(a.pid, SIGKILL);
@@ -631,11 +640,7 @@ static void test_db_restart_within_lease(void **state)
     const char *b_args[] = {"--queue", queue, "--hold-ms", "100", "--max-ms",
                             "60000", NULL};
     node a, b;
-    node_start(&a, uri, NULL, a_args);
-    wait_ev(&a, 'M', 1, 10000);
-    node_start(&b, uri, NULL, b_args);
-    wait_ev(&b, 'W', 1, 10000);
-    wait_ev(&a, 'E', 10, 10000);
+    start_master_standby(&a, &b, uri, a_args, b_args, 10);
     db_restart(0);
     long long t_back = mono_ms();
     sleep_ms(2000); /* the standby has had many polls by now */
@@ -673,11 +678,7 @@ static void test_db_down_past_lease(void **state)
     const char *b_args[] = {"--queue", queue, "--hold-ms", "300", "--max-ms",
                             "60000", NULL};
     node a, b;
-    node_start(&a, uri, NULL, a_args);
-    wait_ev(&a, 'M', 1, 10000);
-    node_start(&b, uri, NULL, b_args);
-    wait_ev(&b, 'W', 1, 10000);
-    wait_ev(&a, 'E', 10, 10000);
+    start_master_standby(&a, &b, uri, a_args, b_args, 10);
     long long t0 = mono_ms();
     db_restart(4500);
     long long t_l = wait_ev(&a, 'L', 1, 10000);

@@ -25,11 +25,26 @@
  *  - Write callbacks are only called between txn_begin and
  *    txn_commit/txn_rollback. Read callbacks are called outside a write
  *    transaction.
+ *  - A backend may defer writes to txn_commit, to send a whole transaction
+ *    in one round trip (BEGIN, fence, writes, COMMIT). The core therefore
+ *    keeps every array it passes to msg_insert/msg_ack (and the ids they
+ *    fill) valid and untouched until txn_commit or txn_rollback returns;
+ *    ids are set by txn_commit at the latest. A deferred write that fails
+ *    is reported by txn_commit with its own code and message (the
+ *    transaction was rolled back: MQS_EUNKNOWN only when the outcome of
+ *    COMMIT is really unknown).
  *
  * Version history (members are only ever appended):
  *   1.0  first version.
  *   1.1  exclusive lock: lock_acquire, lock_renew, lock_release, lock_read,
  *        lock_force, session_lock, session_unlock.
+ *   2.0  fence without writing: lock_fence makes a write transaction's
+ *        COMMIT conditional on holding the lock (no row version, no wait
+ *        on the lease keeper); lock_renew runs in its own transaction on
+ *        the core's lease connection; lock_acquire polls without locks
+ *        while the lease stands; msg_insert and msg_ack take n rows (the
+ *        singular members are gone); mqs_be_lock.wait_ms. Modules built for
+ *        1.x are refused (rebuild them).
  */
 #ifndef MQSTORE_BACKEND_H
 #define MQSTORE_BACKEND_H
@@ -44,8 +59,8 @@ extern "C" {
 #endif
 
 #define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
-#define MQS_BACKEND_ABI_MAJOR 1 /* bumped on incompatible change */
-#define MQS_BACKEND_ABI_MINOR 1 /* bumped when members are appended */
+#define MQS_BACKEND_ABI_MAJOR 2 /* bumped on incompatible change */
+#define MQS_BACKEND_ABI_MINOR 0 /* bumped when members are appended */
 
 /* The one symbol a module exports. */
 #define MQS_BACKEND_ENTRY mqs_backend_entry
@@ -164,7 +179,19 @@ typedef struct mqs_be_lock {
                           holder's session ended */
     int64_t session_id; /* acquire/renew: id of this node's session-lock
                            connection (from session_lock), 0 if none */
+    int64_t wait_ms;    /* acquire/renew (2.0): longest wait for a row or
+                           table lock before MQS_EBUSY; the call must
+                           return within about this plus one round trip */
 } mqs_be_lock;
+
+/* What lock_fence gets (ABI 2.0). */
+typedef struct mqs_be_fence {
+    const char *cluster;
+    const char *node;
+    int64_t token;     /* the token this node holds */
+    int64_t margin_ms; /* the lease must have at least this much left, by
+                          the database clock, when the fence is checked */
+} mqs_be_fence;
 
 typedef struct mqs_be_lock_state {
     char holder[256];      /* "" when free */
@@ -225,16 +252,14 @@ typedef struct mqs_backend {
      * missing. MQS_ENOTFOUND if missing and create == 0. Required. */
     int (*dest_resolve)(mqs_be_conn *c, mqs_kind kind, const char *name,
                         int create, int64_t *dest_id);
-    /* Insert one message (see mqs_be_msg). Required. */
-    int (*msg_insert)(mqs_be_conn *c, mqs_be_msg *m);
-    /* Insert n messages with native batching (multi-row INSERT, COPY...).
-     * Optional: NULL -> the core calls msg_insert n times. */
-    int (*msg_insert_many)(mqs_be_conn *c, mqs_be_msg *m, size_t n);
-    /* Remove one pending entry; a topic message with no pending entry left
-     * is deleted. Missing entries are not an error. Required. */
-    int (*msg_ack)(mqs_be_conn *c, const mqs_be_ref *r);
-    /* Batched msg_ack. Optional: NULL -> msg_ack n times. */
-    int (*msg_ack_many)(mqs_be_conn *c, const mqs_be_ref *r, size_t n);
+    /* Insert m[0..n) (n >= 1, see mqs_be_msg), natively batched where the
+     * driver allows (multi-row INSERT, arrays...). Ids are assigned in
+     * array order. May be deferred to txn_commit (see above). Required. */
+    int (*msg_insert)(mqs_be_conn *c, mqs_be_msg *m, size_t n);
+    /* Remove the pending entries r[0..n) (n >= 1); a topic message with no
+     * pending entry left is deleted. Missing entries are not an error. May
+     * be deferred to txn_commit. Required. */
+    int (*msg_ack)(mqs_be_conn *c, const mqs_be_ref *r, size_t n);
     /* Add one to the redelivery count of a pending entry. Missing entries
      * are not an error. Required. */
     int (*msg_nack)(mqs_be_conn *c, const mqs_be_ref *r);
@@ -262,22 +287,31 @@ typedef struct mqs_backend {
      * then sub_id. Required. */
     int (*dest_list)(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud);
 
-    /* ---- exclusive lock (ABI 1.1; all five lock_* or none) ---- */
+    /* ---- exclusive lock (ABI 1.1; all six lock_* (2.0) or none) ---- */
     /* In its own transaction: create the cluster's row if missing, then take
      * the lock if it is free, or its lease has expired by the database
      * clock, or (l->holder_gone, a session is recorded under the current
      * epoch, and that session no longer holds the session lock: the
      * holder's process died and the database did not restart). On success
      * set holder, token+1, lease, acquired, session (as for lock_renew) and
-     * fill *st. Otherwise MQS_EBUSY with *st describing the holder. */
+     * fill *st. Otherwise MQS_EBUSY with *st describing the holder.
+     * (2.0) Before it changes the row it takes the lock that conflicts with
+     * lock_fence, so it commits only after every fenced write transaction
+     * of the old holder has ended (waiting at most l->wait_ms). While the
+     * lock is not takeable (a live holder's lease stands) it takes no lock,
+     * waits for nothing, writes nothing and leaves no line in the server's
+     * log: standbys poll it every poll_ms. */
     int (*lock_acquire)(mqs_be_conn *c, const mqs_be_lock *l,
                         mqs_be_lock_state *st);
-    /* Inside the caller's write transaction (after txn_begin): extend the
-     * lease and record the session (l->session_id and the current epoch if
-     * that session holds the session lock now, else NULL), only where
-     * holder and token match (the row lock this takes orders it against
-     * any acquire). No match -> MQS_EFENCED, message naming the current
-     * holder and token. Fills *st. */
+    /* (2.0) In its own transaction, on the core's lease connection (the
+     * one session_lock uses, when there is one; never a writer's): extend
+     * the lease and record the session (l->session_id and the current
+     * epoch if that session holds the session lock now, else NULL), only
+     * where holder and token match. Waits for row locks at most
+     * l->wait_ms. No match -> MQS_EFENCED, message naming the current
+     * holder and token. Fills *st. This is the ONLY statement that writes
+     * the lock row while a master holds it: one row version per renew_ms,
+     * never one per write. */
     int (*lock_renew)(mqs_be_conn *c, const mqs_be_lock *l,
                       mqs_be_lock_state *st);
     /* In its own transaction: free the lock where holder and token match
@@ -287,8 +321,27 @@ typedef struct mqs_backend {
      * with token 0. */
     int (*lock_read)(mqs_be_conn *c, const char *cluster,
                      mqs_be_lock_state *st);
-    /* In its own transaction: free the lock whoever holds it (operators). */
+    /* In its own transaction: free the lock whoever holds it (operators).
+     * (2.0) Takes the lock that conflicts with lock_fence first, as
+     * lock_acquire does. */
     int (*lock_force)(mqs_be_conn *c, const char *cluster);
+
+    /* (2.0) Inside the caller's write transaction (the core calls it right
+     * after txn_begin): make the transaction's COMMIT conditional on this
+     * node holding the lock. The transaction may commit only if, at a
+     * check made after its last write and before its COMMIT, the row
+     * shows holder f->node, token f->token and a lease with at least
+     * f->margin_ms left by the database clock, AND no lock_acquire or
+     * lock_force can commit between that check and the end of this
+     * transaction (the backend holds a lock they must wait for: a share
+     * lock on the row, a shared advisory lock, the file's write lock).
+     * It creates no row version, and lock_renew never waits for it longer
+     * than the transaction lasts. Failing the check: MQS_EFENCED from the
+     * call that ran it (lock_fence, a write, or txn_commit), with a message
+     * naming the current holder and token; the core then rolls back. The
+     * argument for each backend is in docs/architecture.md. Part of the
+     * lock group: all six lock_* members or none. */
+    int (*lock_fence)(mqs_be_conn *c, const mqs_be_fence *f);
 
     /* ---- crash detector (ABI 1.1; optional pair: NULL -> lease only) ----
      * A session-level lock (advisory lock, GET_LOCK, file lock) held on a
@@ -298,7 +351,9 @@ typedef struct mqs_backend {
      * (backend pid, connection id, process id). If this connection already
      * holds it, check the session is still alive (one round trip) and
      * return 0, or MQS_ECONN if it is gone. MQS_EBUSY if still held
-     * elsewhere after wait_ms. */
+     * elsewhere after wait_ms. (2.0) A standby calls this every poll_ms
+     * while it waits: a wait that ends without the lock must leave no line
+     * in the server's log and open no new connection. */
     int (*session_lock)(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
                         int64_t *session_id);
     /* Give it up. Not holding it is not an error. */

@@ -207,7 +207,10 @@ MQS_API int mqs_enqueue_many(mqs_store *s, const mqs_msg *msgs, size_t n,
  * (0 on failure); errmsg is "" on success, else the detailed message; both
  * are borrowed for the call. Called exactly once, from a library thread
  * (never the caller's), in submission order per store. It must not call
- * mqs_close(). */
+ * mqs_close(). Synchronous writes (mqs_enqueue, mqs_ack, mqs_txn_commit...)
+ * made from it return MQS_ESTATE at once (they would wait for the very
+ * thread that runs the callback); the _async calls work there, and do not
+ * block on back-pressure. */
 typedef void (*mqs_done_fn)(void *ud, int rc, int64_t id, const char *errmsg);
 
 /* Like mqs_enqueue but returns once the message is queued for the writer
@@ -380,10 +383,13 @@ MQS_API int mqs_migrate(mqs_store *s, mqs_migrate_fn progress, void *ud);
  * lock on a dedicated connection lets a standby take over at once when the
  * master's process dies; turn off behind a transaction pooler).
  *
- * Once a node holds the lock, every write transaction re-checks its fencing
- * token inside that transaction (and renews the lease). A node that lost
- * the lock gets MQS_EFENCED and its write leaves nothing behind. The master
- * also counts its lease on its own monotonic clock and steps down (on_lost)
+ * Once a node holds the lock, every write transaction is fenced: its COMMIT
+ * is conditional on this node still holding the lock with its token and
+ * lease (checked by the database inside that transaction, without writing
+ * anything). A node that lost the lock gets MQS_EFENCED and its write
+ * leaves nothing behind. The lease is renewed every renew_ms by a library
+ * thread on its own connection, whatever the writes do. The master also
+ * counts its lease on its own monotonic clock and steps down (on_lost)
  * before the database could give the lock to another node.
  * ------------------------------------------------------------------------- */
 
@@ -393,8 +399,13 @@ typedef struct mqs_lock_cbs {
     void (*on_master)(void *ud, int64_t token);
     /* Called once when the lock is lost (fenced, lease not renewed in
      * time, database unreachable too long) or released; reason is a
-     * borrowed message. From a library thread. Writes fail with
-     * MQS_EFENCED from then on until the lock is acquired again. */
+     * borrowed message. From a library thread (never the one that runs
+     * completion callbacks, so it may make synchronous calls). Writes
+     * fail with MQS_EFENCED from then on until the lock is acquired
+     * again, and nothing of this term commits after it: a write in flight
+     * gets until the hard end of the lease to finish (its COMMIT is
+     * conditional on a lease with lease_ms/10 left by the database clock)
+     * before on_lost is called. */
     void (*on_lost)(void *ud, int64_t token, const char *reason);
     void *ud;
 } mqs_lock_cbs;

@@ -41,6 +41,7 @@ struct mqs_cursor {
     int oom;
 
     mqs_be_ref *expired;
+    bool may_purge; /* expired rows are removed, not only skipped */
     size_t n_exp, cap_exp;
     int64_t now;
 
@@ -201,6 +202,7 @@ int mqs_cursor_open(mqs_store *s, const mqs_cursor_opts *opts,
     }
     c->after_priority = MQS_PRIORITY_MAX + 1;
     c->now = mqs__now_ms();
+    c->may_purge = mqs__may_write_unasked(s);
     *out = c;
     return 0;
 }
@@ -215,6 +217,11 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
             row *w = &c->rows[c->pos++];
             target *t = &c->t[c->cur];
             if (w->r.expires_ms != 0 && w->r.expires_ms <= c->now) {
+                /* Skipped always; removed only by a store that may write
+                 * unasked: never on a read-only store (newer schema) or an
+                 * HA node that does not hold the lock (unfenced). */
+                if (!c->may_purge)
+                    continue;
                 if (c->n_exp == c->cap_exp) {
                     size_t cap = c->cap_exp ? c->cap_exp * 2 : 64;
                     mqs_be_ref *e = realloc(c->expired, cap * sizeof *e);

@@ -1,4 +1,5 @@
 /* errors.c - error codes, per-thread error messages, logging, clocks. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,3 +100,25 @@ static int64_t clock_ms(clockid_t id)
 
 int64_t mqs__now_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t mqs__mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+
+void mqs__sleep_ms(int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ; /* interrupted: sleep the rest */
+}
+
+void mqs__deadline(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (ms <= 0)
+        return;
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}

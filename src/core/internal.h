@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "mqstore/backend.h"
 #include "mqstore/mqstore.h"
@@ -43,8 +44,8 @@
     X(lease_ms, "2000",                                                        \
       "HA: lease length; a frozen master is replaced after it expires")        \
     X(renew_ms, "500",                                                         \
-      "HA: lease renewal interval when idle (writes renew too); at most "     \
-      "lease_ms/3")                                                            \
+      "HA: lease renewal interval (a library thread on its own connection; "  \
+      "writes never renew); at most lease_ms/3")                                                            \
     X(poll_ms, "200", "HA: how often a standby retries the lock")             \
     X(crash_detect, "on",                                                      \
       "HA: on: a session-level lock lets a standby take over at once when "    \
@@ -84,6 +85,9 @@ MQS_INTERNAL void mqs__log(mqs_store *s, mqs_log_level lvl, const char *fmt,
 MQS_INTERNAL char *mqs__strdup(const char *s);
 MQS_INTERNAL int64_t mqs__now_ms(void);      /* wall clock */
 MQS_INTERNAL int64_t mqs__mono_ms(void);     /* monotonic clock */
+/* *ts = CLOCK_MONOTONIC now + ms (ms <= 0: now), for clockwait. */
+MQS_INTERNAL void mqs__deadline(struct timespec *ts, int64_t ms);
+MQS_INTERNAL void mqs__sleep_ms(int64_t ms);
 
 /* ---- module loader (loader.c) ---- */
 /* Find, load and validate the module for scheme. On failure the message is
@@ -195,7 +199,8 @@ struct mqs_store {
     bool session_off;         /* the backend refused session locks here */
     mqs_lock_cbs cbs;
     bool keeper_running, keeper_stop;
-    bool renew_inflight;
+    bool ha_used;            /* mqs_lock_acquire was called on this store */
+    int commits_inflight;    /* fenced write transactions under way */
     bool lost_pending;       /* on_lost not yet delivered */
     char lost_reason[1024];
     pthread_t keeper;
@@ -205,14 +210,21 @@ enum { HA_NONE = 0, HA_MASTER = 1, HA_LOST = 2 };
 
 /* ---- HA hooks for the write path (lock.c) ---- */
 typedef struct mqs_fence {
-    bool active;      /* this store holds (held) the lock: fence writes */
-    mqs_be_lock l;
-    int64_t started;  /* monotonic ms before txn_begin */
+    bool active;      /* this store holds the lock: fence the writes */
+    mqs_be_fence f;   /* for lock_fence */
 } mqs_fence;
 /* Before a write transaction: MQS_EFENCED if the lock was lost, else fill f
- * (f->active false when the store never acquired the lock). */
+ * (f->active false when the store never acquired the lock). An active
+ * fence counts as a commit in flight until mqs__fence_done. */
 MQS_INTERNAL int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err,
                                     size_t errlen);
+/* Right before txn_commit: MQS_EFENCED (message in err) if the lock was
+ * lost or the local lease ran out meanwhile: roll back instead. */
+MQS_INTERNAL int mqs__fence_commit(mqs_store *s, const mqs_fence *f,
+                                   char *err, size_t errlen);
+/* Whether the store may write what nobody asked for (purging expired
+ * rows): not on a read-only store, nor on an HA node that is not master. */
+MQS_INTERNAL bool mqs__may_write_unasked(mqs_store *s);
 /* After the transaction: rc is its outcome. */
 MQS_INTERNAL void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
                                   const char *err);

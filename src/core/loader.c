@@ -9,9 +9,11 @@
 
 #include "internal.h"
 
-/* Size of the table in ABI 1.0 (update the list when members are added). */
-#define MQS_BACKEND_SIZE_1_0                                                   \
-    (offsetof(mqs_backend, dest_list) + sizeof(((mqs_backend *)0)->dest_list))
+/* Size of the table in ABI 2.0, the first of this major: every member up
+ * to session_unlock. Members appended in 2.x come after it. */
+#define MQS_BACKEND_SIZE_2_0                                                   \
+    (offsetof(mqs_backend, session_unlock) +                                   \
+     sizeof(((mqs_backend *)0)->session_unlock))
 
 #ifndef MQS_MODULE_DIR
 #define MQS_MODULE_DIR "/usr/local/lib/mqstore"
@@ -66,13 +68,13 @@ static int validate(const mqs_backend *be, const char *path)
                         path, be->abi_major, be->abi_minor, MQS_VERSION_MAJOR,
                         MQS_VERSION_MINOR, MQS_VERSION_PATCH,
                         MQS_BACKEND_ABI_MAJOR);
-    /* Members are only appended, so a 1.0 table must hold at least the 1.0
-     * members; newer members are read only when abi_minor says they exist. */
-    if (be->struct_size < MQS_BACKEND_SIZE_1_0)
+    /* Members are only appended within a major, so a 2.x table holds at
+     * least the 2.0 members. */
+    if (be->struct_size < MQS_BACKEND_SIZE_2_0)
         return mqs__err(NULL, MQS_ENOMODULE,
-                        "%s: table size %u is smaller than ABI 1.0 needs "
+                        "%s: table size %u is smaller than ABI 2.0 needs "
                         "(%zu)",
-                        path, be->struct_size, (size_t)MQS_BACKEND_SIZE_1_0);
+                        path, be->struct_size, (size_t)MQS_BACKEND_SIZE_2_0);
     if (!be->name || !be->schemes)
         return mqs__err(NULL, MQS_ENOMODULE, "%s: table has no name/schemes",
                         path);
@@ -89,6 +91,20 @@ static int validate(const mqs_backend *be, const char *path)
     REQUIRE(sub_remove) REQUIRE(purge) REQUIRE(sub_lookup) REQUIRE(page_read)
     REQUIRE(dest_list)
 #undef REQUIRE
+    /* Groups are all or nothing, checked once here rather than at every
+     * call: the lock (HA) and the crash detector's session pair. */
+    int n_lock = !!be->lock_acquire + !!be->lock_renew + !!be->lock_release +
+                 !!be->lock_read + !!be->lock_force + !!be->lock_fence;
+    if (n_lock != 0 && n_lock != 6)
+        return mqs__err(NULL, MQS_ENOMODULE,
+                        "%s (backend %s): %d of the 6 lock_* callbacks are "
+                        "set; a backend has all of them (HA) or none",
+                        path, be->name, n_lock);
+    if (!be->session_lock != !be->session_unlock)
+        return mqs__err(NULL, MQS_ENOMODULE,
+                        "%s (backend %s): session_lock and session_unlock "
+                        "come as a pair",
+                        path, be->name);
     if (!be->migrations || be->n_migrations == 0)
         return mqs__err(NULL, MQS_ENOMODULE, "%s: no schema migrations", path);
     for (size_t i = 0; i < be->n_migrations; i++)

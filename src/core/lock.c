@@ -16,8 +16,8 @@ static int64_t margin(const mqs_store *s) { return s->uri.cfg.lease_ms / 10; }
 
 static bool has_lock(const mqs_backend *be)
 {
-    return be->abi_minor >= 1 && be->lock_acquire && be->lock_renew &&
-           be->lock_release && be->lock_read && be->lock_force;
+    return be->lock_acquire && be->lock_renew && be->lock_release &&
+           be->lock_read && be->lock_force && be->lock_fence;
 }
 
 static bool has_session(const mqs_store *s)
@@ -26,38 +26,59 @@ static bool has_session(const mqs_store *s)
            s->be->session_unlock;
 }
 
-static void sleep_ms(int64_t ms)
+/* How long the lease agent's renewal may wait for a row lock: it must end
+ * well inside the lease, and a renewal is due again after renew_ms. */
+static int64_t renew_wait(const mqs_store *s)
 {
-    if (ms <= 0)
-        return;
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    int64_t w = s->uri.cfg.renew_ms;
+    return w < s->uri.cfg.lease_ms / 4 ? w : s->uri.cfg.lease_ms / 4;
+}
+
+/* How long a takeover may wait for the old master's last fenced write
+ * transaction (it holds the lock lock_fence took): normally microseconds;
+ * a master frozen inside one is ended by the server after about a lease. */
+static int64_t acquire_wait(const mqs_store *s)
+{
+    return s->uri.cfg.poll_ms < 1000 ? s->uri.cfg.poll_ms : 1000;
 }
 
 /* ------------------------------------------------------------------------
- * The master's session lock lives on its own connection, served by its own
- * thread: talking to the database can block for as long as the network
- * says (a frozen path), and nothing that counts the lease may wait on it.
- * The thread owns the connection and a refcounted context, so it can
- * outlive the store: a blocked call finishes (or fails) later and the
- * thread then closes the connection, which drops the session lock, and
- * frees the context.
+ * The lease agent: one thread per term that owns the master's lease
+ * connection. On it, it renews the lease (lock_renew, its own transaction:
+ * the only statement that writes the lock row while a master holds it)
+ * and, with the crash detector, holds and re-checks the session lock.
+ * Talking to the database can block for as long as the network says (a
+ * frozen path), and nothing that counts the lease may wait on it: the
+ * keeper only asks and reads results. The agent owns the connection and a
+ * refcounted context, so it can outlive the store: a blocked call finishes
+ * (or fails) later and the thread then closes the connection, which drops
+ * the session lock, and frees the context.
  * ---------------------------------------------------------------------- */
 
 typedef struct mqs_session {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int refs;      /* the store's and the thread's */
+    int refs;      /* the store's, the thread's, and s->sess_wait's */
     bool stop;     /* the store is done with it */
-    bool want;     /* check / re-take the lock now */
-    bool held;     /* the last check found the lock held */
+    bool want;     /* check / re-take the session lock now */
+    bool want_renew; /* renew the lease now */
+    bool use_session; /* crash detector on: hold the session lock */
+    bool held;     /* the last check found the session lock held */
     bool done;     /* the thread has closed its connection */
     pthread_t tid; /* joined (or detached) through s->sess_wait */
     int64_t sid;   /* session id while held */
+    /* renewals: the lease counts from the START of the last one that
+     * committed, so a slow renewal shortens it, never lengthens it */
+    mqs_be_lock l;         /* cluster/node point into the strings below */
+    int64_t renew_ok_start; /* monotonic ms */
+    int renew_rc;          /* of the last finished renewal */
+    uint64_t renew_seq;    /* finished renewals */
+    char renew_err[512];
     const mqs_backend *be;
     mqs_be_conn *conn; /* owned by the thread */
     char *uri, *masked;
     char cluster[128];
+    char node[256];
 } mqs_session;
 
 static void session_unref(mqs_session *x)
@@ -76,35 +97,91 @@ static void session_unref(mqs_session *x)
     free(x);
 }
 
+/* The session-lock check, on the agent's thread. Caller does not hold mu. */
+static void agent_check_session(mqs_session *x, int *rc_out, int64_t *sid_out)
+{
+    int rc = MQS_ECONN;
+    int64_t sid = 0;
+    if (x->conn) {
+        rc = x->be->session_lock(x->conn, x->cluster, 0, &sid);
+        if (rc == MQS_ECONN) { /* gone: reopen on the next round */
+            x->be->conn_close(x->conn);
+            x->conn = NULL;
+        }
+    }
+    *rc_out = rc;
+    *sid_out = sid;
+}
+
 static void *session_main(void *arg)
 {
     mqs_session *x = arg;
     pthread_mutex_lock(&x->mu);
     for (;;) {
-        while (!x->stop && !x->want)
+        while (!x->stop && !x->want && !x->want_renew)
             pthread_cond_wait(&x->cv, &x->mu);
         if (x->stop)
             break;
-        x->want = false;
+        bool check = x->want && x->use_session;
+        bool renew = x->want_renew;
+        x->want = x->want_renew = false;
+        mqs_be_lock l = x->l;
         pthread_mutex_unlock(&x->mu);
-        int rc = MQS_ECONN;
-        int64_t sid = 0;
         if (!x->conn) {
             char err[512];
             mqs_be_open_args a = {x->uri, x->masked, "lock"};
-            if (x->be->conn_open(&a, &x->conn, err, sizeof err) != 0)
+            if (x->be->conn_open(&a, &x->conn, err, sizeof err) != 0) {
                 x->conn = NULL;
+                pthread_mutex_lock(&x->mu);
+                if (renew) {
+                    x->renew_rc = MQS_ECONN;
+                    snprintf(x->renew_err, sizeof x->renew_err, "%s", err);
+                    x->renew_seq++;
+                }
+                x->held = false;
+                x->sid = 0;
+                continue;
+            }
         }
-        if (x->conn) {
-            rc = x->be->session_lock(x->conn, x->cluster, 0, &sid);
-            if (rc == MQS_ECONN) { /* gone: reopen on the next check */
-                x->be->conn_close(x->conn);
-                x->conn = NULL;
+        int src = 0;
+        int64_t sid = 0;
+        if (check)
+            agent_check_session(x, &src, &sid);
+        int rrc = 0;
+        int64_t t0 = 0;
+        char rerr[512] = "";
+        if (renew) {
+            /* Record the session only while this connection holds it. */
+            l.session_id = check ? (src == 0 ? sid : 0)
+                                 : (x->use_session && x->held ? x->sid : 0);
+            t0 = mqs__mono_ms();
+            if (!x->conn) {
+                rrc = MQS_ECONN;
+                snprintf(rerr, sizeof rerr, "the lease connection was lost");
+            } else {
+                mqs_be_lock_state st;
+                rrc = x->be->lock_renew(x->conn, &l, &st);
+                if (rrc)
+                    snprintf(rerr, sizeof rerr, "%s",
+                             x->be->conn_errmsg(x->conn));
+                if (rrc == MQS_ECONN || rrc == MQS_EUNKNOWN) {
+                    x->be->conn_close(x->conn);
+                    x->conn = NULL;
+                }
             }
         }
         pthread_mutex_lock(&x->mu);
-        x->held = rc == 0;
-        x->sid = rc == 0 ? sid : 0;
+        if (check) {
+            x->held = src == 0;
+            x->sid = src == 0 ? sid : 0;
+        }
+        if (renew) {
+            x->renew_rc = rrc;
+            if (rrc == 0)
+                x->renew_ok_start = t0;
+            memcpy(x->renew_err, rerr, sizeof rerr);
+            x->renew_seq++;
+        }
     }
     /* Closing the connection is what drops the session lock. */
     mqs_be_conn *c = x->conn;
@@ -120,7 +197,7 @@ static void *session_main(void *arg)
     return NULL;
 }
 
-/* Join a stopped session thread (normally done within milliseconds); one
+/* Join a stopped agent thread (normally done within milliseconds); one
  * stuck in the database gets a second, then is left to finish on its own,
  * holding only its own references. */
 static void session_reap(mqs_session *x)
@@ -128,8 +205,7 @@ static void session_reap(mqs_session *x)
     if (!x)
         return;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += 1;
+    mqs__deadline(&ts, 1000);
     pthread_mutex_lock(&x->mu);
     while (!x->done &&
            pthread_cond_clockwait(&x->cv, &x->mu, CLOCK_MONOTONIC, &ts) == 0)
@@ -143,8 +219,11 @@ static void session_reap(mqs_session *x)
     session_unref(x);
 }
 
-/* Start the session keeper with conn (holding the lock, or NULL). */
-static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
+/* Start the lease agent of a term with conn (holding the session lock, or
+ * NULL: the agent opens its own). renewed_at: monotonic start of the
+ * acquire, which set the first lease. */
+static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid,
+                                  int64_t token, int64_t renewed_at)
 {
     mqs_session *x = calloc(1, sizeof *x);
     if (!x)
@@ -154,11 +233,16 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
     x->refs = 3; /* the store's, the thread's, and s->sess_wait's */
     x->be = s->be;
     x->conn = conn;
+    x->use_session = has_session(s);
     x->held = conn != NULL;
     x->sid = conn ? sid : 0;
+    x->renew_ok_start = renewed_at;
     x->uri = mqs__strdup(s->uri.be_uri);
     x->masked = mqs__strdup(s->uri.masked);
     snprintf(x->cluster, sizeof x->cluster, "%s", s->uri.cfg.cluster);
+    snprintf(x->node, sizeof x->node, "%s", s->uri.cfg.node_id);
+    x->l = (mqs_be_lock){x->cluster, x->node, token, s->uri.cfg.lease_ms, 0, 0,
+                         renew_wait(s)};
     if (!x->uri || !x->masked ||
         pthread_create(&x->tid, NULL, session_main, x) != 0) {
         x->conn = NULL; /* the caller keeps and closes conn */
@@ -173,26 +257,18 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid)
     return x;
 }
 
-static void session_check(mqs_session *x)
+/* Ask the agent for a session check and, with renew, a renewal. */
+static void session_ask(mqs_session *x, bool renew)
 {
     pthread_mutex_lock(&x->mu);
     x->want = true;
+    x->want_renew = x->want_renew || renew;
     pthread_cond_signal(&x->cv);
     pthread_mutex_unlock(&x->mu);
 }
 
-static int64_t session_id_held(mqs_session *x)
-{
-    if (!x)
-        return 0;
-    pthread_mutex_lock(&x->mu);
-    int64_t sid = x->held ? x->sid : 0;
-    pthread_mutex_unlock(&x->mu);
-    return sid;
-}
-
-/* Hand the session keeper its stop; its thread drops the lock as soon as
- * it is not blocked in the database. Caller holds ha_mu. */
+/* Hand the agent its stop; its thread drops the session lock as soon as it
+ * is not blocked in the database. Caller holds ha_mu. */
 static void session_drop_locked(mqs_store *s)
 {
     mqs_session *x = s->sess;
@@ -208,11 +284,31 @@ static void session_drop_locked(mqs_store *s)
 }
 
 /* Call a pending on_lost, outside the lock. It runs on the keeper thread
- * (never the writer, so the callback may use the store's blocking calls). */
+ * (never the writer, so the callback may use the store's blocking calls).
+ * A fenced write transaction still in flight gets until the hard end of
+ * the lease (the local lease plus half its margin) to finish first: its
+ * COMMIT is conditional on a lease with `margin` left by the database
+ * clock (lock_fence), so once it is over no write of this term can commit,
+ * and on_lost comes after the last one that did. Past that bound on_lost is
+ * delivered anyway: a write stuck that long (a frozen path) is rolled back
+ * by its fence or by the server ending the session. */
 static void deliver_lost(mqs_store *s)
 {
     pthread_mutex_lock(&s->ha_mu);
     if (!s->lost_pending) {
+        pthread_mutex_unlock(&s->ha_mu);
+        return;
+    }
+    if (s->commits_inflight > 0) {
+        int64_t until = s->lease_until + margin(s) / 2;
+        struct timespec ts;
+        mqs__deadline(&ts, until - mqs__mono_ms());
+        while (s->commits_inflight > 0 &&
+               pthread_cond_clockwait(&s->ha_cv, &s->ha_mu, CLOCK_MONOTONIC,
+                                      &ts) == 0)
+            ;
+    }
+    if (!s->lost_pending) { /* delivered meanwhile by another thread */
         pthread_mutex_unlock(&s->ha_mu);
         return;
     }
@@ -226,7 +322,9 @@ static void deliver_lost(mqs_store *s)
         cbs.on_lost(cbs.ud, token, reason);
 }
 
-/* MASTER -> LOST exactly once. Writes fail with MQS_EFENCED from here.
+/* MASTER -> LOST exactly once. Writes fail with MQS_EFENCED from here: no
+ * new write transaction starts, and one in flight that has not sent its
+ * COMMIT rolls back (mqs__fence_commit).
  * keep_session: a clean release frees the lock row first and drops the
  * session lock after it, so a standby woken by the session lock finds the
  * row already free. */
@@ -258,31 +356,47 @@ static void lose(mqs_store *s, const char *reason)
     lose_ex(s, reason, false);
 }
 
+static int fenced_err(mqs_store *s, char *err, size_t errlen)
+{
+    snprintf(err, errlen,
+             "node %s no longer holds the lock of cluster '%s' (its token was "
+             "%lld): nothing was written; acquire the lock again before "
+             "writing",
+             s->uri.cfg.node_id, s->uri.cfg.cluster, (long long)s->token);
+    return MQS_EFENCED;
+}
+
 int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
     pthread_mutex_lock(&s->ha_mu);
-    int state = s->ha_state;
-    if (state == HA_LOST) {
-        snprintf(err, errlen,
-                 "node %s no longer holds the lock of cluster '%s' (its "
-                 "token was %lld): nothing was written; acquire the lock "
-                 "again before writing",
-                 s->uri.cfg.node_id, s->uri.cfg.cluster, (long long)s->token);
-        pthread_mutex_unlock(&s->ha_mu);
-        return MQS_EFENCED;
-    }
-    if (state == HA_MASTER) {
+    int rc = 0;
+    if (s->ha_state == HA_LOST) {
+        rc = fenced_err(s, err, errlen);
+    } else if (s->ha_state == HA_MASTER) {
         f->active = true;
-        f->l.cluster = s->uri.cfg.cluster;
-        f->l.node = s->uri.cfg.node_id;
-        f->l.token = s->token;
-        f->l.lease_ms = s->uri.cfg.lease_ms;
-        f->l.session_id = session_id_held(s->sess);
-        f->started = mqs__mono_ms();
+        f->f.cluster = s->uri.cfg.cluster;
+        f->f.node = s->uri.cfg.node_id;
+        f->f.token = s->token;
+        f->f.margin_ms = margin(s);
+        s->commits_inflight++;
     }
     pthread_mutex_unlock(&s->ha_mu);
-    return 0;
+    return rc;
+}
+
+int mqs__fence_commit(mqs_store *s, const mqs_fence *f, char *err,
+                      size_t errlen)
+{
+    if (!f->active)
+        return 0;
+    pthread_mutex_lock(&s->ha_mu);
+    int rc = 0;
+    if (s->ha_state != HA_MASTER || s->token != f->f.token ||
+        mqs__mono_ms() >= s->lease_until)
+        rc = fenced_err(s, err, errlen);
+    pthread_mutex_unlock(&s->ha_mu);
+    return rc;
 }
 
 void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
@@ -290,72 +404,90 @@ void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
 {
     if (!f->active)
         return;
-    if (rc == MQS_EFENCED) {
-        lose(s, err);
-        return;
-    }
-    if (rc != 0)
-        return;
     pthread_mutex_lock(&s->ha_mu);
-    if (s->ha_state == HA_MASTER && f->l.token == s->token) {
-        int64_t until = f->started + s->uri.cfg.lease_ms - margin(s);
-        if (until > s->lease_until)
-            s->lease_until = until;
-        if (f->started > s->last_renew)
-            s->last_renew = f->started;
-    }
+    s->commits_inflight--;
+    pthread_cond_broadcast(&s->ha_cv);
     pthread_mutex_unlock(&s->ha_mu);
+    if (rc == MQS_EFENCED)
+        lose(s, err);
+}
+
+bool mqs__may_write_unasked(mqs_store *s)
+{
+    if (s->schema_newer)
+        return false;
+    pthread_mutex_lock(&s->ha_mu);
+    bool ok = s->ha_state == HA_MASTER || (s->ha_state == HA_NONE && !s->ha_used);
+    pthread_mutex_unlock(&s->ha_mu);
+    return ok;
 }
 
 /* ------------------------------------------------------------------------
- * Keeper: renews when idle, re-arms the crash detector, and steps down on
- * the local clock.
+ * Keeper: asks the lease agent to renew every renew_ms, reads its results,
+ * and steps down on the local clock. It waits only on the clock: never on
+ * the database, the writer or the agent.
  * ---------------------------------------------------------------------- */
-
-static void renew_done(void *ud, int rc, int64_t id, const char *errmsg)
-{
-    mqs_store *s = ud;
-    pthread_mutex_lock(&s->ha_mu);
-    s->renew_inflight = false;
-    pthread_mutex_unlock(&s->ha_mu);
-    if (rc && rc != MQS_EFENCED)
-        mqs__log(s, MQS_LOG_WARN, "lease renewal failed: %s", errmsg);
-}
 
 static void *keeper_main(void *arg)
 {
     mqs_store *s = arg;
     const int64_t renew = s->uri.cfg.renew_ms;
+    uint64_t seen = 0;
+    int64_t asked = 0; /* when the pending renewal was asked for, or 0 */
     for (;;) {
         pthread_mutex_lock(&s->ha_mu);
         int64_t now = mqs__mono_ms();
-        int64_t wake = now + renew / 2;
+        int64_t wake = now + (renew / 4 > 10 ? renew / 4 : 10);
         if (s->lease_until < wake)
             wake = s->lease_until;
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t wait = wake - now;
-        if (wait > 0) {
-            ts.tv_sec += (time_t)(wait / 1000);
-            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            while (!s->keeper_stop && s->ha_state == HA_MASTER &&
-                   pthread_cond_clockwait(&s->ha_cv, &s->ha_mu, CLOCK_MONOTONIC, &ts) == 0)
-                ;
-        }
+        mqs__deadline(&ts, wake - now);
+        while (!s->keeper_stop && s->ha_state == HA_MASTER &&
+               pthread_cond_clockwait(&s->ha_cv, &s->ha_mu, CLOCK_MONOTONIC,
+                                      &ts) == 0)
+            ;
         if (s->keeper_stop || s->ha_state != HA_MASTER) {
             pthread_mutex_unlock(&s->ha_mu);
             break;
         }
+        mqs_session *x = s->sess;
+        int64_t token = s->token;
+        pthread_mutex_unlock(&s->ha_mu);
+
+        /* Results of the agent's renewals. */
+        int rrc = 0;
+        int64_t ok_start = 0;
+        uint64_t seq = 0;
+        char rerr[512] = "";
+        if (x) {
+            pthread_mutex_lock(&x->mu);
+            seq = x->renew_seq;
+            rrc = x->renew_rc;
+            ok_start = x->renew_ok_start;
+            memcpy(rerr, x->renew_err, sizeof rerr);
+            pthread_mutex_unlock(&x->mu);
+        }
+        if (seq != seen) {
+            seen = seq;
+            asked = 0;
+            if (rrc == MQS_EFENCED) {
+                lose(s, rerr);
+                break;
+            }
+            if (rrc)
+                mqs__log(s, MQS_LOG_WARN, "lease renewal failed: %s", rerr);
+        }
+        pthread_mutex_lock(&s->ha_mu);
+        if (s->ha_state == HA_MASTER && s->token == token) {
+            int64_t until = ok_start + s->uri.cfg.lease_ms - margin(s);
+            if (until > s->lease_until)
+                s->lease_until = until;
+            if (ok_start > s->last_renew)
+                s->last_renew = ok_start;
+        }
         now = mqs__mono_ms();
         bool expired = now >= s->lease_until;
-        bool due = now - s->last_renew >= renew && !s->renew_inflight;
         int64_t since = now - s->last_renew;
-        if (due)
-            s->renew_inflight = true;
         pthread_mutex_unlock(&s->ha_mu);
 
         if (expired) {
@@ -368,26 +500,15 @@ static void *keeper_main(void *arg)
             lose(s, why);
             break;
         }
-        /* Re-check the session each round (without waiting for it): after
-         * a database restart it is gone and must be taken again; renewals
-         * record it only while the database sees it held. */
-        pthread_mutex_lock(&s->ha_mu);
-        if (s->sess)
-            session_check(s->sess);
-        pthread_mutex_unlock(&s->ha_mu);
-        if (due) {
-            /* An empty write: its transaction renews the lease. Async, so
-             * a stuck database never stops this thread counting. */
-            mqs_request *r = mqs__req_new();
-            if (r) {
-                r->cb = renew_done;
-                r->ud = s;
-            }
-            if (!r || mqs__submit_async(s, r) != 0) {
-                pthread_mutex_lock(&s->ha_mu);
-                s->renew_inflight = false;
-                pthread_mutex_unlock(&s->ha_mu);
-            }
+        /* Due: renew_ms since the start of the last committed renewal, and
+         * none asked for in the last renew_ms (one stuck in the database
+         * is not asked again on top of itself). The session lock is
+         * re-checked with it: after a database restart it is gone and must
+         * be taken again; renewals record it only while held. */
+        bool due = since >= renew && (asked == 0 || now - asked >= renew);
+        if (x && due) {
+            asked = now;
+            session_ask(x, true);
         }
     }
     deliver_lost(s);
@@ -424,6 +545,12 @@ static int do_acquire(mqs_store *s, mqs_be_conn *c, void *arg)
     return s->be->lock_acquire(c, &a->l, &a->st);
 }
 
+static int do_renew(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    acq_arg *a = arg;
+    return s->be->lock_renew(c, &a->l, &a->st);
+}
+
 static int do_release(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     return s->be->lock_release(c, arg);
@@ -444,7 +571,7 @@ static int no_lock(mqs_store *s)
 {
     return mqs__err(s, MQS_ENOTSUP,
                     "the %s backend (module ABI %u.%u) has no exclusive "
-                    "lock support; HA needs ABI 1.1 lock callbacks",
+                    "lock support; HA needs the lock_* callbacks",
                     s->be->name, s->be->abi_major, s->be->abi_minor);
 }
 
@@ -485,6 +612,9 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
         return 0;
     }
     s->cbs = cbs ? *cbs : (mqs_lock_cbs){0};
+    /* From now on this store takes part in HA: it writes nothing it was
+     * not asked to (expired rows) unless it is master. */
+    s->ha_used = true;
     pthread_mutex_unlock(&s->ha_mu);
     keeper_stop(s); /* a previous term's keeper, if any */
 
@@ -497,51 +627,58 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
         int64_t sid = 0;
         bool got = has_session(s) && standby_session(s, &sc, 0, &sid) == 0;
         acq_arg a = {{cfg->cluster, cfg->node_id, 0, cfg->lease_ms, got,
-                      got ? sid : 0}, {{0}, 0, 0, 0, 0}};
+                      got ? sid : 0, acquire_wait(s)}, {{0}, 0, 0, 0, 0}};
         int64_t t0 = mqs__mono_ms();
         rc = mqs__with_reader(s, do_acquire, &a);
+        if (rc == 0 && mqs__mono_ms() - t0 > cfg->renew_ms) {
+            /* The acquire was slow (a busy database): the local lease,
+             * counted from before it, is mostly spent. Renew now so the
+             * new master does not step down at once; a node that fails
+             * this first renewal never was master. */
+            acq_arg r = a;
+            r.l.token = a.st.token;
+            r.l.wait_ms = renew_wait(s);
+            int64_t t1 = mqs__mono_ms();
+            int rrc = mqs__with_reader(s, do_renew, &r);
+            if (rrc) {
+                mqs__log(s, MQS_LOG_WARN, "renewal right after a slow "
+                         "acquire failed (%s): waiting again: %s",
+                         mqs_errname(rrc), mqs_errmsg(s));
+                if (got)
+                    s->be->session_unlock(sc, cfg->cluster);
+                mqs__sleep_ms(cfg->poll_ms);
+                continue;
+            }
+            t0 = t1;
+        }
         if (rc == 0) {
             pthread_mutex_lock(&s->ha_mu);
             s->ha_state = HA_MASTER;
+            s->ha_used = true;
             s->token = a.st.token;
             s->lease_until = t0 + cfg->lease_ms - margin(s);
             s->last_renew = t0;
-            s->renew_inflight = false;
-            if (has_session(s)) {
-                s->sess = session_start(s, got ? sc : NULL, sid);
-                if (s->sess && got)
-                    sc = NULL; /* handed over; else closed below */
-            }
-            /* Callbacks stay hidden until the term is confirmed: a node
-             * that fails its first renewal never was master. */
+            s->commits_inflight = 0;
+            /* The lease agent renews on its own connection: the one that
+             * holds the session lock, when there is one. */
+            s->sess = session_start(s, got ? sc : NULL, sid, s->token, t0);
+            if (s->sess && got)
+                sc = NULL; /* handed over; else closed below */
             mqs_lock_cbs c = s->cbs;
-            s->cbs = (mqs_lock_cbs){0};
             int64_t token = s->token;
+            bool agent = s->sess != NULL;
             pthread_mutex_unlock(&s->ha_mu);
             if (sc)
                 s->be->conn_close(sc);
-            if (mqs__mono_ms() - t0 > cfg->renew_ms) {
-                /* The acquire was slow (a busy database): the local lease,
-                 * counted from before it, is mostly spent. Renew now so the
-                 * new master does not step down at once. */
-                mqs_request *r = mqs__req_new();
-                int rrc = r ? mqs__submit_wait(s, r) : MQS_ENOMEM;
-                mqs__req_free(r);
-                if (rrc) {
-                    mqs__log(s, MQS_LOG_WARN, "renewal right after a slow "
-                             "acquire failed (%s): waiting again",
-                             mqs_errname(rrc));
-                    lose(s, "renewal after a slow acquire failed");
-                    pthread_mutex_lock(&s->ha_mu);
-                    s->ha_state = HA_NONE;
-                    s->lost_pending = false;
-                    s->cbs = c;
-                    pthread_mutex_unlock(&s->ha_mu);
-                    continue;
-                }
+            if (!agent) {
+                pthread_mutex_lock(&s->ha_mu);
+                s->cbs = (mqs_lock_cbs){0}; /* never was master */
+                pthread_mutex_unlock(&s->ha_mu);
+                lose(s, "cannot start the lease agent thread");
+                return mqs__err(s, MQS_ENOMEM,
+                                "cannot start the lease agent thread");
             }
             pthread_mutex_lock(&s->ha_mu);
-            s->cbs = c;
             s->keeper_stop = false;
             s->keeper_running =
                 pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
@@ -612,13 +749,13 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
              * so the master can take it back. */
             s->be->session_unlock(sc, cfg->cluster);
             int64_t pause = cfg->renew_ms + cfg->poll_ms;
-            sleep_ms(pause < left ? pause : left);
+            mqs__sleep_ms(pause < left ? pause : left);
         } else if (has_session(s) && sc) {
             /* Block on the session lock: it frees the moment the master's
              * session ends, so a crash is seen at once. */
             (void)standby_session(s, &sc, wait, &sid);
         } else {
-            sleep_ms(wait);
+            mqs__sleep_ms(wait);
         }
     }
 }
@@ -635,7 +772,7 @@ int mqs_lock_release(mqs_store *s)
         return 0;
     }
     mqs_be_lock l = {s->uri.cfg.cluster, s->uri.cfg.node_id, s->token,
-                     s->uri.cfg.lease_ms, 0, 0};
+                     s->uri.cfg.lease_ms, 0, 0, renew_wait(s)};
     pthread_mutex_unlock(&s->ha_mu);
     /* Stop believing first, then free the row (no write can slip in
      * between as master), then drop the session lock that wakes a
@@ -658,7 +795,7 @@ int mqs_lock_status(mqs_store *s, mqs_lock_info *out)
         return mqs__err(s, MQS_EINVAL, "mqs_lock_status: NULL argument");
     if (!has_lock(s->be))
         return no_lock(s);
-    acq_arg a = {{s->uri.cfg.cluster, NULL, 0, 0, 0, 0}, {{0}, 0, 0, 0, 0}};
+    acq_arg a = {{s->uri.cfg.cluster, NULL, 0, 0, 0, 0, 0}, {{0}, 0, 0, 0, 0}};
     int rc = mqs__with_reader(s, do_read, &a);
     if (rc)
         return rc;

@@ -253,12 +253,6 @@ void mqs__pool_put(mqs_store *s, mqs_be_conn **slot, bool broken)
     pthread_mutex_unlock(&p->mu);
 }
 
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Make *c usable: reconnect with capped exponential back-off until
  * reconnect_timeout_ms has passed. Credentials or a missing database are
  * not retried: waiting will not fix them, and retrying would storm. */
@@ -288,7 +282,7 @@ static int conn_ensure(mqs_store *s, mqs_be_conn **c, const char *role,
             mqs__log(s, MQS_LOG_WARN, "database unreachable, retrying for "
                      "up to %lld ms: %s",
                      (long long)s->uri.cfg.reconnect_timeout_ms, err);
-        sleep_ms(delay);
+        mqs__sleep_ms(delay);
         /* capped low: a master must get back within its lease */
         delay = delay * 2 > 250 ? 250 : delay * 2;
     }
@@ -309,10 +303,10 @@ typedef struct txn_ctx {
     mqs_be_conn *c;
     new_dest *nd; /* destinations created in this transaction */
     size_t n_nd, cap_nd;
-    mqs_be_msg *msgs; /* scratch for runs of inserts */
-    size_t cap_msgs;
-    mqs_be_ref *refs; /* scratch for runs of acks */
-    size_t cap_refs;
+    mqs_be_msg *msgs; /* one per ENQ op, in order (never reallocated) */
+    size_t n_msgs;
+    mqs_be_ref *refs; /* one per ACK op, in order (never reallocated) */
+    size_t n_refs;
 } txn_ctx;
 
 static int resolve(txn_ctx *t, mqs_kind kind, const char *name, int create,
@@ -342,67 +336,39 @@ static int resolve(txn_ctx *t, mqs_kind kind, const char *name, int create,
     return 0;
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need)
-        c *= 2;
-    void *n = realloc(*p, c * elem);
-    if (!n)
-        return MQS_ENOMEM;
-    *p = n;
-    *cap = c;
-    return 0;
-}
-
-/* Run a run of consecutive ops of one kind (ENQ or ACK) natively batched. */
+/* Run a run of consecutive ENQ ops natively batched. t->msgs holds one
+ * slot per ENQ op of the transaction, allocated once: a backend may keep
+ * the array until txn_commit (deferred writes), so it never moves. */
 static int run_inserts(txn_ctx *t, mqs_op **ops, size_t n, int64_t now)
 {
-    const mqs_backend *be = t->s->be;
-    int rc = grow((void **)&t->msgs, &t->cap_msgs, n, sizeof *t->msgs);
-    if (rc)
-        return rc;
+    mqs_be_msg *m = t->msgs + t->n_msgs;
+    int rc;
     for (size_t i = 0; i < n; i++) {
         mqs_op *op = ops[i];
-        mqs_be_msg *m = &t->msgs[i];
-        if ((rc = resolve(t, op->dkind, op->dest, 1, &m->dest_id)))
+        if ((rc = resolve(t, op->dkind, op->dest, 1, &m[i].dest_id)))
             return rc;
-        m->kind = op->dkind;
-        m->priority = op->priority;
-        m->expires_ms = op->expires_ms;
-        m->enqueued_ms = now;
-        m->headers = op->data;
-        m->headers_len = op->hlen;
-        m->body = op->data + op->hlen;
-        m->body_len = op->blen;
-        m->id = 0;
+        m[i].kind = op->dkind;
+        m[i].priority = op->priority;
+        m[i].expires_ms = op->expires_ms;
+        m[i].enqueued_ms = now;
+        m[i].headers = op->data;
+        m[i].headers_len = op->hlen;
+        m[i].body = op->data + op->hlen;
+        m[i].body_len = op->blen;
+        m[i].id = 0;
     }
-    if (be->msg_insert_many)
-        rc = be->msg_insert_many(t->c, t->msgs, n);
-    else
-        for (size_t i = 0; i < n && rc == 0; i++)
-            rc = be->msg_insert(t->c, &t->msgs[i]);
-    if (rc == 0)
-        for (size_t i = 0; i < n; i++)
-            ops[i]->id = t->msgs[i].id;
-    return rc;
+    t->n_msgs += n;
+    return t->s->be->msg_insert(t->c, m, n);
 }
 
+/* Run a run of consecutive ACK ops natively batched (see run_inserts). */
 static int run_acks(txn_ctx *t, mqs_op **ops, size_t n)
 {
-    const mqs_backend *be = t->s->be;
-    int rc = grow((void **)&t->refs, &t->cap_refs, n, sizeof *t->refs);
-    if (rc)
-        return rc;
+    mqs_be_ref *r = t->refs + t->n_refs;
     for (size_t i = 0; i < n; i++)
-        t->refs[i] = (mqs_be_ref){ops[i]->id, ops[i]->sub_id};
-    if (be->msg_ack_many)
-        return be->msg_ack_many(t->c, t->refs, n);
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = be->msg_ack(t->c, &t->refs[i]);
-    return rc;
+        r[i] = (mqs_be_ref){ops[i]->id, ops[i]->sub_id};
+    t->n_refs += n;
+    return t->s->be->msg_ack(t->c, r, n);
 }
 
 static int run_one(txn_ctx *t, mqs_op *op)
@@ -452,26 +418,40 @@ static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
         snprintf(err, errlen, "out of memory building a transaction");
         return MQS_ENOMEM;
     }
-    size_t k = 0;
+    size_t k = 0, n_enq = 0, n_ack = 0;
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < reqs[i]->n_ops; j++)
-            ops[k++] = &reqs[i]->ops[j];
+        for (size_t j = 0; j < reqs[i]->n_ops; j++) {
+            ops[k] = &reqs[i]->ops[j];
+            n_enq += ops[k]->kind == OP_ENQ;
+            n_ack += ops[k]->kind == OP_ACK;
+            k++;
+        }
+    t.msgs = n_enq ? malloc(n_enq * sizeof *t.msgs) : NULL;
+    t.refs = n_ack ? malloc(n_ack * sizeof *t.refs) : NULL;
+    if ((n_enq && !t.msgs) || (n_ack && !t.refs)) {
+        free(t.msgs);
+        free(t.refs);
+        free(ops);
+        snprintf(err, errlen, "out of memory building a transaction");
+        return MQS_ENOMEM;
+    }
 
     int64_t now = mqs__now_ms();
     mqs_fence fence;
     int rc = mqs__fence_prepare(s, &fence, err, errlen);
     if (rc) {
+        free(t.msgs);
+        free(t.refs);
         free(ops);
         return rc;
     }
     rc = be->txn_begin(c);
-    /* Fencing: the token is checked (and the lease renewed) inside the
-     * transaction that writes, so a deposed master's commit writes
-     * nothing. */
-    if (rc == 0 && fence.active) {
-        mqs_be_lock_state st;
-        rc = be->lock_renew(c, &fence.l, &st);
-    }
+    /* Fencing: the COMMIT of this transaction is conditional on this node
+     * still holding the lock (see lock_fence in backend.h), so a deposed
+     * master's commit writes nothing. Nothing here writes the lock row:
+     * only the lease agent renews. */
+    if (rc == 0 && fence.active)
+        rc = be->lock_fence(c, &fence.f);
     /* Consecutive inserts and consecutive acks go to the backend as one
      * native batch; everything else runs in order. Order is kept, so a
      * transaction's semantics never depend on batching. */
@@ -487,15 +467,26 @@ static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
         }
         i = j;
     }
+    /* The lock lost (or the local lease over) while this transaction was
+     * built: roll back rather than commit after on_lost. */
+    bool own_err = false;
+    if (rc == 0 && (rc = mqs__fence_commit(s, &fence, err, errlen)))
+        own_err = true;
     if (rc == 0)
         rc = be->txn_commit(c);
     if (rc) {
-        snprintf(err, errlen, "%s",
-                 rc == MQS_ENOMEM ? "out of memory" : be->conn_errmsg(c));
+        if (!own_err)
+            snprintf(err, errlen, "%s",
+                     rc == MQS_ENOMEM ? "out of memory" : be->conn_errmsg(c));
         (void)be->txn_rollback(c); /* the failure above is what counts */
     } else {
         for (size_t i = 0; i < t.n_nd; i++)
             mqs__cache_put(s, t.nd[i].kind, t.nd[i].name, t.nd[i].id);
+        /* Ids are final only now: a backend may set them at commit. */
+        size_t m = 0;
+        for (size_t i = 0; i < total; i++)
+            if (ops[i]->kind == OP_ENQ)
+                ops[i]->id = t.msgs[m++].id;
     }
     mqs__fence_done(s, &fence, rc, err);
     free(t.nd);
@@ -677,7 +668,7 @@ static void *writer_main(void *arg)
             commit_us > 0) {
             int64_t linger_us = commit_us / 2 < 2000 ? commit_us / 2 : 2000;
             struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
+            mqs__deadline(&ts, 0);
             ts.tv_nsec += (long)linger_us * 1000L;
             if (ts.tv_nsec >= 1000000000L) {
                 ts.tv_sec++;
@@ -766,10 +757,28 @@ static int refuse_newer(mqs_store *s)
                     (int)s->be->n_migrations);
 }
 
+/* Completion callbacks run on the writer thread: a synchronous call from
+ * one would wait for the writer, which waits for the callback. */
+static bool on_writer(mqs_store *s)
+{
+    return s->writer_running && pthread_equal(pthread_self(), s->writer);
+}
+
+static int refuse_on_writer(mqs_store *s)
+{
+    return mqs__err(s, MQS_ESTATE,
+                    "a synchronous mqstore call was made from a completion "
+                    "callback (the store's writer thread), where it would "
+                    "wait for itself forever: use the _async variant there, "
+                    "or hand the work to another thread");
+}
+
 int mqs__submit_wait(mqs_store *s, mqs_request *r)
 {
     if (s->schema_newer)
         return refuse_newer(s);
+    if (on_writer(s))
+        return refuse_on_writer(s);
     if (s->uri.cfg.commit_each) {
         /* The baseline: this thread, its own connection, its own
          * transaction. run_batch closes and NULLs a broken connection; the
@@ -804,8 +813,11 @@ int mqs__submit_async(mqs_store *s, mqs_request *r)
         mqs__req_free(r);
         return refuse_newer(s);
     }
+    /* Back-pressure waits for the writer to drain the queue, so never on
+     * the writer itself (a callback submitting more work). */
+    bool wait = !on_writer(s);
     pthread_mutex_lock(&s->mu);
-    while (!s->stop && s->q_bytes > 0 &&
+    while (wait && !s->stop && s->q_bytes > 0 &&
            s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes)
         pthread_cond_wait(&s->cv_space, &s->mu);
     if (s->stop) {

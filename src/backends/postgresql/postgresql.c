@@ -80,6 +80,19 @@ struct mqs_be_conn {
     int in_txn;                       /* between txn_begin and commit/rollback */
     int begin_pending;                /* BEGIN not sent yet (lazy) */
     int order_locked;                 /* this txn holds the insert lock */
+    /* Writes deferred to the next round trip (at the latest the COMMIT's),
+     * so a whole transaction goes in one (see pg_flush). */
+    struct pg_deferred *dq;
+    size_t ndq, capdq;
+    /* lock_fence of the open transaction (fence_on): the shared advisory
+     * lock goes with BEGIN, the guard just before COMMIT. */
+    int fence_on, fence_locked;
+    char fence_cluster[128], fence_node[256];
+    int64_t fence_token, fence_margin_ms;
+    int idle_mode;                    /* idle-in-transaction timeout: 0 not
+                                         set yet, 1 set for the session,
+                                         -1 set in each transaction */
+    int64_t idle_ms;
     int broken;                       /* protocol state unknown: reconnect */
     char state[6];                    /* SQLSTATE of the last failure */
     char err[2048];
@@ -595,12 +608,128 @@ static int pg_ok(const PGresult *r)
     return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
 }
 
-/* Run nst statements in one round trip (pipelined when more than one, or
- * when BEGIN is still pending). res (may be NULL) gets the result of each
- * statement, to be PQclear()ed by the caller; on failure nothing is
- * returned. Results are binary. */
-static int pg_run(mqs_be_conn *c, const char *what, const pg_stmt *st,
-                  int nst, PGresult **res)
+/* A write deferred to the next round trip: its parameter buffers are
+ * owned copies; done (may be NULL) reads its result once the round trip
+ * succeeded (for a COMMIT's, once it committed). */
+typedef int (*pg_done_fn)(mqs_be_conn *c, PGresult *r, void *ctx);
+typedef struct pg_deferred {
+    const char *sql, *what;
+    int n;
+    Oid types[8];
+    char *vals[8];
+    int lens[8], fmts[8];
+    pg_done_fn done;
+    void *ctx; /* freed with free() after done */
+} pg_deferred;
+
+static void pg_defer_clear(mqs_be_conn *c)
+{
+    for (size_t i = 0; i < c->ndq; i++) {
+        for (int k = 0; k < c->dq[i].n; k++)
+            free(c->dq[i].vals[k]);
+        free(c->dq[i].ctx);
+    }
+    c->ndq = 0;
+}
+
+/* Queue st (parameters are copied) for the next round trip. Takes ctx
+ * (freed later, also on failure). */
+static int pg_defer(mqs_be_conn *c, const char *what, const pg_stmt *st,
+                    pg_done_fn done, void *ctx)
+{
+    if (c->ndq == c->capdq) {
+        size_t cap = c->capdq ? c->capdq * 2 : 8;
+        pg_deferred *d = realloc(c->dq, cap * sizeof *d);
+        if (!d)
+            goto oom;
+        c->dq = d;
+        c->capdq = cap;
+    }
+    pg_deferred *d = &c->dq[c->ndq];
+    memset(d, 0, sizeof *d);
+    d->sql = st->sql;
+    d->what = what;
+    d->done = done;
+    d->n = st->n;
+    for (int k = 0; k < st->n; k++) {
+        int bin = st->fmts && st->fmts[k];
+        size_t len = !st->vals[k] ? 0
+                     : bin        ? (size_t)st->lens[k]
+                                  : strlen(st->vals[k]) + 1;
+        d->types[k] = st->types[k];
+        d->lens[k] = bin ? st->lens[k] : 0;
+        d->fmts[k] = bin;
+        if (!st->vals[k])
+            continue;
+        d->vals[k] = malloc(len ? len : 1);
+        if (!d->vals[k]) {
+            for (int j = 0; j < k; j++)
+                free(d->vals[j]);
+            goto oom;
+        }
+        memcpy(d->vals[k], st->vals[k], len);
+    }
+    d->ctx = ctx;
+    c->ndq++;
+    return 0;
+oom:
+    free(ctx);
+    pg_set_err(c, "postgresql %s: %s: out of memory queuing a statement",
+               c->masked, what);
+    return MQS_ENOMEM;
+}
+
+/* The advisory lock key of the fence of cluster $1 (see pg_lock_fence):
+ * per database and cluster, apart from the crash detector's key. */
+#define PG_FENCE_KEY                                                           \
+    "pg_catalog.hashtextextended('mqstore-fence:' || "                         \
+    "pg_catalog.current_database() || ':' || $1::text, 0)"
+
+static const char SQL_FENCE_LOCK[] =
+    "SELECT 1 FROM pg_catalog.pg_advisory_xact_lock_shared(" PG_FENCE_KEY ")";
+
+/* The guard, last before COMMIT: fails the transaction (SQLSTATE 22P02,
+ * the message saying why) unless $2 holds the lock of $1 with token $3 and
+ * at least $4 ms of lease left by the server's clock. The error comes from
+ * a cast of a value built from the row, which the planner cannot fold. */
+static const char SQL_FENCE_GUARD[] =
+    "SELECT CASE WHEN f.ok THEN 0 ELSE ('mqstore fence: node ' || $2 || "
+    "' (token ' || $3 || ') may not commit: the lock of cluster ''' || $1 || "
+    "''' is held by ' || COALESCE(f.holder, 'nobody') || ' (token ' || "
+    "COALESCE(f.token::text, 'none') || ', lease ' || "
+    "COALESCE(f.left_ms::text, 'none') || ' ms left, ' || $4 || "
+    "' ms needed)')::int4 END FROM (SELECT pg_catalog.bool_or(m.holder = $2 "
+    "AND m.token = $3::int8 AND m.lease_until - pg_catalog.clock_timestamp() "
+    ">= $4::float8 * interval '1 millisecond') AS ok, "
+    "pg_catalog.max(m.holder) AS holder, pg_catalog.max(m.token) AS token, "
+    "pg_catalog.max(pg_catalog.ceil(extract(epoch FROM m.lease_until - "
+    "pg_catalog.clock_timestamp()) * 1000))::int8 AS left_ms "
+    "FROM mqs_lock m WHERE m.cluster = $1) f";
+
+/* The idle-in-transaction timeout of a writing connection: for the session
+ * when it is this client's own ($1 = PQbackendPID), else (a pooler) for
+ * each transaction. */
+static const char SQL_IDLE_SESSION[] =
+    "SELECT pg_catalog.pg_backend_pid() = $1::int4, CASE WHEN "
+    "pg_catalog.pg_backend_pid() = $1::int4 THEN pg_catalog.set_config("
+    "'idle_in_transaction_session_timeout', $2, false) END";
+static const char SQL_IDLE_LOCAL[] =
+    "SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', $2, "
+    "true)";
+
+enum { PG_IT_BEGIN, PG_IT_IDLE, PG_IT_FENCE, PG_IT_DEFER, PG_IT_STMT,
+       PG_IT_GUARD, PG_IT_COMMIT };
+
+/* Send everything the open transaction has pending (BEGIN, its settings,
+ * the fence's lock, deferred writes), then st[0..nst), then with commit
+ * the fence's guard and COMMIT, all in one pipeline: one round trip. res
+ * (may be NULL) gets the result of each st, to be PQclear()ed by the
+ * caller; on failure nothing is returned. With commit, a loss of the
+ * connection after COMMIT was sent is MQS_EUNKNOWN; a statement that
+ * failed first makes the server skip COMMIT: its own code (the guard's:
+ * MQS_EFENCED). */
+static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
+                    int nst, PGresult **res, int commit)
 {
     int rc = pg_unusable(c, what);
     if (rc)
@@ -610,11 +739,16 @@ static int pg_run(mqs_be_conn *c, const char *what, const pg_stmt *st,
                       "in flight on this connection", c->masked, what);
         return MQS_ESTATE;
     }
-    int begin = c->begin_pending;
     if (res)
         for (int i = 0; i < nst; i++)
             res[i] = NULL;
-    if (!begin && nst == 1) {
+    int begin = c->begin_pending;
+    int fence = c->fence_on && !c->fence_locked;
+    /* with the fence's lock: once per session, or in every transaction */
+    int idle = fence && c->idle_mode <= 0;
+    int guard = commit && c->fence_on;
+    size_t ndq = c->ndq;
+    if (!begin && !fence && !ndq && !commit && nst == 1) {
         PGresult *r = PQexecParams(c->pg, st->sql, st->n, st->types, st->vals,
                                    st->lens, st->fmts, 1);
         if (!pg_ok(r)) {
@@ -629,60 +763,194 @@ static int pg_run(mqs_be_conn *c, const char *what, const pg_stmt *st,
         return 0;
     }
 
+    /* The kind of each statement sent, in order. */
+    size_t total = (size_t)begin + (size_t)idle + (size_t)fence + ndq +
+                   (size_t)nst + (size_t)guard + (size_t)commit;
+    unsigned char *kind = malloc(total ? total : 1);
+    PGresult **dres = ndq ? calloc(ndq, sizeof *dres) : NULL;
+    if (!kind || (ndq && !dres)) {
+        free(kind);
+        free(dres);
+        pg_set_err(c, "postgresql %s: %s: out of memory", c->masked, what);
+        return MQS_ENOMEM;
+    }
+    char pid[16], idle_ms[24], token[24], margin[24];
+    snprintf(pid, sizeof pid, "%d", PQbackendPID(c->pg));
+    snprintf(idle_ms, sizeof idle_ms, "%lld", (long long)c->idle_ms);
+    snprintf(token, sizeof token, "%lld", (long long)c->fence_token);
+    snprintf(margin, sizeof margin, "%lld", (long long)c->fence_margin_ms);
+    const Oid t_txt[4] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
+    const char *v_idle[2] = {pid, idle_ms};
+    const char *v_fence[1] = {c->fence_cluster};
+    const char *v_guard[4] = {c->fence_cluster, c->fence_node, token, margin};
+
     c->begin_pending = 0; /* a failed BEGIN leaves nothing to roll back */
-    if (!PQenterPipelineMode(c->pg))
+    if (!PQenterPipelineMode(c->pg)) {
+        free(kind);
+        free(dres);
         return pg_fail(c, NULL, what);
+    }
+    size_t k = 0;
     int ok = 1;
+#define PG_SEND(kd, sql, n, types, vals, lens, fmts)                          \
+    do {                                                                       \
+        if (ok) {                                                              \
+            kind[k++] = (kd);                                                  \
+            ok = PQsendQueryParams(c->pg, sql, n, types, vals, lens, fmts, 1); \
+        }                                                                      \
+    } while (0)
     if (begin)
-        ok = PQsendQueryParams(c->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 1);
-    for (int i = 0; ok && i < nst; i++)
-        ok = PQsendQueryParams(c->pg, st[i].sql, st[i].n, st[i].types,
-                               st[i].vals, st[i].lens, st[i].fmts, 1);
+        PG_SEND(PG_IT_BEGIN, "BEGIN", 0, NULL, NULL, NULL, NULL);
+    if (idle)
+        PG_SEND(PG_IT_IDLE, c->idle_mode == 0 ? SQL_IDLE_SESSION
+                                              : SQL_IDLE_LOCAL,
+                2, t_txt, v_idle, NULL, NULL);
+    if (fence)
+        PG_SEND(PG_IT_FENCE, SQL_FENCE_LOCK, 1, t_txt, v_fence, NULL, NULL);
+    for (size_t i = 0; i < ndq; i++) {
+        pg_deferred *d = &c->dq[i];
+        PG_SEND(PG_IT_DEFER, d->sql, d->n, d->types,
+                (const char *const *)d->vals, d->lens, d->fmts);
+    }
+    for (int i = 0; i < nst; i++)
+        PG_SEND(PG_IT_STMT, st[i].sql, st[i].n, st[i].types, st[i].vals,
+                st[i].lens, st[i].fmts);
+    if (guard)
+        PG_SEND(PG_IT_GUARD, SQL_FENCE_GUARD, 4, t_txt, v_guard, NULL, NULL);
+    if (commit)
+        PG_SEND(PG_IT_COMMIT, "COMMIT", 0, NULL, NULL, NULL, NULL);
+#undef PG_SEND
     ok = ok && PQpipelineSync(c->pg);
     if (!ok) {
-        /* Results of what was sent are still queued: drop the connection. */
-        return pg_fail_code(c, NULL, what, MQS_ECONN);
+        /* Results of what was sent are still queued: drop the connection.
+         * A COMMIT may have gone out with the rest. */
+        free(kind);
+        free(dres);
+        pg_defer_clear(c);
+        return pg_fail_code(c, NULL, what, commit ? MQS_EUNKNOWN : MQS_ECONN);
     }
+    if (fence)
+        c->fence_locked = 1;
 
     /* Each statement's results end with a NULL; the sync ends the lot. */
-    int total = nst + begin, idx = 0, synced = 0;
+    size_t idx = 0, di = 0;
+    int si = 0, synced = 0, committed = 0, commit_seen = 0, err_kd = -2;
     while (idx <= total) {
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
+            if (idx < total && kind[idx] == PG_IT_DEFER)
+                di++;
+            if (idx < total && kind[idx] == PG_IT_STMT)
+                si++;
             idx++;
             if (PQstatus(c->pg) == CONNECTION_BAD)
                 break;
             continue;
         }
-        ExecStatusType s = PQresultStatus(r);
-        if (s == PGRES_PIPELINE_SYNC) {
+        ExecStatusType es = PQresultStatus(r);
+        if (es == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             synced = 1;
             break;
         }
-        if (s == PGRES_PIPELINE_ABORTED) {
+        int kd = idx < total ? kind[idx] : -1;
+        if (kd == PG_IT_COMMIT && es != PGRES_PIPELINE_ABORTED)
+            commit_seen = 1;
+        if (es == PGRES_PIPELINE_ABORTED) {
             PQclear(r); /* skipped after the first failure */
         } else if (!pg_ok(r)) {
-            if (!rc)
-                rc = pg_fail(c, r, begin && idx == 0 ? "BEGIN" : what);
+            if (!rc) {
+                if (kd == PG_IT_GUARD) {
+                    const char *m =
+                        PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+                    char why[700];
+                    pg_oneline(why, sizeof why, m ? m : "fenced");
+                    snprintf(c->state, sizeof c->state, "22P02");
+                    pg_set_err(c, "postgresql %s: %s", c->masked, why);
+                    rc = MQS_EFENCED;
+                } else if (kd == PG_IT_COMMIT) {
+                    rc = pg_fail(c, r, "COMMIT (write transaction)");
+                } else {
+                    rc = pg_fail(c, r, kd == PG_IT_BEGIN ? "BEGIN"
+                                       : kd == PG_IT_DEFER ? c->dq[di].what
+                                                           : what);
+                }
+                err_kd = kd;
+            }
             PQclear(r);
-        } else if (res && idx >= begin && idx < total && !res[idx - begin]) {
-            res[idx - begin] = r;
+        } else if (kd == PG_IT_COMMIT) {
+            /* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
+            committed = !strcmp(PQcmdStatus(r), "COMMIT");
+            PQclear(r);
+        } else if (kd == PG_IT_IDLE && c->idle_mode == 0) {
+            /* first column: the session is this client's own */
+            c->idle_mode = PQntuples(r) == 1 && PQgetlength(r, 0, 0) == 1 &&
+                                   PQgetvalue(r, 0, 0)[0] == 1
+                               ? 1
+                               : -1;
+            PQclear(r);
+        } else if (kd == PG_IT_DEFER && !dres[di]) {
+            dres[di] = r;
+        } else if (kd == PG_IT_STMT && res && !res[si]) {
+            res[si] = r;
         } else {
             PQclear(r);
         }
     }
     if (!synced || !PQexitPipelineMode(c->pg)) {
-        if (!rc)
-            rc = pg_fail_code(c, NULL, what, MQS_ECONN);
+        if (!rc && !(commit && committed))
+            rc = pg_fail_code(c, NULL, what,
+                              commit && !commit_seen ? MQS_EUNKNOWN
+                                                     : MQS_ECONN);
         c->broken = 1;
     }
+    if (commit && committed) {
+        rc = 0; /* its result came: an error after it (the session ended
+                   right after) changes nothing */
+    } else if (commit && (rc == MQS_ECONN || rc == MQS_EUNKNOWN) &&
+               (!c->state[0] || err_kd == PG_IT_COMMIT || err_kd == -1)) {
+        /* The connection went without the server saying which statement
+         * stopped the transaction (or it failed at COMMIT itself): COMMIT
+         * was sent, and the server may have run it before the results
+         * were flushed. A server error at an earlier statement proves the
+         * rest never ran (a session runs its statements in order). */
+        char why[sizeof c->err];
+        memcpy(why, c->err, sizeof why);
+        pg_set_err(c, "%s The outcome of COMMIT is unknown: it was sent in "
+                      "the same round trip.", why);
+        rc = MQS_EUNKNOWN;
+    }
+    if (commit && rc == 0 && !committed) {
+        pg_set_err(c,
+                   "postgresql %s: COMMIT rolled back: a statement of the "
+                   "transaction had failed.",
+                   c->masked);
+        rc = MQS_EIO;
+    }
+    /* Deferred writes read their results once the round trip (with
+     * commit: the COMMIT) succeeded. */
+    for (size_t i = 0; i < ndq && rc == 0; i++)
+        if (c->dq[i].done && dres[i])
+            rc = c->dq[i].done(c, dres[i], c->dq[i].ctx);
+    for (size_t i = 0; i < ndq; i++)
+        PQclear(dres[i]);
+    free(dres);
+    free(kind);
+    pg_defer_clear(c);
     if (rc && res)
         for (int i = 0; i < nst; i++) {
             PQclear(res[i]);
             res[i] = NULL;
         }
     return rc;
+}
+
+/* Run nst statements in one round trip, with whatever the open
+ * transaction has pending (see pg_flush). */
+static int pg_run(mqs_be_conn *c, const char *what, const pg_stmt *st,
+                  int nst, PGresult **res)
+{
+    return pg_flush(c, what, st, nst, res, 0);
 }
 
 /* One statement, text parameters, results discarded or returned. */
@@ -942,6 +1210,8 @@ static void pg_conn_close(mqs_be_conn *c)
     if (!c)
         return;
     PQclear(c->pend);
+    pg_defer_clear(c);
+    free(c->dq);
     free(c->sess_cluster);
     PQfinish(c->pg); /* ends the session, and its advisory lock with it */
     pg_secrets_free(c->secrets);
@@ -1047,6 +1317,7 @@ static int pg_exec_simple(mqs_be_conn *c, const char *sql, const char *what)
 }
 
 static int pg_commit_now(mqs_be_conn *c, const char *what);
+static void pg_txn_reset(mqs_be_conn *c);
 
 static int pg_schema_apply(mqs_be_conn *c, const mqs_be_migration *m)
 {
@@ -1115,6 +1386,15 @@ static int pg_schema_apply(mqs_be_conn *c, const mqs_be_migration *m)
 /* ---------------------------------------------------------------------------
  * Transactions
  * ------------------------------------------------------------------------- */
+static void pg_txn_reset(mqs_be_conn *c)
+{
+    c->in_txn = 0;
+    c->begin_pending = 0;
+    c->order_locked = 0;
+    c->fence_on = c->fence_locked = 0;
+    pg_defer_clear(c);
+}
+
 static int pg_txn_begin(mqs_be_conn *c)
 {
     int rc = pg_unusable(c, "BEGIN");
@@ -1127,20 +1407,20 @@ static int pg_txn_begin(mqs_be_conn *c)
                    c->masked);
         return MQS_ESTATE;
     }
-    /* Sent with the first statement: one round trip less per batch. */
+    /* Sent with the first statement that needs an answer, or with COMMIT:
+     * a whole transaction in one round trip (see pg_flush). */
+    pg_txn_reset(c);
     c->in_txn = 1;
     c->begin_pending = 1;
-    c->order_locked = 0;
     return 0;
 }
 
-/* COMMIT with its outcome classified. */
-static int pg_commit_now(mqs_be_conn *c, const char *what)
+/* Did the server end this session (idle_in_transaction_session_timeout on
+ * a frozen master, a restart)? It has closed its end: reading that now
+ * tells a COMMIT never sent, so rolled back, from one whose outcome is
+ * unknown. */
+static int pg_session_ended(mqs_be_conn *c, const char *what)
 {
-    /* A session the server ended meanwhile (idle_in_transaction_session_
-     * timeout on a frozen master, a restart) has closed its end: reading
-     * that now tells a COMMIT never sent, so rolled back, from one whose
-     * outcome is unknown. */
     for (int i = 0; i < 4 && PQstatus(c->pg) != CONNECTION_BAD; i++) {
         struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN};
         int more = poll(&p, 1, 0) > 0 && PQconsumeInput(c->pg);
@@ -1148,17 +1428,24 @@ static int pg_commit_now(mqs_be_conn *c, const char *what)
         if (!more)
             break;
     }
-    if (PQstatus(c->pg) == CONNECTION_BAD) {
-        /* Nothing sent: the server rolls the transaction back. */
-        c->broken = 1;
-        pg_set_err(c,
-                   "postgresql %s: %s: the connection was lost before COMMIT "
-                   "was sent%s%s; the transaction was rolled back.",
-                   c->masked, what, c->fatal[0] ? ": " : "", c->fatal);
-        return MQS_ECONN;
-    }
+    if (PQstatus(c->pg) != CONNECTION_BAD)
+        return 0;
+    /* Nothing sent: the server rolls the transaction back. */
+    c->broken = 1;
+    pg_set_err(c,
+               "postgresql %s: %s: the connection was lost before COMMIT was "
+               "sent%s%s; the transaction was rolled back.",
+               c->masked, what, c->fatal[0] ? ": " : "", c->fatal);
+    return MQS_ECONN;
+}
+
+/* COMMIT alone, with its outcome classified (migrations). */
+static int pg_commit_now(mqs_be_conn *c, const char *what)
+{
+    int rc = pg_session_ended(c, what);
+    if (rc)
+        return rc;
     PGresult *r = PQexec(c->pg, "COMMIT");
-    int rc = 0;
     if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
         /* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
         if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -1182,6 +1469,8 @@ static int pg_commit_now(mqs_be_conn *c, const char *what)
     return rc;
 }
 
+/* The whole transaction, if nothing went ahead, in one round trip: BEGIN,
+ * the fence's lock, the writes, the fence's guard, COMMIT. */
 static int pg_txn_commit(mqs_be_conn *c)
 {
     if (!c->in_txn) {
@@ -1189,23 +1478,29 @@ static int pg_txn_commit(mqs_be_conn *c)
                    c->masked);
         return MQS_ESTATE;
     }
-    c->in_txn = 0;
-    c->order_locked = 0;
-    if (c->begin_pending) { /* nothing was written */
-        c->begin_pending = 0;
-        return 0;
+    int rc = 0;
+    if (!(c->begin_pending && c->ndq == 0)) { /* else nothing was written */
+        rc = pg_unusable(c, "COMMIT");
+        if (!rc)
+            rc = pg_session_ended(c, "write transaction");
+        if (!rc)
+            rc = pg_flush(c, "write transaction", NULL, 0, NULL, 1);
     }
-    return pg_commit_now(c, "write transaction");
+    int still_open = rc && c->pg && PQstatus(c->pg) != CONNECTION_BAD &&
+                     PQtransactionStatus(c->pg) != PQTRANS_IDLE;
+    pg_txn_reset(c);
+    /* A failed statement leaves the transaction open (aborted) on the
+     * server: txn_rollback ends it. */
+    c->in_txn = still_open;
+    return rc;
 }
 
 static int pg_txn_rollback(mqs_be_conn *c)
 {
-    c->in_txn = 0;
-    c->order_locked = 0;
-    if (c->begin_pending) {
-        c->begin_pending = 0;
+    int begun = !c->begin_pending;
+    pg_txn_reset(c);
+    if (!begun)
         return 0;
-    }
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         c->broken = 1;
         pg_set_err(c,
@@ -1417,22 +1712,94 @@ static int pg_find_i64(const int64_t *v, size_t n, int64_t x)
     return n && bsearch(&x, v, n, sizeof *v, pg_cmp_i64) != NULL;
 }
 
-/* Insert m[0..n) (one chunk) with one statement. */
+/* What an insert's result is checked against, once it came. */
+typedef struct pg_ins_ctx {
+    mqs_be_msg *m; /* the core keeps it until commit (backend.h) */
+    size_t n, ntopics;
+    int64_t topics[]; /* sorted, distinct */
+} pg_ins_ctx;
+
+/* Rows come back in insert order. A topic's messages are all stored or
+ * all dropped (it has a subscription or not), so walking the input in
+ * order pairs every row with its message; the checks catch a server that
+ * reordered rows. */
+static int pg_insert_done(mqs_be_conn *c, PGresult *r, void *ctx)
+{
+    const char *what = "message insert (mqs_msg, mqs_pending)";
+    pg_ins_ctx *x = ctx;
+    mqs_be_msg *m = x->m;
+    const int64_t *topics = x->topics;
+    size_t n = x->n, ntopics = x->ntopics;
+    size_t nrows = (size_t)PQntuples(r);
+    int64_t *stored = malloc((ntopics ? ntopics : 1) * sizeof *stored);
+    size_t nstored = 0;
+    int rc = 0;
+    if (!stored) {
+        pg_set_err(c, "postgresql %s: %s: out of memory reading the ids",
+                   c->masked, what);
+        return MQS_ENOMEM;
+    }
+    for (size_t j = 0; j < nrows; j++) {
+        int64_t d = 0;
+        if (pg_get_int(r, (int)j, 1, &d)) {
+            free(stored);
+            return pg_bad_result(c, what);
+        }
+        if (pg_find_i64(topics, ntopics, d) &&
+            (nstored == 0 || stored[nstored - 1] != d) &&
+            !pg_find_i64(stored, nstored, d)) {
+            stored[nstored++] = d;
+            qsort(stored, nstored, sizeof *stored, pg_cmp_i64);
+        }
+    }
+    size_t j = 0;
+    int64_t prev = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        int keep = m[i].kind != MQS_TOPIC ||
+                   pg_find_i64(stored, nstored, m[i].dest_id);
+        if (!keep) {
+            m[i].id = 0;
+            continue;
+        }
+        int64_t id = 0, d = 0, p = 0;
+        if (j >= nrows || pg_get_int(r, (int)j, 0, &id) ||
+            pg_get_int(r, (int)j, 1, &d) || pg_get_int(r, (int)j, 2, &p) ||
+            d != m[i].dest_id || p != m[i].priority || id <= prev) {
+            rc = -1;
+            break;
+        }
+        m[i].id = prev = id;
+        j++;
+    }
+    free(stored);
+    if (rc || j != nrows) {
+        pg_set_err(c,
+                   "postgresql %s: %s: the rows returned do not match the "
+                   "messages sent (order or count)",
+                   c->masked, what);
+        return MQS_EIO;
+    }
+    return 0;
+}
+
+/* Queue the insert of m[0..n) (one chunk) as one statement, for the
+ * transaction's next round trip (normally its COMMIT's). */
 static int pg_insert_chunk(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     const char *what = "message insert (mqs_msg, mqs_pending)";
     pg_buf a[8] = {{0}};
-    int64_t *topics = NULL;
     size_t ntopics = 0;
     int rc = 0;
-    PGresult *r = NULL;
     for (size_t i = 0; i < n; i++)
         if (m[i].kind == MQS_TOPIC)
             ntopics++;
+    pg_ins_ctx *x = malloc(sizeof *x + (ntopics ? ntopics : 1) * sizeof(int64_t));
+    if (!x)
+        goto oom;
+    x->m = m;
+    x->n = n;
     if (ntopics) {
-        topics = malloc(ntopics * sizeof *topics);
-        if (!topics)
-            goto oom;
+        int64_t *topics = x->topics;
         size_t k = 0;
         for (size_t i = 0; i < n; i++)
             if (m[i].kind == MQS_TOPIC)
@@ -1444,6 +1811,7 @@ static int pg_insert_chunk(mqs_be_conn *c, mqs_be_msg *m, size_t n)
                 topics[u++] = topics[i];
         ntopics = u;
     }
+    x->ntopics = ntopics;
 
     int hnull = 0, bnull = 0;
     for (size_t i = 0; i < n; i++) {
@@ -1468,7 +1836,7 @@ static int pg_insert_chunk(mqs_be_conn *c, mqs_be_msg *m, size_t n)
     }
     pg_arr_begin(&a[7], PG_OID_INT8, ntopics, 0);
     for (size_t i = 0; i < ntopics; i++)
-        pg_arr_i64(&a[7], topics[i]);
+        pg_arr_i64(&a[7], x->topics[i]);
     for (int k = 0; k < 8; k++)
         if (a[k].oom || a[k].len > INT32_MAX)
             goto oom;
@@ -1483,87 +1851,32 @@ static int pg_insert_chunk(mqs_be_conn *c, mqs_be_msg *m, size_t n)
         lens[k] = (int)a[k].len;
         fmts[k] = 1;
     }
-    pg_stmt st[2] = {{SQL_ORDER_LOCK, 0, NULL, NULL, NULL, NULL},
-                     {ntopics ? SQL_INS_MIXED : SQL_INS_QUEUE, ntopics ? 8 : 7,
-                      types, vals, lens, fmts}};
-    PGresult *res[2];
-    int lock = !c->order_locked;
-    rc = pg_run(c, what, st + !lock, 1 + lock, res);
-    if (rc)
-        goto done;
-    if (lock)
-        PQclear(res[0]);
-    r = res[lock];
-    c->order_locked = c->in_txn;
-
-    /* Rows come back in insert order. A topic's messages are all stored or
-     * all dropped (it has a subscription or not), so walking the input in
-     * order pairs every row with its message; the checks catch a server
-     * that reordered rows. */
-    {
-        size_t nrows = (size_t)PQntuples(r);
-        int64_t *stored = malloc((ntopics ? ntopics : 1) * sizeof *stored);
-        size_t nstored = 0;
-        if (!stored)
-            goto oom;
-        for (size_t j = 0; j < nrows; j++) {
-            int64_t d = 0;
-            if (pg_get_int(r, (int)j, 1, &d)) {
-                free(stored);
-                rc = pg_bad_result(c, what);
-                goto done;
-            }
-            if (pg_find_i64(topics, ntopics, d) &&
-                (nstored == 0 || stored[nstored - 1] != d) &&
-                !pg_find_i64(stored, nstored, d)) {
-                stored[nstored++] = d;
-                qsort(stored, nstored, sizeof *stored, pg_cmp_i64);
-            }
-        }
-        size_t j = 0;
-        int64_t prev = 0;
-        for (size_t i = 0; i < n && !rc; i++) {
-            int keep = m[i].kind != MQS_TOPIC ||
-                       pg_find_i64(stored, nstored, m[i].dest_id);
-            if (!keep) {
-                m[i].id = 0;
-                continue;
-            }
-            int64_t id = 0, d = 0, p = 0;
-            if (j >= nrows || pg_get_int(r, (int)j, 0, &id) ||
-                pg_get_int(r, (int)j, 1, &d) || pg_get_int(r, (int)j, 2, &p) ||
-                d != m[i].dest_id || p != m[i].priority || id <= prev) {
-                rc = -1;
-                break;
-            }
-            m[i].id = prev = id;
-            j++;
-        }
-        free(stored);
-        if (rc || j != nrows) {
-            pg_set_err(c,
-                       "postgresql %s: %s: the rows returned do not match the "
-                       "messages sent (order or count); the transaction must "
-                       "be rolled back.",
-                       c->masked, what);
-            rc = MQS_EIO;
-        }
+    if (!c->order_locked) {
+        const pg_stmt lock = {SQL_ORDER_LOCK, 0, NULL, NULL, NULL, NULL};
+        if ((rc = pg_defer(c, "taking the insert turn (mqs_meta)", &lock,
+                           NULL, NULL)))
+            goto done_x;
+        c->order_locked = 1;
     }
+    const pg_stmt ins = {ntopics ? SQL_INS_MIXED : SQL_INS_QUEUE,
+                         ntopics ? 8 : 7, types, vals, lens, fmts};
+    rc = pg_defer(c, what, &ins, pg_insert_done, x);
+    x = NULL; /* owned by the queue now */
     goto done;
 
 oom:
     pg_set_err(c, "postgresql %s: %s: out of memory encoding %zu messages",
                c->masked, what, n);
     rc = MQS_ENOMEM;
+done_x:
+    free(x);
 done:
-    PQclear(r);
     for (int k = 0; k < 8; k++)
         free(a[k].p);
-    free(topics);
     return rc;
 }
 
-static int pg_msg_insert_many(mqs_be_conn *c, mqs_be_msg *m, size_t n)
+static int pg_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -1584,11 +1897,6 @@ static int pg_msg_insert_many(mqs_be_conn *c, mqs_be_msg *m, size_t n)
     return 0;
 }
 
-static int pg_msg_insert(mqs_be_conn *c, mqs_be_msg *m)
-{
-    return pg_insert_chunk(c, m, 1);
-}
-
 /* Lock the topic messages ($2), remove the pending rows ($1,$2), remove the
  * messages left without one (see the file comment). */
 static const char SQL_ACK_LOCK[] =
@@ -1607,7 +1915,8 @@ static const char SQL_ACK_SUB[] =
 static const char SQL_ACK_QUEUE[] =
     "DELETE FROM mqs_msg WHERE id = ANY ($1) AND kind = 0";
 
-static int pg_msg_ack_many(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
+/* Queued for the transaction's next round trip (normally its COMMIT's). */
+static int pg_msg_ack(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
 {
     const char *what = "ack (mqs_msg, mqs_pending)";
     pg_buf q = {0}, ps = {0}, pm = {0};
@@ -1650,17 +1959,14 @@ static int pg_msg_ack_many(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
             st[k++] = (pg_stmt){SQL_ACK_LOCK, 1, t1, vm, lm, f};
             st[k++] = (pg_stmt){SQL_ACK_SUB, 2, t2, vp, lp, f};
         }
-        rc = k ? pg_run(c, what, st, k, NULL) : 0;
+        rc = 0;
+        for (int i = 0; i < k && !rc; i++)
+            rc = pg_defer(c, what, &st[i], NULL, NULL);
     }
     free(q.p);
     free(ps.p);
     free(pm.p);
     return rc;
-}
-
-static int pg_msg_ack(mqs_be_conn *c, const mqs_be_ref *r)
-{
-    return pg_msg_ack_many(c, r, 1);
 }
 
 static int pg_msg_nack(mqs_be_conn *c, const mqs_be_ref *r)
@@ -1670,15 +1976,15 @@ static int pg_msg_nack(mqs_be_conn *c, const mqs_be_ref *r)
     snprintf(sub, sizeof sub, "%lld", (long long)r->sub_id);
     const Oid types[2] = {PG_OID_INT8, PG_OID_INT8};
     const char *vals[2] = {id, sub};
-    if (!r->sub_id)
-        return pg_run1(c, "nack (mqs_msg)",
-                       "UPDATE mqs_msg SET redeliveries = redeliveries + 1 "
+    const pg_stmt q = {"UPDATE mqs_msg SET redeliveries = redeliveries + 1 "
                        "WHERE id = $1 AND kind = 0",
-                       1, types, vals, NULL);
-    return pg_run1(c, "nack (mqs_pending)",
-                   "UPDATE mqs_pending SET redeliveries = redeliveries + 1 "
-                   "WHERE msg_id = $1 AND sub_id = $2",
-                   2, types, vals, NULL);
+                       1, types, vals, NULL, NULL};
+    const pg_stmt p = {"UPDATE mqs_pending SET redeliveries = redeliveries + "
+                       "1 WHERE msg_id = $1 AND sub_id = $2",
+                       2, types, vals, NULL, NULL};
+    /* Queued for the transaction's next round trip. */
+    return r->sub_id ? pg_defer(c, "nack (mqs_pending)", &p, NULL, NULL)
+                     : pg_defer(c, "nack (mqs_msg)", &q, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1847,7 +2153,11 @@ static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 
 /* How long acquire waits behind a row lock on mqs_lock (a write of the
  * holder: milliseconds, or a frozen holder: until the server ends it). */
-#define PG_ACQUIRE_WAIT_MS "200"
+#define PG_ACQUIRE_WAIT_MS 200
+/* A standby waiting on the session lock tries it this often (waits up to
+ * PG_TRY_WAIT_MS_MAX; longer ones block in the server). */
+#define PG_TRY_EVERY_MS 25
+#define PG_TRY_WAIT_MS_MAX 10000
 /* How long the alive check of a held session lock may go unanswered before
  * session_lock reports it unconfirmed for now (MQS_ETIMEDOUT: renewals stop
  * recording the session); the answer is collected on the next call, so a
@@ -1902,18 +2212,37 @@ static const char SQL_LOCK_STATE[] =
     "FROM mqs_lock m, (SELECT pg_catalog.clock_timestamp() AS now) t "
     "WHERE m.cluster = $1";
 
-/* $1 cluster, $2 node, $3 lease ms, $4 holder_gone, $5 session pid. Free,
- * expired, or its recorded session gone under the same epoch. A wait for
- * the row lock re-checks the condition on the row as committed (READ
+/* The lock is takeable (see lock_acquire in backend.h): free, expired, or
+ * its recorded session gone under the same epoch ($4 = holder_gone). */
+#define PG_TAKEABLE                                                            \
+    "(m.holder IS NULL OR m.lease_until IS NULL OR m.lease_until <= s.now OR " \
+    "($4::bool AND m.session_id IS NOT NULL AND " PG_SAME_EPOCH " AND NOT "    \
+    PG_HOLDS("m.session_id") "))"
+
+/* $1 cluster, $2 node, $3 lease ms, $4 holder_gone, $5 session pid. A wait
+ * for the row lock re-checks the condition on the row as committed (READ
  * COMMITTED), against a `now` read before the wait: never late. */
 static const char SQL_LOCK_TAKE[] =
     "UPDATE mqs_lock m SET holder = $2, token = m.token + 1, "
     "lease_until = s.now + $3::float8 * interval '1 millisecond', "
     "acquired = s.now, " PG_SET_SESSION PG_FROM_SESSION
-    "WHERE m.cluster = $1 AND (m.holder IS NULL OR m.lease_until IS NULL OR "
-    "m.lease_until <= s.now OR ($4::bool AND m.session_id IS NOT NULL AND "
-    PG_SAME_EPOCH " AND NOT " PG_HOLDS("m.session_id") ")) "
-    "RETURNING m.token";
+    "WHERE m.cluster = $1 AND " PG_TAKEABLE " RETURNING m.token";
+
+/* The fence's exclusive side, taken only when the lock is takeable: it
+ * waits for the old holder's fenced transactions to end, and none of its
+ * new ones can start its guard before this transaction commits. A standby
+ * polling a live master takes nothing here, so waits for nothing and
+ * leaves no "lock timeout" line in the server's log. */
+static const char SQL_LOCK_TAKE_FENCE[] =
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM mqs_lock m, (SELECT "
+    "pg_catalog.clock_timestamp() AS now) s WHERE m.cluster = $1 AND "
+    PG_TAKEABLE ") THEN (SELECT true FROM pg_catalog.pg_advisory_xact_lock("
+    PG_FENCE_KEY ")) ELSE false END";
+
+/* Creates the row only when it is missing: a poll writes nothing. */
+static const char SQL_LOCK_CREATE[] =
+    "INSERT INTO mqs_lock (cluster) SELECT $1 WHERE NOT EXISTS (SELECT 1 "
+    "FROM mqs_lock WHERE cluster = $1) ON CONFLICT (cluster) DO NOTHING";
 
 /* $1 cluster, $2 node, $3 lease ms, $4 token, $5 session pid. */
 static const char SQL_LOCK_RENEW[] =
@@ -2033,11 +2362,13 @@ static int pg_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
     int rc = pg_lock_ready(c, what, 0);
     if (rc)
         return rc;
-    char lease[24], sid[16];
+    char lease[24], sid[16], wait[24];
     snprintf(lease, sizeof lease, "%lld", (long long)l->lease_ms);
     snprintf(sid, sizeof sid, "%lld", (long long)l->session_id);
+    snprintf(wait, sizeof wait, "%lld",
+             (long long)(l->wait_ms > 0 ? l->wait_ms : PG_ACQUIRE_WAIT_MS));
     const Oid t_wait[1] = {PG_OID_TEXT};
-    const char *v_wait[1] = {PG_ACQUIRE_WAIT_MS};
+    const char *v_wait[1] = {wait};
     const Oid t_cl[1] = {PG_OID_TEXT};
     const char *v_cl[1] = {l->cluster};
     const Oid t_take[5] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8, PG_OID_BOOL,
@@ -2045,18 +2376,18 @@ static int pg_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
     const char *v_take[5] = {l->cluster, l->node, lease,
                              l->holder_gone ? "t" : "f",
                              l->session_id > 0 ? sid : NULL};
-    /* One round trip, one implicit transaction (the pipeline's). */
-    const pg_stmt sts[4] = {
+    /* One round trip, one implicit transaction (the pipeline's). While a
+     * live holder's lease stands nothing here locks, waits or writes. */
+    const pg_stmt sts[5] = {
         {"SELECT pg_catalog.set_config('lock_timeout', $1, true)", 1, t_wait,
          v_wait, NULL, NULL},
-        {"INSERT INTO mqs_lock (cluster) VALUES ($1) "
-         "ON CONFLICT (cluster) DO NOTHING",
-         1, t_cl, v_cl, NULL, NULL},
+        {SQL_LOCK_CREATE, 1, t_cl, v_cl, NULL, NULL},
+        {SQL_LOCK_TAKE_FENCE, 5, t_take, v_take, NULL, NULL},
         {SQL_LOCK_TAKE, 5, t_take, v_take, NULL, NULL},
         {SQL_LOCK_STATE, 1, t_cl, v_cl, NULL, NULL},
     };
-    PGresult *res[4];
-    rc = pg_run(c, what, sts, 4, res);
+    PGresult *res[5];
+    rc = pg_run(c, what, sts, 5, res);
     if (rc == MQS_EBUSY && pg_is(c->state, "55P03")) {
         /* The holder has a transaction open on the row: writing now, or
          * frozen inside it until the server ends its session. */
@@ -2064,19 +2395,19 @@ static int pg_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
             memset(st, 0, sizeof *st);
         pg_set_err(c,
                    "postgresql %s: the lock of cluster '%s' is held by node "
-                   "%s (token %lld): its row stayed locked by another "
-                   "transaction for " PG_ACQUIRE_WAIT_MS " ms (a write of the "
-                   "holder, or a holder frozen inside a transaction, which "
-                   "the server ends about lease_ms after its last statement)",
+                   "%s (token %lld): a write transaction of the old holder "
+                   "was still open after %s ms (a holder frozen inside one "
+                   "is ended by the server about lease_ms after its last "
+                   "statement)",
                    c->masked, l->cluster, st->holder[0] ? st->holder : "?",
-                   (long long)st->token);
+                   (long long)st->token, wait);
         return MQS_EBUSY;
     }
     if (rc)
         return pg_lock_err(c, rc);
-    int taken = PQntuples(res[2]) == 1;
-    rc = pg_lock_state(c, res[3], st, what);
-    for (int i = 0; i < 4; i++)
+    int taken = PQntuples(res[3]) == 1;
+    rc = pg_lock_state(c, res[4], st, what);
+    for (int i = 0; i < 5; i++)
         PQclear(res[i]);
     if (rc)
         return rc;
@@ -2140,31 +2471,28 @@ static int pg_lock_renew(mqs_be_conn *c, const mqs_be_lock *l,
 {
     const char *what = "renewing the lease (mqs_lock)";
     memset(st, 0, sizeof *st);
-    int rc = pg_lock_ready(c, what, 1);
+    /* Its own (implicit) transaction on the lease connection: the one
+     * statement that writes the row while a master holds it, once per
+     * renew_ms. Fenced writes take no row lock, so it waits for none of
+     * them; lock_timeout bounds a wait behind anything else. */
+    int rc = pg_lock_ready(c, what, 0);
     if (rc)
         return rc;
-    /* The server ends this session if it idles inside this transaction for
-     * a lease (a frozen master), freeing its row locks for a standby. The
-     * master's own lease ends before that on its clock anyway. */
-    int64_t idle = l->lease_ms < 1 ? 1 : l->lease_ms;
-    if (idle > INT32_MAX)
-        idle = INT32_MAX;
-    char idle_s[24], lease[24], token[24], sid[16];
-    snprintf(idle_s, sizeof idle_s, "%lld", (long long)idle);
+    char wait[24], lease[24], token[24], sid[16];
+    snprintf(wait, sizeof wait, "%lld",
+             (long long)(l->wait_ms > 0 ? l->wait_ms : 1000));
     snprintf(lease, sizeof lease, "%lld", (long long)l->lease_ms);
     snprintf(token, sizeof token, "%lld", (long long)l->token);
     snprintf(sid, sizeof sid, "%lld", (long long)l->session_id);
-    const Oid t_idle[1] = {PG_OID_TEXT};
-    const char *v_idle[1] = {idle_s};
+    const Oid t_wait[1] = {PG_OID_TEXT};
+    const char *v_wait[1] = {wait};
     const Oid t_renew[5] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_INT8,
                             PG_OID_INT8, PG_OID_INT4};
     const char *v_renew[5] = {l->cluster, l->node, lease, token,
                               l->session_id > 0 ? sid : NULL};
-    /* With the lazy BEGIN: BEGIN, SET LOCAL, UPDATE in one round trip. */
     const pg_stmt sts[2] = {
-        {"SELECT pg_catalog.set_config("
-         "'idle_in_transaction_session_timeout', $1, true)",
-         1, t_idle, v_idle, NULL, NULL},
+        {"SELECT pg_catalog.set_config('lock_timeout', $1, true)", 1, t_wait,
+         v_wait, NULL, NULL},
         {SQL_LOCK_RENEW, 5, t_renew, v_renew, NULL, NULL},
     };
     PGresult *res[2];
@@ -2206,8 +2534,56 @@ static int pg_lock_clear(mqs_be_conn *c, const char *cluster, const char *node,
     char sql[sizeof SQL_LOCK_CLEAR + 64];
     snprintf(sql, sizeof sql, "%s%s", SQL_LOCK_CLEAR,
              node ? " AND holder = $2 AND token = $3" : "");
-    rc = pg_run1(c, what, sql, node ? 3 : 1, types, vals, NULL);
+    if (node) { /* the holder itself: its writes have stopped */
+        rc = pg_run1(c, what, sql, 3, types, vals, NULL);
+        return rc ? pg_lock_err(c, rc) : 0;
+    }
+    /* Forcing: like a takeover, wait (bounded) for the holder's fenced
+     * write transactions, so none commits after the row is cleared. */
+    const pg_stmt sts[3] = {
+        {"SELECT pg_catalog.set_config('lock_timeout', '5000', true)", 0,
+         NULL, NULL, NULL, NULL},
+        {"SELECT 1 FROM pg_catalog.pg_advisory_xact_lock(" PG_FENCE_KEY ")",
+         1, types, vals, NULL, NULL},
+        {sql, 1, types, vals, NULL, NULL},
+    };
+    rc = pg_run(c, what, sts, 3, NULL);
     return rc ? pg_lock_err(c, rc) : 0;
+}
+
+/* Fence without writing. The transaction takes a SHARED transaction-level
+ * advisory lock on the cluster's fence key with its BEGIN, and just before
+ * its COMMIT a guard statement checks the row (holder, token, lease left
+ * by the server's clock); a failed guard aborts the transaction, so the
+ * COMMIT sent behind it in the same pipeline rolls back. A takeover (and
+ * lock_force) takes the same key EXCLUSIVELY before it updates the row,
+ * in the same transaction. See docs/architecture.md for why no takeover
+ * can commit between the guard and this COMMIT. Nothing is written: an
+ * advisory lock lives in the server's shared memory only. */
+static int pg_lock_fence(mqs_be_conn *c, const mqs_be_fence *f)
+{
+    const char *what = "fencing the write transaction";
+    int rc = pg_lock_ready(c, what, 1);
+    if (rc)
+        return rc;
+    if (strlen(f->cluster) >= sizeof c->fence_cluster ||
+        strlen(f->node) >= sizeof c->fence_node) {
+        pg_set_err(c, "postgresql %s: %s: cluster or node name too long",
+                   c->masked, what);
+        return MQS_EINVAL;
+    }
+    snprintf(c->fence_cluster, sizeof c->fence_cluster, "%s", f->cluster);
+    snprintf(c->fence_node, sizeof c->fence_node, "%s", f->node);
+    c->fence_token = f->token;
+    c->fence_margin_ms = f->margin_ms;
+    /* The server ends a session idle inside a transaction for about a
+     * lease (a master frozen mid-transaction), freeing its fence lock for
+     * a standby; the margin is a tenth of the lease. */
+    int64_t idle = f->margin_ms * 10;
+    c->idle_ms = idle < 1 ? 1 : idle > INT32_MAX ? INT32_MAX : idle;
+    c->fence_on = 1;
+    c->fence_locked = 0;
+    return 0;
 }
 
 static int pg_lock_release(mqs_be_conn *c, const mqs_be_lock *l)
@@ -2422,11 +2798,39 @@ static int pg_session_lock(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
     const Oid types[3] = {PG_OID_TEXT, PG_OID_INT4, PG_OID_TEXT};
     const char *vals[3] = {cluster, pid, timeout};
     PGresult *r;
-    rc = pg_ask(c, what, wait_ms ? SQL_SESSION_WAIT : SQL_SESSION_TRY,
-                wait_ms ? 3 : 2, types, vals,
-                wait_ms < 0 ? -1 : wait_ms + PG_REPLY_WAIT_MS, &r);
-    if (rc)
-        return rc;
+    if (wait_ms > 0 && wait_ms <= PG_TRY_WAIT_MS_MAX) {
+        /* A standby's poll: try every PG_TRY_EVERY_MS until wait_ms is
+         * over. A lock_timeout would leave an ERROR line in the server's
+         * log per poll, and one statement waiting on the lock would hold a
+         * snapshot that keeps vacuum from the master's dead rows. */
+        int64_t end = pg_mono_ms() + wait_ms;
+        for (;;) {
+            rc = pg_ask(c, what, SQL_SESSION_TRY, 2, types, vals,
+                        PG_REPLY_WAIT_MS, &r);
+            if (rc)
+                return rc;
+            int64_t srv = 0, got = 0;
+            int done = PQresultStatus(r) != PGRES_TUPLES_OK ||
+                       PQntuples(r) != 1 || pg_get_int(r, 0, 0, &srv) ||
+                       pg_get_int(r, 0, 1, &got) || got ||
+                       srv != PQbackendPID(c->pg);
+            int64_t left = end - pg_mono_ms();
+            if (done || left <= 0)
+                break; /* r is read below */
+            PQclear(r);
+            struct timespec ts = {0, (long)(left < PG_TRY_EVERY_MS
+                                                ? left
+                                                : PG_TRY_EVERY_MS) *
+                                         1000000L};
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        rc = pg_ask(c, what, wait_ms ? SQL_SESSION_WAIT : SQL_SESSION_TRY,
+                    wait_ms ? 3 : 2, types, vals,
+                    wait_ms < 0 ? -1 : wait_ms + PG_REPLY_WAIT_MS, &r);
+        if (rc)
+            return rc;
+    }
     int64_t srv = 0, got = 0;
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         rc = pg_fail(c, r, what);
@@ -2536,9 +2940,7 @@ static mqs_backend pg_backend = {
     .txn_rollback = pg_txn_rollback,
     .dest_resolve = pg_dest_resolve,
     .msg_insert = pg_msg_insert,
-    .msg_insert_many = pg_msg_insert_many,
     .msg_ack = pg_msg_ack,
-    .msg_ack_many = pg_msg_ack_many,
     .msg_nack = pg_msg_nack,
     .sub_create = pg_sub_create,
     .sub_remove = pg_sub_remove,
@@ -2551,6 +2953,7 @@ static mqs_backend pg_backend = {
     .lock_release = pg_lock_release,
     .lock_read = pg_lock_read,
     .lock_force = pg_lock_force,
+    .lock_fence = pg_lock_fence,
     .session_lock = pg_session_lock,
     .session_unlock = pg_session_unlock,
 };

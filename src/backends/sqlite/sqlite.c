@@ -20,8 +20,10 @@
  * Backend options: synchronous=full|normal|off, busy_timeout=ms,
  * journal_mode=wal|delete (see sqlite_options below).
  *
- * HA (ABI 1.1 lock, see "Exclusive lock" below) works between processes of
- * one host: the lease clock is the host's boot clock.
+ * HA (ABI 2.0 lock, see "Exclusive lock" below) works between processes of
+ * one host: the lease clock is the host's boot clock. A master's write
+ * transactions are fenced by a read of the lock row under the file's write
+ * lock (lock_fence); only lock_renew, in its own transaction, writes it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -102,7 +104,10 @@ static const struct {
 } sqlite_sql[ST_COUNT] = {
     /* IMMEDIATE takes the write lock up front: a deferred transaction that
      * read first could not upgrade while another writer holds the lock,
-     * and would fail with SQLITE_BUSY without waiting. */
+     * and would fail with SQLITE_BUSY without waiting. The fence relies on
+     * it too: from BEGIN IMMEDIATE to COMMIT/ROLLBACK no other connection
+     * can write the database, so the lock row read by lock_fence cannot
+     * change before this transaction ends. */
     [ST_BEGIN] = {"BEGIN IMMEDIATE", "BEGIN IMMEDIATE"},
     [ST_COMMIT] = {"COMMIT", "COMMIT"},
     [ST_ROLLBACK] = {"ROLLBACK", "ROLLBACK"},
@@ -239,9 +244,10 @@ static const struct {
                       "lease_until_ms = ?3, acquired_ms = ?4, boot_id = ?5, "
                       "session_id = ?6, session_epoch = ?7, "
                       "session_pidns = ?8 WHERE cluster = ?1"},
-    /* Runs in every write transaction while master: one primary-key
-     * UPDATE; RETURNING saves a second statement for held_ms. */
-    [ST_LOCK_RENEW] = {"lock renewal (fencing check)",
+    /* The only write to the row while a master holds it: every renew_ms,
+     * in its own transaction on the lease connection (never inside a write
+     * transaction). RETURNING saves a second statement for held_ms. */
+    [ST_LOCK_RENEW] = {"lock renewal",
                        "UPDATE mqs_lock SET lease_until_ms = ?4, "
                        "boot_id = ?5, session_id = ?6, session_epoch = ?7, "
                        "session_pidns = ?8 "
@@ -267,6 +273,18 @@ struct mqs_be_conn {
     char role[16];
     int busy_ms;
     int64_t busy_start; /* monotonic ms of the first retry of a wait */
+    /* A lock call's bound on its waits (sqlite_bound): while busy_until is
+     * not 0 every wait ends at that monotonic ms instead of busy_ms after
+     * its start. bound_ms is the bound, for messages. */
+    int64_t busy_until;
+    int64_t bound_ms;
+    /* The fence of the write transaction in progress (lock_fence), checked
+     * again by txn_commit; fence_on is cleared when the transaction ends. */
+    int fence_on;
+    char *fence_cluster;
+    char *fence_node;
+    int64_t fence_token;
+    int64_t fence_margin;
     sqlite3_stmt *st[ST_COUNT];
     /* Session lock (crash detector): the side file, and the cluster whose
      * byte this connection holds (NULL: none). */
@@ -357,6 +375,15 @@ static void sqlite_hint(const mqs_be_conn *c, int rc, char *buf, size_t len)
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
+        if (c->busy_until) {
+            snprintf(buf, len,
+                     "; another connection or process held the database's "
+                     "lock longer than the %lld ms this lock operation may "
+                     "wait (a write transaction in progress, or one frozen "
+                     "inside it); it is retried on the next round",
+                     (long long)c->bound_ms);
+            break;
+        }
         snprintf(buf, len,
                  "; another connection or process held the lock longer than "
                  "busy_timeout=%d ms (raise busy_timeout in the URI, or find "
@@ -916,7 +943,8 @@ static int sqlite_busy(void *ud, int count)
     int64_t now = sqlite_mono_ms();
     if (count == 0)
         c->busy_start = now;
-    if (now - c->busy_start >= c->busy_ms)
+    if (c->busy_until ? now >= c->busy_until
+                      : now - c->busy_start >= c->busy_ms)
         return 0;
     struct timespec ts = {0, (count < 8 ? 1 : 4) * 1000000L};
     nanosleep(&ts, NULL);
@@ -937,6 +965,8 @@ static void sqlite_conn_close(mqs_be_conn *c)
         close(c->lock_fd);
     free(c->lock_path);
     free(c->sess_cluster);
+    free(c->fence_cluster);
+    free(c->fence_node);
     free(c->path);
     free(c);
 }
@@ -1172,18 +1202,33 @@ fail:;
 /* ---------------------------------------------------------------------------
  * Write transactions
  * ------------------------------------------------------------------------- */
+static int sqlite_fence_check(mqs_be_conn *c);
+static int sqlite_lock_abort(mqs_be_conn *c, int rc);
+
 static int sqlite_txn_begin(mqs_be_conn *c)
 {
+    c->fence_on = 0;
     return sqlite_exec_id(c, ST_BEGIN);
 }
 
 static int sqlite_txn_commit(mqs_be_conn *c)
 {
+    /* A fenced transaction checks the row once more after its last write
+     * (lock_fence checked it right after BEGIN): the row cannot have
+     * changed since (we hold the write lock), but the lease may have run
+     * short while the transaction ran. One primary-key read, no write. */
+    if (c->fence_on) {
+        c->fence_on = 0;
+        int rc = sqlite_fence_check(c);
+        if (rc)
+            return sqlite_lock_abort(c, rc); /* rolled back */
+    }
     return sqlite_exec_id(c, ST_COMMIT);
 }
 
 static int sqlite_txn_rollback(mqs_be_conn *c)
 {
+    c->fence_on = 0;
     /* SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR,
      * NOMEM); a ROLLBACK then would fail with "no transaction is active". */
     if (sqlite3_get_autocommit(c->db))
@@ -1226,7 +1271,30 @@ static int sqlite_dest_resolve(mqs_be_conn *c, mqs_kind kind, const char *name,
     return 0;
 }
 
-static int sqlite_msg_insert(mqs_be_conn *c, mqs_be_msg *m)
+/* Whether topic dest_id has a subscription, remembered for the rest of one
+ * msg_insert call (*last_dest, *last_has): a batch usually goes to few
+ * topics, and subscriptions cannot change within the call. */
+static int sqlite_topic_has_sub(mqs_be_conn *c, int64_t dest_id,
+                                int64_t *last_dest, int *last_has)
+{
+    if (*last_dest == dest_id && *last_has >= 0)
+        return *last_has;
+    sqlite3_stmt *st;
+    int64_t one;
+    int rc = sqlite_get(c, ST_SUB_ANY, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, dest_id);
+    rc = sqlite_one_int(c, st, ST_SUB_ANY, &one);
+    if (rc < 0)
+        return rc;
+    *last_dest = dest_id;
+    *last_has = rc;
+    return rc;
+}
+
+static int sqlite_msg_insert_one(mqs_be_conn *c, mqs_be_msg *m,
+                                 int64_t *last_dest, int *last_has)
 {
     sqlite3_stmt *st;
     int rc;
@@ -1234,11 +1302,7 @@ static int sqlite_msg_insert(mqs_be_conn *c, mqs_be_msg *m)
     if (m->kind == MQS_TOPIC) {
         /* No subscription: nothing is stored (checked first so the
          * message row is not written only to be deleted). */
-        int64_t one;
-        if ((rc = sqlite_get(c, ST_SUB_ANY, &st)))
-            return rc;
-        sqlite3_bind_int64(st, 1, m->dest_id);
-        rc = sqlite_one_int(c, st, ST_SUB_ANY, &one);
+        rc = sqlite_topic_has_sub(c, m->dest_id, last_dest, last_has);
         if (rc <= 0)
             return rc;
     }
@@ -1271,19 +1335,21 @@ static int sqlite_msg_insert(mqs_be_conn *c, mqs_be_msg *m)
     return 0;
 }
 
-static int sqlite_msg_insert_many(mqs_be_conn *c, mqs_be_msg *m, size_t n)
+static int sqlite_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     /* One transaction, cached statements: SQLite has no faster bulk path
-     * than a prepared INSERT stepped per row. */
+     * than a prepared INSERT stepped per row (no round trips to save). */
+    int64_t last_dest = 0;
+    int last_has = -1;
     for (size_t i = 0; i < n; i++) {
-        int rc = sqlite_msg_insert(c, &m[i]);
+        int rc = sqlite_msg_insert_one(c, &m[i], &last_dest, &last_has);
         if (rc)
             return rc;
     }
     return 0;
 }
 
-static int sqlite_msg_ack(mqs_be_conn *c, const mqs_be_ref *r)
+static int sqlite_msg_ack_one(mqs_be_conn *c, const mqs_be_ref *r)
 {
     sqlite3_stmt *st;
     int rc;
@@ -1308,10 +1374,10 @@ static int sqlite_msg_ack(mqs_be_conn *c, const mqs_be_ref *r)
     return sqlite_run(c, st, ST_ACK_ORPHAN, NULL);
 }
 
-static int sqlite_msg_ack_many(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
+static int sqlite_msg_ack(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        int rc = sqlite_msg_ack(c, &r[i]);
+        int rc = sqlite_msg_ack_one(c, &r[i]);
         if (rc)
             return rc;
     }
@@ -1532,7 +1598,26 @@ static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 }
 
 /* ---------------------------------------------------------------------------
- * Exclusive lock (ABI 1.1)
+ * Exclusive lock (ABI 2.0)
+ *
+ * Fencing without writing. SQLite has one write lock per database file,
+ * taken by BEGIN IMMEDIATE and held until COMMIT/ROLLBACK (WAL: the WAL
+ * write lock; rollback journal: RESERVED, then EXCLUSIVE to commit). A
+ * master's write transaction begins IMMEDIATE, and lock_fence then reads
+ * the lock row: holder, token, and a lease with at least margin_ms left.
+ * lock_acquire, lock_force and lock_renew change the row only inside
+ * their own BEGIN IMMEDIATE, so none of them can write, let alone commit,
+ * between that read and the end of the fenced transaction: the row read
+ * is the row at COMMIT. txn_commit reads it once more after the last
+ * write, for the lease margin (time has passed, the row cannot have
+ * changed). Both reads are primary-key lookups in this process, usually
+ * from the page cache: no row version, no journal/WAL page, no fsync.
+ * The lease is extended only by lock_renew, in its own short transaction
+ * on the lease connection, every renew_ms; it waits for a running write
+ * transaction (at most wait_ms), never the other way round beyond that
+ * transaction. Standbys poll lock_acquire with a plain read (a WAL read
+ * lock, which no writer waits for) and take the write lock only when the
+ * row says the lock can be taken.
  *
  * SQLite has no server, so the backend supplies what a server would:
  *  - The clock: CLOCK_BOOTTIME in ms. Every process on the host reads the
@@ -1782,6 +1867,46 @@ static int sqlite_lock_abort(mqs_be_conn *c, int rc)
     return rc;
 }
 
+/* Bound every wait of this connection (busy handler) to wait_ms from now,
+ * until sqlite_unbound. */
+static void sqlite_bound(mqs_be_conn *c, int64_t wait_ms)
+{
+    c->bound_ms = wait_ms > 0 ? wait_ms : 0;
+    c->busy_until = sqlite_mono_ms() + c->bound_ms;
+    if (c->busy_until == 0)
+        c->busy_until = 1;
+}
+
+static void sqlite_unbound(mqs_be_conn *c)
+{
+    c->busy_until = 0;
+}
+
+/* Whether the row lets l take the lock (now: boot clock). */
+static int sqlite_lock_takeable(const struct sqlite_lock_row *r,
+                                const mqs_be_lock *l, int64_t now)
+{
+    return !r->found || !r->held || !r->lease_valid ||
+           r->lease_until <= now ||
+           (l->holder_gone && r->session_id > 0 &&
+            sqlite_session_gone(r->session_id, r->session_pidns));
+}
+
+static int sqlite_lock_busy(mqs_be_conn *c, const mqs_be_lock *l,
+                            const struct sqlite_lock_row *r, int64_t now,
+                            mqs_be_lock_state *st)
+{
+    sqlite_lock_fill(st, r, now);
+    return sqlite_failf(
+        c, MQS_EBUSY,
+        "sqlite: the lock of cluster '%s' in %s is held by node %s "
+        "(token %lld, lease %lld ms left, held for %lld ms, crash "
+        "detector %s)",
+        l->cluster, c->path, st->holder, (long long)st->token,
+        (long long)st->lease_left_ms, (long long)st->held_ms,
+        st->session_armed ? "armed" : "not armed");
+}
+
 static int sqlite_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
                                mqs_be_lock_state *st)
 {
@@ -1793,90 +1918,110 @@ static int sqlite_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l,
         (rc = sqlite_lock_stmt(c, ST_LOCK_TAKE, &take)))
         return rc;
     /* A standby must not sit out busy_timeout behind a master frozen
-     * inside a write transaction: give up quickly (MQS_EBUSY) and let the
-     * core poll again. */
-    int busy = c->busy_ms;
-    if (c->busy_ms > 100)
-        c->busy_ms = 100;
-    rc = sqlite_exec_id(c, ST_BEGIN);
-    c->busy_ms = busy;
+     * inside a write transaction: give up after wait_ms (100 ms when the
+     * core leaves it to us) with MQS_EBUSY and let the core poll again. */
+    int64_t wait = l->wait_ms > 0 ? l->wait_ms
+                                  : (c->busy_ms < 100 ? c->busy_ms : 100);
+
+    /* First a plain read, outside any transaction: while a live holder's
+     * lease stands (what a standby finds on almost every poll) this takes
+     * no write lock, writes nothing and does not wait for the master's
+     * write transactions (a WAL reader never does). */
+    struct sqlite_lock_row r;
+    sqlite_bound(c, wait);
+    rc = sqlite_lock_load(c, l->cluster, &r);
+    sqlite_unbound(c);
     if (rc)
         return rc;
-    struct sqlite_lock_row r;
+    int64_t now = sqlite_boot_ms();
+    if (!sqlite_lock_takeable(&r, l, now))
+        return sqlite_lock_busy(c, l, &r, now, st);
+
+    /* Takeable (or no row yet): take the write lock, which waits for the
+     * holder's fenced transaction in progress, if any, then decide again
+     * on the row as it is now. */
+    sqlite_bound(c, wait);
+    if ((rc = sqlite_exec_id(c, ST_BEGIN))) {
+        sqlite_unbound(c);
+        return rc;
+    }
     if ((rc = sqlite_bind_str(c, ins, ST_LOCK_INIT, 1, l->cluster)) ||
         (rc = sqlite_run(c, ins, ST_LOCK_INIT, NULL)) ||
         (rc = sqlite_lock_load(c, l->cluster, &r)))
-        return sqlite_lock_abort(c, rc);
+        goto abort;
     /* Read after BEGIN IMMEDIATE: no one can change the row from here. */
-    int64_t now = sqlite_boot_ms();
-    int take_it = !r.held || !r.lease_valid || r.lease_until <= now ||
-                  (l->holder_gone && r.session_id > 0 &&
-                   sqlite_session_gone(r.session_id, r.session_pidns));
-    if (!take_it) {
-        sqlite_lock_fill(st, &r, now);
+    now = sqlite_boot_ms();
+    if (!sqlite_lock_takeable(&r, l, now)) {
+        /* renewed (or taken by another standby) since the first read */
+        sqlite_unbound(c);
         if ((rc = sqlite_txn_rollback(c)))
             return rc;
-        return sqlite_failf(
-            c, MQS_EBUSY,
-            "sqlite: the lock of cluster '%s' in %s is held by node %s "
-            "(token %lld, lease %lld ms left, held for %lld ms, crash "
-            "detector %s)",
-            l->cluster, c->path, st->holder, (long long)st->token,
-            (long long)st->lease_left_ms, (long long)st->held_ms,
-            st->session_armed ? "armed" : "not armed");
+        return sqlite_lock_busy(c, l, &r, now, st);
     }
     int64_t changed = 0;
     if ((rc = sqlite_bind_str(c, take, ST_LOCK_TAKE, 1, l->cluster)) ||
         (rc = sqlite_bind_str(c, take, ST_LOCK_TAKE, 2, l->node)))
-        return sqlite_lock_abort(c, rc);
+        goto abort;
     sqlite3_bind_int64(take, 3, now + l->lease_ms);
     sqlite3_bind_int64(take, 4, now);
     sqlite3_bind_text(take, 5, sqlite_host.boot_id, -1, SQLITE_STATIC);
     int armed = sqlite_bind_session(take, 6, l);
     if ((rc = sqlite_run(c, take, ST_LOCK_TAKE, &changed)))
-        return sqlite_lock_abort(c, rc);
-    if (changed != 1)
-        return sqlite_lock_abort(
-            c, sqlite_failf(c, MQS_EIO,
-                            "sqlite: the lock row of cluster '%s' vanished "
-                            "from %s inside the acquiring transaction",
-                            l->cluster, c->path));
+        goto abort;
+    if (changed != 1) {
+        rc = sqlite_failf(c, MQS_EIO,
+                          "sqlite: the lock row of cluster '%s' vanished "
+                          "from %s inside the acquiring transaction",
+                          l->cluster, c->path);
+        goto abort;
+    }
     if ((rc = sqlite_exec_id(c, ST_COMMIT)))
-        return sqlite_lock_abort(c, rc);
+        goto abort;
+    sqlite_unbound(c);
     snprintf(st->holder, sizeof st->holder, "%s", l->node);
     st->token = r.token + 1;
     st->lease_left_ms = l->lease_ms;
     st->held_ms = 0;
     st->session_armed = armed;
     return 0;
+abort:
+    sqlite_unbound(c);
+    return sqlite_lock_abort(c, rc);
 }
 
-/* The renewal found no row with our holder and token: say who has it. */
-static int sqlite_lock_fenced(mqs_be_conn *c, const mqs_be_lock *l)
+/* The row (r, or read now when r is NULL) shows no lock of node/token:
+ * say who has it. Returns MQS_EFENCED. */
+static int sqlite_lock_fenced(mqs_be_conn *c, const char *cluster,
+                              const char *node, int64_t token,
+                              const struct sqlite_lock_row *r)
 {
-    struct sqlite_lock_row r;
-    if (sqlite_lock_load(c, l->cluster, &r) != 0)
-        return sqlite_failf(c, MQS_EFENCED,
-                            "sqlite: node %s (token %lld) no longer holds "
-                            "the lock of cluster '%s' and was fenced (the "
-                            "current holder could not be read)",
-                            l->node, (long long)l->token, l->cluster);
-    if (!r.found)
+    struct sqlite_lock_row rr;
+    if (!r) {
+        if (sqlite_lock_load(c, cluster, &rr) != 0)
+            return sqlite_failf(c, MQS_EFENCED,
+                                "sqlite: node %s (token %lld) no longer "
+                                "holds the lock of cluster '%s' and was "
+                                "fenced (the current holder could not be "
+                                "read)",
+                                node, (long long)token, cluster);
+        r = &rr;
+    }
+    if (!r->found)
         return sqlite_failf(c, MQS_EFENCED,
                             "sqlite: the lock of cluster '%s' has no row in "
                             "%s any more; node %s (token %lld) was fenced",
-                            l->cluster, c->path, l->node, (long long)l->token);
-    if (!r.held)
+                            cluster, c->path, node, (long long)token);
+    if (!r->held)
         return sqlite_failf(c, MQS_EFENCED,
                             "sqlite: the lock of cluster '%s' is now free "
                             "(token %lld); node %s (token %lld) was fenced",
-                            l->cluster, (long long)r.token, l->node,
-                            (long long)l->token);
+                            cluster, (long long)r->token, node,
+                            (long long)token);
     return sqlite_failf(c, MQS_EFENCED,
                         "sqlite: the lock of cluster '%s' is now held by %s "
                         "(token %lld); node %s (token %lld) was fenced",
-                        l->cluster, r.holder, (long long)r.token, l->node,
-                        (long long)l->token);
+                        cluster, r->holder, (long long)r->token, node,
+                        (long long)token);
 }
 
 static int sqlite_lock_renew(mqs_be_conn *c, const mqs_be_lock *l,
@@ -1886,12 +2031,26 @@ static int sqlite_lock_renew(mqs_be_conn *c, const mqs_be_lock *l,
     sqlite3_stmt *up;
     int rc;
     if ((rc = sqlite_host_check(c)) ||
-        (rc = sqlite_lock_stmt(c, ST_LOCK_RENEW, &up)) ||
-        (rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 1, l->cluster)) ||
-        (rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 2, l->node)))
+        (rc = sqlite_lock_stmt(c, ST_LOCK_RENEW, &up)))
         return rc;
-    /* The caller's BEGIN IMMEDIATE holds the write lock already, so this
-     * is ordered against any acquire. */
+    if (!sqlite3_get_autocommit(c->db))
+        return sqlite_failf(c, MQS_EINVAL,
+                            "sqlite: lock_renew called inside a transaction "
+                            "on %s (ABI 2.0 renews in its own transaction, on "
+                            "the lease connection)",
+                            c->path);
+    /* Its own transaction: the write lock orders it against every acquire
+     * and every fenced write transaction; it waits for the one in
+     * progress, if any, at most wait_ms. */
+    sqlite_bound(c, l->wait_ms > 0 ? l->wait_ms : 1000);
+    if ((rc = sqlite_exec_id(c, ST_BEGIN))) {
+        sqlite_unbound(c);
+        return rc;
+    }
+    if ((rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 1, l->cluster)) ||
+        (rc = sqlite_bind_str(c, up, ST_LOCK_RENEW, 2, l->node)))
+        goto abort;
+    /* read under the write lock: the lease starts no earlier than now */
     int64_t now = sqlite_boot_ms();
     sqlite3_bind_int64(up, 3, l->token);
     sqlite3_bind_int64(up, 4, now + l->lease_ms);
@@ -1899,25 +2058,108 @@ static int sqlite_lock_renew(mqs_be_conn *c, const mqs_be_lock *l,
     int armed = sqlite_bind_session(up, 6, l);
     int matched = 0;
     int64_t acquired = now;
-    rc = sqlite3_step(up);
-    if (rc == SQLITE_ROW) {
+    int src = sqlite3_step(up);
+    if (src == SQLITE_ROW) {
         matched = 1;
         acquired = sqlite3_column_int64(up, 0);
-        rc = sqlite3_step(up);
+        src = sqlite3_step(up);
     }
-    if (rc != SQLITE_DONE) {
-        int ret = sqlite_fail(c, rc, sqlite_sql[ST_LOCK_RENEW].name);
+    if (src != SQLITE_DONE) {
+        rc = sqlite_fail(c, src, sqlite_sql[ST_LOCK_RENEW].name);
         sqlite3_reset(up);
-        return ret;
+        goto abort;
     }
     sqlite3_reset(up);
-    if (!matched)
-        return sqlite_lock_fenced(c, l);
+    if (!matched) {
+        rc = sqlite_lock_fenced(c, l->cluster, l->node, l->token, NULL);
+        goto abort;
+    }
+    if ((rc = sqlite_exec_id(c, ST_COMMIT)))
+        goto abort;
+    sqlite_unbound(c);
     snprintf(st->holder, sizeof st->holder, "%s", l->node);
     st->token = l->token;
     st->lease_left_ms = l->lease_ms;
     st->held_ms = now - acquired;
     st->session_armed = armed;
+    return 0;
+abort:
+    sqlite_unbound(c);
+    return sqlite_lock_abort(c, rc);
+}
+
+/* Check the fence recorded by lock_fence against the row as this
+ * transaction sees it (under the write lock: as every other connection
+ * will see it until this transaction ends). */
+static int sqlite_fence_check(mqs_be_conn *c)
+{
+    struct sqlite_lock_row r;
+    int rc = sqlite_lock_load(c, c->fence_cluster, &r);
+    if (rc)
+        return rc;
+    if (!r.found || !r.held || strcmp(r.holder, c->fence_node) != 0 ||
+        r.token != c->fence_token)
+        return sqlite_lock_fenced(c, c->fence_cluster, c->fence_node,
+                                  c->fence_token, &r);
+    int64_t now = sqlite_boot_ms();
+    if (!r.lease_valid)
+        return sqlite_failf(c, MQS_EFENCED,
+                            "sqlite: node %s (token %lld) holds the lock of "
+                            "cluster '%s' under a lease of another boot of "
+                            "this host, which has ended; fenced",
+                            c->fence_node, (long long)c->fence_token,
+                            c->fence_cluster);
+    if (r.lease_until - now < c->fence_margin)
+        return sqlite_failf(c, MQS_EFENCED,
+                            "sqlite: node %s (token %lld) holds the lock of "
+                            "cluster '%s' but its lease has %lld ms left, "
+                            "less than the %lld ms a write transaction needs "
+                            "(the lease was not renewed in time); fenced",
+                            c->fence_node, (long long)c->fence_token,
+                            c->fence_cluster,
+                            (long long)(r.lease_until - now),
+                            (long long)c->fence_margin);
+    return 0;
+}
+
+/* Keep a copy of s in *dst (reused while equal: the same every call). */
+static int sqlite_keep_str(char **dst, const char *s)
+{
+    if (*dst && !strcmp(*dst, s))
+        return 0;
+    char *p = strdup(s);
+    if (!p)
+        return -1;
+    free(*dst);
+    *dst = p;
+    return 0;
+}
+
+static int sqlite_lock_fence(mqs_be_conn *c, const mqs_be_fence *f)
+{
+    c->fence_on = 0;
+    int rc = sqlite_host_check(c);
+    if (rc)
+        return rc;
+    if (sqlite3_get_autocommit(c->db))
+        return sqlite_failf(c, MQS_EINVAL,
+                            "sqlite: lock_fence called outside a write "
+                            "transaction on %s",
+                            c->path);
+    if (sqlite_keep_str(&c->fence_cluster, f->cluster) ||
+        sqlite_keep_str(&c->fence_node, f->node))
+        return sqlite_failf(c, MQS_ENOMEM,
+                            "sqlite: out of memory fencing a transaction of "
+                            "cluster '%s'",
+                            f->cluster);
+    c->fence_token = f->token;
+    c->fence_margin = f->margin_ms;
+    /* txn_begin's BEGIN IMMEDIATE holds the write lock already: check now
+     * (a deposed master fails before it writes anything), and again in
+     * txn_commit after the last write. */
+    if ((rc = sqlite_fence_check(c)))
+        return rc;
+    c->fence_on = 1;
     return 0;
 }
 
@@ -2182,9 +2424,7 @@ static const mqs_backend sqlite_backend = {
     .txn_rollback = sqlite_txn_rollback,
     .dest_resolve = sqlite_dest_resolve,
     .msg_insert = sqlite_msg_insert,
-    .msg_insert_many = sqlite_msg_insert_many,
     .msg_ack = sqlite_msg_ack,
-    .msg_ack_many = sqlite_msg_ack_many,
     .msg_nack = sqlite_msg_nack,
     .sub_create = sqlite_sub_create,
     .sub_remove = sqlite_sub_remove,
@@ -2197,6 +2437,7 @@ static const mqs_backend sqlite_backend = {
     .lock_release = sqlite_lock_release,
     .lock_read = sqlite_lock_read,
     .lock_force = sqlite_lock_force,
+    .lock_fence = sqlite_lock_fence,
     .session_lock = sqlite_session_lock,
     .session_unlock = sqlite_session_unlock,
 };

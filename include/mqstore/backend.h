@@ -13,7 +13,7 @@
  * Conventions for every callback:
  *  - The connection handle (mqs_be_conn) is used by one thread at a time;
  *    the core never shares one across threads concurrently.
- *  - Return 0 or a negative MQS_E* code (from mqstore.h). On failure the
+ *  - Return 0 or a negative MQS_E* code (from common.h). On failure the
  *    backend leaves a message in the handle (conn_errmsg), naming the
  *    statement or setting at fault and the driver's code/SQLSTATE. Map
  *    driver errors at this boundary: a lost/unreachable connection ->
@@ -52,7 +52,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "mqstore.h"
+#include "common.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -360,7 +360,16 @@ typedef struct mqs_backend {
     int (*session_unlock)(mqs_be_conn *c, const char *cluster);
 } mqs_backend;
 
-/* The entry point every module exports. */
+/* The entry point every module exports, declared here so its signature is
+ * checked where a module defines it:
+ *     MQS_BACKEND_EXPORT const mqs_backend *mqs_backend_entry(void)
+ *     { return &my_table; }                                             */
+#if defined(__GNUC__)
+#define MQS_BACKEND_EXPORT __attribute__((visibility("default")))
+#else
+#define MQS_BACKEND_EXPORT
+#endif
+MQS_BACKEND_EXPORT const mqs_backend *MQS_BACKEND_ENTRY(void);
 typedef const mqs_backend *(*mqs_backend_entry_fn)(void);
 
 #ifdef __cplusplus

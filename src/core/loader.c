@@ -1,4 +1,5 @@
 /* loader.c - find, load and validate backend modules. */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <stddef.h>
 #include <limits.h>
@@ -19,22 +20,24 @@
 #define MQS_MODULE_DIR "/usr/local/lib/mqstore"
 #endif
 
-/* Scheme aliases: several URI schemes map to one module. */
-static const struct {
-    const char *scheme, *module;
-} aliases[] = {
-    {"postgres", "postgresql"},
-    {"mariadb", "mysql"},
-};
-
 /* Loaded modules are kept for the life of the process: unloading code that
- * a closed store's threads might still be returning into buys nothing. */
+ * a closed store's threads might still be returning into buys nothing. A
+ * module serves the schemes its table declares (aliases included): the
+ * core knows no backend by name. */
 static pthread_mutex_t load_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct loaded {
-    char name[64];
+    char path[PATH_MAX];
     const mqs_backend *be;
 } loaded[16];
 static size_t n_loaded;
+
+static bool serves(const mqs_backend *be, const char *scheme)
+{
+    for (const char *const *p = be->schemes; *p; p++)
+        if (!strcmp(*p, scheme))
+            return true;
+    return false;
+}
 
 /* The folder libmqstore.so was loaded from: modules built beside it are found
  * without any environment variable, in the build tree as once installed. */
@@ -116,27 +119,77 @@ static int validate(const mqs_backend *be, const char *path)
     return 0;
 }
 
+/* Load and validate the module at path (once per process). 0, or
+ * MQS_ENOMODULE with the message recorded. Caller holds load_mu. */
+static int load_path(const char *path, const mqs_backend **out)
+{
+    for (size_t i = 0; i < n_loaded; i++)
+        if (!strcmp(loaded[i].path, path)) {
+            *out = loaded[i].be;
+            return 0;
+        }
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return mqs__err(NULL, MQS_ENOMODULE, "cannot load %s: %s", path,
+                        dlerror());
+    mqs_backend_entry_fn entry;
+    *(void **)&entry = dlsym(h, MQS_BACKEND_ENTRY_NAME);
+    if (!entry) {
+        dlclose(h);
+        return mqs__err(NULL, MQS_ENOMODULE,
+                        "%s does not export %s(): not an mqstore backend",
+                        path, MQS_BACKEND_ENTRY_NAME);
+    }
+    const mqs_backend *be = entry();
+    int rc = validate(be, path);
+    if (rc) {
+        dlclose(h);
+        return rc;
+    }
+    if (n_loaded < sizeof loaded / sizeof loaded[0]) {
+        snprintf(loaded[n_loaded].path, sizeof loaded[0].path, "%s", path);
+        loaded[n_loaded++].be = be;
+    }
+    *out = be;
+    return 0;
+}
+
+/* Is word one of the ", "-separated words of list? */
+static bool listed(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+static bool is_module_name(const char *f)
+{
+    size_t n = strlen(f);
+    return n > strlen("mqstore_.so") && !strncmp(f, "mqstore_", 8) &&
+           !strcmp(f + n - 3, ".so");
+}
+
 int mqs__load_backend(const char *scheme, const mqs_backend **out)
 {
     *out = NULL;
-    const char *module = scheme;
-    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
-        if (!strcmp(aliases[i].scheme, scheme))
-            module = aliases[i].module;
-    if (strlen(module) >= sizeof loaded[0].name)
-        return mqs__err(NULL, MQS_ENOMODULE, "scheme '%s' is too long",
-                        scheme);
+    if (strlen(scheme) > 64 || strchr(scheme, '/'))
+        return mqs__err(NULL, MQS_ENOMODULE,
+                        "scheme '%s' is too long or has a '/'", scheme);
 
     pthread_mutex_lock(&load_mu);
     for (size_t i = 0; i < n_loaded; i++)
-        if (!strcmp(loaded[i].name, module)) {
+        if (serves(loaded[i].be, scheme)) {
             *out = loaded[i].be;
             pthread_mutex_unlock(&load_mu);
             return 0;
         }
 
     /* Search order: $MQSTORE_MODULE_PATH (colon-separated), next to
-     * libmqstore, the install dir. */
+     * libmqstore, the install dir. In each folder mqstore_<scheme>.so is
+     * tried first (no scan in the common case), then every mqstore_*.so,
+     * for the schemes it declares. */
     char dirs[8192] = "";
     const char *env = getenv("MQSTORE_MODULE_PATH");
     char self[PATH_MAX];
@@ -151,56 +204,57 @@ int mqs__load_backend(const char *scheme, const mqs_backend **out)
                         strlen(env ? env : ""));
     }
 
-    char tried[4096] = "";
-    size_t tried_len = 0;
+    char tried[4096] = "", known[512] = "";
+    size_t tried_len = 0, known_len = 0;
     int rc = MQS_ENOMODULE;
     char *save = NULL;
     for (char *d = strtok_r(dirs, ":", &save); d;
          d = strtok_r(NULL, ":", &save)) {
         char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/mqstore_%s.so", d, module);
         if (tried_len < sizeof tried - 1)
             tried_len += (size_t)snprintf(tried + tried_len,
                                           sizeof tried - tried_len, "%s%s",
                                           tried_len ? ", " : "", d);
-        if (access(path, F_OK) != 0)
+        const mqs_backend *be;
+        snprintf(path, sizeof path, "%s/mqstore_%s.so", d, scheme);
+        if (access(path, F_OK) == 0) {
+            rc = load_path(path, &be);
+            if (rc == 0 && serves(be, scheme)) {
+                *out = be;
+                goto out;
+            }
+            if (rc) /* named for this scheme and broken: say so */
+                goto out;
+        }
+        DIR *dir = opendir(d);
+        if (!dir)
             continue;
-        void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        if (!h) {
-            rc = mqs__err(NULL, MQS_ENOMODULE, "cannot load %s: %s", path,
-                          dlerror());
-            goto out;
+        for (struct dirent *e; (e = readdir(dir)) != NULL;) {
+            if (!is_module_name(e->d_name))
+                continue;
+            snprintf(path, sizeof path, "%s/%s", d, e->d_name);
+            if (load_path(path, &be) != 0)
+                continue; /* not ours to judge here: named when asked for */
+            for (const char *const *p = be->schemes; *p; p++)
+                if (!listed(known, *p) && known_len < sizeof known - 80)
+                    known_len += (size_t)snprintf(known + known_len,
+                                                  sizeof known - known_len,
+                                                  "%s%s", known_len ? ", " : "",
+                                                  *p);
+            if (serves(be, scheme)) {
+                closedir(dir);
+                *out = be;
+                rc = 0;
+                goto out;
+            }
         }
-        mqs_backend_entry_fn entry;
-        *(void **)&entry = dlsym(h, MQS_BACKEND_ENTRY_NAME);
-        if (!entry) {
-            rc = mqs__err(NULL, MQS_ENOMODULE,
-                          "%s does not export %s(): not an mqstore backend",
-                          path, MQS_BACKEND_ENTRY_NAME);
-            dlclose(h);
-            goto out;
-        }
-        const mqs_backend *be = entry();
-        rc = validate(be, path);
-        if (rc) {
-            dlclose(h);
-            goto out;
-        }
-        if (n_loaded < sizeof loaded / sizeof loaded[0]) {
-            snprintf(loaded[n_loaded].name, sizeof loaded[0].name, "%s",
-                     module);
-            loaded[n_loaded++].be = be;
-        }
-        *out = be;
-        rc = 0;
-        goto out;
+        closedir(dir);
     }
     rc = mqs__err(NULL, MQS_ENOMODULE,
-                  "no backend for URI scheme '%s': mqstore_%s.so not found "
-                  "in %s (known schemes: sqlite, postgresql/postgres, "
-                  "mysql/mariadb; set MQSTORE_MODULE_PATH to the folder that "
-                  "holds the module)",
-                  scheme, module, tried);
+                  "no backend for URI scheme '%s': no module in %s declares "
+                  "it (schemes found: %s; set MQSTORE_MODULE_PATH to the "
+                  "folder that holds the module)",
+                  scheme, tried, known_len ? known : "none");
 out:
     pthread_mutex_unlock(&load_mu);
     return rc;

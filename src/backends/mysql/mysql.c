@@ -23,9 +23,21 @@
  *    needs max_allowed_packet plus a small margin, not twice its size.
  *  - Only integers and hex literals (X'...', for names) are ever formatted
  *    into SQL text; other strings and blobs are bound parameters.
- *  - HA lock (ABI 1.1): a row per cluster in mqs_lock, times by the server's
+ *  - HA lock (ABI 2.0): a row per cluster in mqs_lock, times by the server's
  *    clock; the crash detector is GET_LOCK() on a dedicated connection,
  *    which the server releases the moment that connection ends.
+ *  - Fencing without writing (lock_fence): a write transaction never
+ *    updates mqs_lock. txn_commit runs, as its last statement before
+ *    COMMIT, a locking read of the lock row by primary key (LOCK IN SHARE
+ *    MODE) and commits only if it shows this node, its token and at least
+ *    margin_ms of lease by the server's clock. The S record lock conflicts
+ *    with the X lock every takeover (lock_acquire, lock_force) takes before
+ *    it changes the row, so none can commit between the check and our
+ *    COMMIT; it lives in InnoDB's lock system only (no undo, no redo, no
+ *    row version). lock_renew, one autocommitted UPDATE on the lease
+ *    connection, is the only writer of the row while a master holds it.
+ *    lock_acquire first reads the row without any lock and goes no
+ *    further while a live holder's lease stands.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -160,8 +172,21 @@ struct mqs_be_conn {
      * detector is then never armed: the lease alone decides). */
     int64_t epoch;
     int epoch_read;
-    int idle_write_s;   /* idle_write_transaction_timeout set on this
-                           session (MariaDB), -1 = not settable */
+    int idle_write_s;   /* idle_write_transaction_timeout (and
+                           idle_transaction_timeout) set on this session by
+                           lock_fence (MariaDB), -1 = not settable */
+    int lock_wait_s;    /* innodb_lock_wait_timeout set on this session:
+                           0 = never set (the server's default), -1 =
+                           unknown (a SET failed) */
+    int lock_conn;      /* opened with role "lock": the core's lease or
+                           session-lock connection, which runs nothing but
+                           lock statements */
+    /* lock_fence of the open write transaction, checked by txn_commit.
+     * Cleared by txn_begin, a successful COMMIT and txn_rollback; kept
+     * when the check fails, so no later COMMIT can skip it. */
+    int fence_on;
+    char *fence_cluster, *fence_node;
+    int64_t fence_token, fence_margin_ms;
     char *sess_cluster; /* cluster whose session lock this connection holds */
     int64_t sess_id;    /* its CONNECTION_ID() */
     MYSQL_STMT *ins[MY_INS_SHIFT_MAX + 1];
@@ -934,6 +959,8 @@ static void my_close(mqs_be_conn *c)
     free(c->ints);
     free(c->sql.p);
     free(c->sess_cluster);
+    free(c->fence_cluster);
+    free(c->fence_node);
     free(c->uri);
     free(c);
 }
@@ -947,13 +974,27 @@ static int my_session_setup(mqs_be_conn *c)
 
     /* autocommit=1: reads are single statements; the server default may be
      * 0, which would keep a snapshot open forever. NO_ENGINE_SUBSTITUTION:
-     * never create the tables silently as MyISAM. UTC: created_ms. */
-    rc = my_exec(c, "session setup",
-                 "SET SESSION autocommit = 1, time_zone = '+00:00', "
-                 "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-                 NULL);
-    if (rc)
-        return rc;
+     * never create the tables silently as MyISAM. UTC: created_ms.
+     * innodb_snapshot_isolation=OFF (MariaDB 10.6.18+, ON by default from
+     * 11.6): ON, a locking read (LOCK IN SHARE MODE, FOR UPDATE) of a row
+     * changed after the transaction's read view was opened fails with
+     * "Record has changed since last read" (error 1020) instead of reading
+     * the newest committed version. The fence check (see lock_fence) and
+     * the subscription reads of msg_insert rely on the newest version, as
+     * on MySQL: a renewal committing after a write transaction's first
+     * plain read would otherwise fail its commit. Older servers do not
+     * know the variable (error 1193): set the rest alone. */
+    static const char setup[] = "SET SESSION autocommit = 1, time_zone = '+00:00', "
+                                "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'";
+    static const char snap_off[] = ", innodb_snapshot_isolation = OFF";
+    char qs[sizeof setup + sizeof snap_off];
+    snprintf(qs, sizeof qs, "%s%s", setup, c->is_mariadb ? snap_off : "");
+    if (mysql_real_query(c->db, qs, (unsigned long)strlen(qs)) != 0) {
+        if (!c->is_mariadb || mysql_errno(c->db) != 1193) /* unknown variable */
+            return my_fail_db(c, "session setup", 0);
+        if ((rc = my_exec(c, "session setup", setup, NULL)))
+            return rc;
+    }
     static const char q[] = "SELECT @@max_allowed_packet, @@innodb_autoinc_lock_mode, "
                             "@@auto_increment_increment";
     rc = my_query(c, "reading server settings", q, sizeof q - 1, &res);
@@ -1021,6 +1062,7 @@ static int my_conn_open(const mqs_be_open_args *args, mqs_be_conn **out, char *e
         return MQS_ENOMEM;
     }
     c->read_timeout = u.read_timeout;
+    c->lock_conn = args->role && strcmp(args->role, "lock") == 0;
     if (my_set_options(c->db, &u, args->role)) {
         snprintf(err, errlen, "mysql: %s: the client library refused an option "
                  "(%s)", masked, mysql_error(c->db));
@@ -1273,22 +1315,52 @@ unlock:
  * Transactions
  * ---------------------------------------------------------------------- */
 
+static int my_fence_check(mqs_be_conn *c);
+
 static int my_txn_begin(mqs_be_conn *c)
 {
+    c->fence_on = 0;
     MY_CHECK_CONN(c);
     return my_exec_ex(c, "START TRANSACTION", "START TRANSACTION", 17, NULL, 0);
 }
 
+/* With a fence (lock_fence), the check is the last statement before
+ * COMMIT: after every write, and the share lock it takes on the lock row
+ * is held only for the COMMIT. A failed check leaves the transaction open
+ * for the core's txn_rollback and keeps the fence, so a second txn_commit
+ * fails the same way instead of committing. */
 static int my_txn_commit(mqs_be_conn *c)
 {
+    int rc;
+
     MY_CHECK_CONN(c);
-    return my_exec_ex(c, "COMMIT", "COMMIT", 6, NULL, 1);
+    if (c->fence_on && (rc = my_fence_check(c)))
+        return rc;
+    rc = my_exec_ex(c, "COMMIT", "COMMIT", 6, NULL, 1);
+    if (!rc)
+        c->fence_on = 0;
+    return rc;
 }
 
 static int my_txn_rollback(mqs_be_conn *c)
 {
+    c->fence_on = 0;
     MY_CHECK_CONN(c);
     return my_exec_ex(c, "ROLLBACK", "ROLLBACK", 8, NULL, 0);
+}
+
+/* The lock's own transactions (acquire, release, force) and the renewal
+ * must not run inside a write transaction: START TRANSACTION would commit
+ * it, an autocommitted UPDATE would join it. No round trip: the server
+ * reports its transaction state with every reply. */
+static int my_not_in_txn(mqs_be_conn *c, const char *what)
+{
+    if (c->db->server_status & SERVER_STATUS_IN_TRANS)
+        return my_errf(c, MQS_EINVAL,
+                       "mysql: %s called inside an open transaction on %s; it "
+                       "runs in its own transaction",
+                       what, c->uri);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -1430,7 +1502,7 @@ static int my_ack_topic(mqs_be_conn *c, const mqs_be_ref *r, size_t n, uint64_t 
     return 0;
 }
 
-static int my_msg_ack_many(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
+static int my_msg_ack(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
 {
     int rc;
     MY_CHECK_CONN(c);
@@ -1438,11 +1510,6 @@ static int my_msg_ack_many(mqs_be_conn *c, const mqs_be_ref *r, size_t n)
     if (!rc)
         rc = my_ack_topic(c, r, n, NULL);
     return rc;
-}
-
-static int my_msg_ack(mqs_be_conn *c, const mqs_be_ref *r)
-{
-    return my_msg_ack_many(c, r, 1);
 }
 
 static int my_msg_nack(mqs_be_conn *c, const mqs_be_ref *r)
@@ -1779,7 +1846,7 @@ static int my_drop_orphans(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, siz
     return 0;
 }
 
-static int my_msg_insert_many(mqs_be_conn *c, mqs_be_msg *m, size_t n)
+static int my_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     size_t limit = my_max_message(c);
     size_t budget = c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
@@ -1851,11 +1918,6 @@ out:
     free(tcnt);
     free(idx);
     return rc;
-}
-
-static int my_msg_insert(mqs_be_conn *c, mqs_be_msg *m)
-{
-    return my_msg_insert_many(c, m, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -2019,7 +2081,7 @@ static int my_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 }
 
 /* ------------------------------------------------------------------------
- * Exclusive lock (ABI 1.1)
+ * Exclusive lock (ABI 2.0)
  * ---------------------------------------------------------------------- */
 
 /* The database clock, UNIX ms (session time_zone is UTC). */
@@ -2201,61 +2263,115 @@ static int my_lock_abort(mqs_be_conn *c, int rc)
     return rc;
 }
 
-static int my_lock_acquire_txn(mqs_be_conn *c, const mqs_be_lock *l,
-                               mqs_be_lock_state *st);
-
-static int my_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st)
+/* innodb_lock_wait_timeout, in seconds, for a wait of at most wait_ms (0:
+ * about a second): whole seconds, at least 1 (MySQL's minimum), and short
+ * of read_timeout, which would otherwise declare the connection lost. */
+static int my_wait_s(const mqs_be_conn *c, int64_t wait_ms)
 {
-    int rc;
-
-    memset(st, 0, sizeof *st);
-    MY_CHECK_CONN(c);
-    if ((rc = my_epoch(c)))
-        return rc;
-    /* Never queue behind a master frozen with the lock row locked: give up
-     * after a second (MQS_EBUSY) and let the core poll again. Restored
-     * after, since this pooled connection also serves other writes. */
-    if ((rc = my_exec(c, "setting innodb_lock_wait_timeout for the acquire",
-                      "SET SESSION innodb_lock_wait_timeout = 1", NULL)))
-        return rc;
-    rc = my_lock_acquire_txn(c, l, st);
-    int rc2 = c->broken ? 0
-                        : my_exec(c, "restoring innodb_lock_wait_timeout",
-                                  "SET SESSION innodb_lock_wait_timeout = "
-                                  "DEFAULT", NULL);
-    return rc ? rc : rc2;
+    int64_t s = wait_ms > 0 ? wait_ms / 1000 + (wait_ms % 1000 != 0) : 1;
+    if (c->read_timeout && s > (int64_t)c->read_timeout / 2)
+        s = (int64_t)c->read_timeout / 2;
+    if (s > 86400)
+        s = 86400;
+    return s < 1 ? 1 : (int)s;
 }
 
+/* Set this session's innodb_lock_wait_timeout to s seconds (0: back to the
+ * server's default), unless the cache says it already is. */
+static int my_lock_wait_set(mqs_be_conn *c, int s)
+{
+    char q[80];
+    int rc;
+
+    if (c->lock_wait_s == s)
+        return 0;
+    if (s > 0)
+        snprintf(q, sizeof q, "SET SESSION innodb_lock_wait_timeout = %d", s);
+    else
+        snprintf(q, sizeof q, "SET SESSION innodb_lock_wait_timeout = DEFAULT");
+    c->lock_wait_s = -1; /* unknown until the SET succeeded */
+    rc = my_exec(c, "setting innodb_lock_wait_timeout", q, NULL);
+    if (!rc)
+        c->lock_wait_s = s;
+    return rc;
+}
+
+/* Bound the row-lock waits of the lock statements that follow by wait_ms.
+ * A "lock" connection serves nothing else, so the setting stays (set once
+ * per connection, then cached). A pooled connection also serves writes,
+ * which need the server's default: *prev says what my_wait_end puts back,
+ * and only when this call changed it. */
+static int my_wait_begin(mqs_be_conn *c, int64_t wait_ms, int *prev)
+{
+    int want = my_wait_s(c, wait_ms);
+    *prev = c->lock_conn ? want : c->lock_wait_s;
+    return my_lock_wait_set(c, want);
+}
+
+static void my_wait_end(mqs_be_conn *c, int prev)
+{
+    if (c->broken || prev == c->lock_wait_s)
+        return;
+    /* A failed restore leaves lock_wait_s unknown (-1), so the next lock
+     * statement sets it again; it does not undo what committed. */
+    char keep[sizeof c->err];
+    memcpy(keep, c->err, sizeof keep);
+    (void)my_lock_wait_set(c, prev > 0 ? prev : 0);
+    memcpy(c->err, keep, sizeof keep);
+}
+
+/* The lock may be taken: no row yet, free, lease expired by the database
+ * clock, or the caller holds the session lock now (holder_gone) and the
+ * server says the holder's recorded connection does not. */
+static int my_lock_takeable(const struct my_lock_row *r, const mqs_be_lock *l)
+{
+    return !r->found || !r->held || !r->lease_valid || r->lease_until <= r->now ||
+           (l->holder_gone && r->session_id > 0 && r->lock_user != r->session_id);
+}
+
+static int my_lock_busy(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st,
+                        const struct my_lock_row *r)
+{
+    my_lock_fill(st, r);
+    return my_errf(c, MQS_EBUSY,
+                   "mysql: the lock of cluster '%s' in %s is held by node %s "
+                   "(token %" PRId64 ", lease %" PRId64 " ms left, held for %" PRId64
+                   " ms, crash detector %s)",
+                   l->cluster, c->uri, st->holder, st->token, st->lease_left_ms,
+                   st->held_ms, st->session_armed ? "armed" : "not armed");
+}
+
+/* The locking part of an acquire, in its own transaction: create the row
+ * if the poll found none, lock it (X: waits for the share lock of any
+ * fence check in flight, so the old holder's last commit ends first),
+ * check again, take it. */
 static int my_lock_acquire_txn(mqs_be_conn *c, const mqs_be_lock *l,
-                               mqs_be_lock_state *st)
+                               mqs_be_lock_state *st, int found)
 {
     struct my_lock_row r;
     uint64_t changed = 0;
     int rc;
     if ((rc = my_txn_begin(c)))
         return rc;
-    my_sb_reset(&c->sql);
-    my_sb_printf(&c->sql, "INSERT INTO mqs_lock (cluster) VALUES (");
-    my_sb_hex(&c->sql, l->cluster);
-    my_sb_printf(&c->sql, ") ON DUPLICATE KEY UPDATE cluster = cluster");
-    if ((rc = my_lock_exec(c, "creating the lock row in mqs_lock", NULL)) ||
-        (rc = my_lock_load(c, l->cluster, 1, &r)))
+    if (!found) {
+        my_sb_reset(&c->sql);
+        my_sb_printf(&c->sql, "INSERT INTO mqs_lock (cluster) VALUES (");
+        my_sb_hex(&c->sql, l->cluster);
+        my_sb_printf(&c->sql, ") ON DUPLICATE KEY UPDATE cluster = cluster");
+        if ((rc = my_lock_exec(c, "creating the lock row in mqs_lock", NULL)))
+            return my_lock_abort(c, rc);
+    }
+    if ((rc = my_lock_load(c, l->cluster, 1, &r)))
         return my_lock_abort(c, rc);
-    /* The row is locked from here to COMMIT. The holder's session is gone
-     * when the caller holds the session lock now (holder_gone) and the
-     * server says its recorded connection does not. */
-    int take = !r.held || !r.lease_valid || r.lease_until <= r.now ||
-               (l->holder_gone && r.session_id > 0 && r.lock_user != r.session_id);
-    if (!take) {
-        my_lock_fill(st, &r);
-        if ((rc = my_txn_rollback(c)))
-            return rc;
-        return my_errf(c, MQS_EBUSY,
-                       "mysql: the lock of cluster '%s' in %s is held by node %s "
-                       "(token %" PRId64 ", lease %" PRId64 " ms left, held for %" PRId64
-                       " ms, crash detector %s)",
-                       l->cluster, c->uri, st->holder, st->token, st->lease_left_ms,
-                       st->held_ms, st->session_armed ? "armed" : "not armed");
+    if (!r.found)
+        return my_lock_abort(c, my_errf(c, MQS_EIO,
+                                        "mysql: the lock row of cluster '%s' vanished "
+                                        "from %s while it was being acquired",
+                                        l->cluster, c->uri));
+    /* The row is locked from here to COMMIT. */
+    if (!my_lock_takeable(&r, l)) {
+        rc = my_lock_busy(c, l, st, &r);
+        return my_lock_abort(c, rc);
     }
     my_sb_reset(&c->sql);
     my_sb_printf(&c->sql, "UPDATE mqs_lock SET holder = ");
@@ -2284,6 +2400,61 @@ static int my_lock_acquire_txn(mqs_be_conn *c, const mqs_be_lock *l,
     return 0;
 }
 
+/* Standbys call this every poll_ms. While a live holder's lease stands it
+ * is one plain read (a consistent read: no lock, no wait, no write,
+ * nothing in the server's log). Only a takeable lock gets the locking
+ * transaction, its row-lock wait bounded by l->wait_ms (see
+ * my_wait_begin). */
+static int my_lock_acquire(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st)
+{
+    struct my_lock_row r;
+    int rc;
+
+    memset(st, 0, sizeof *st);
+    MY_CHECK_CONN(c);
+    if ((rc = my_not_in_txn(c, "lock_acquire")) || (rc = my_epoch(c)) ||
+        (rc = my_lock_load(c, l->cluster, 0, &r)))
+        return rc;
+    if (!my_lock_takeable(&r, l))
+        return my_lock_busy(c, l, st, &r);
+    int prev;
+    if (!(rc = my_wait_begin(c, l->wait_ms, &prev)))
+        rc = my_lock_acquire_txn(c, l, st, r.found);
+    my_wait_end(c, prev);
+    return rc;
+}
+
+/* A renewal or fence check did not match: say who holds the lock now (r:
+ * the row as read after the failure). margin_ms >= 0 for a fence check,
+ * whose row may still name this node and token with too little lease. */
+static int my_lock_fenced_msg(mqs_be_conn *c, const char *cluster, const char *node,
+                              int64_t token, int64_t margin_ms,
+                              const struct my_lock_row *r)
+{
+    if (!r->found)
+        return my_errf(c, MQS_EFENCED,
+                       "mysql: the lock of cluster '%s' has no row in %s any more; node "
+                       "%s (token %" PRId64 ") was fenced",
+                       cluster, c->uri, node, token);
+    if (!r->held)
+        return my_errf(c, MQS_EFENCED,
+                       "mysql: the lock of cluster '%s' is now free (token %" PRId64
+                       "); node %s (token %" PRId64 ") was fenced",
+                       cluster, r->token, node, token);
+    if (margin_ms >= 0 && r->token == token && strcmp(r->holder, node) == 0)
+        return my_errf(c, MQS_EFENCED,
+                       "mysql: node %s still holds the lock of cluster '%s' (token "
+                       "%" PRId64 ") but its lease has %" PRId64 " ms left by the "
+                       "database clock, less than the %" PRId64 " ms a commit needs; "
+                       "fenced, the transaction was not committed",
+                       node, cluster, token,
+                       r->lease_valid ? r->lease_until - r->now : 0, margin_ms);
+    return my_errf(c, MQS_EFENCED,
+                   "mysql: the lock of cluster '%s' is now held by %s (token %" PRId64
+                   "); node %s (token %" PRId64 ") was fenced",
+                   cluster, r->holder, r->token, node, token);
+}
+
 /* The renewal matched no row with our holder and token: say who has it. */
 static int my_lock_fenced(mqs_be_conn *c, const mqs_be_lock *l)
 {
@@ -2294,51 +2465,16 @@ static int my_lock_fenced(mqs_be_conn *c, const mqs_be_lock *l)
                        "cluster '%s' and was fenced (the current holder could not be "
                        "read: %s)",
                        l->node, l->token, l->cluster, c->err);
-    if (!r.found)
-        return my_errf(c, MQS_EFENCED,
-                       "mysql: the lock of cluster '%s' has no row in %s any more; node "
-                       "%s (token %" PRId64 ") was fenced",
-                       l->cluster, c->uri, l->node, l->token);
-    if (!r.held)
-        return my_errf(c, MQS_EFENCED,
-                       "mysql: the lock of cluster '%s' is now free (token %" PRId64
-                       "); node %s (token %" PRId64 ") was fenced",
-                       l->cluster, r.token, l->node, l->token);
-    return my_errf(c, MQS_EFENCED,
-                   "mysql: the lock of cluster '%s' is now held by %s (token %" PRId64
-                   "); node %s (token %" PRId64 ") was fenced",
-                   l->cluster, r.holder, r.token, l->node, l->token);
+    return my_lock_fenced_msg(c, l->cluster, l->node, l->token, -1, &r);
 }
 
-static int my_lock_renew(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st)
+static int my_lock_renew_run(mqs_be_conn *c, const mqs_be_lock *l,
+                             mqs_be_lock_state *st)
 {
     struct my_lock_row r;
     uint64_t matched = 0;
     int rc;
 
-    memset(st, 0, sizeof *st);
-    MY_CHECK_CONN(c);
-    if ((rc = my_epoch(c)))
-        return rc;
-    /* A master frozen inside a write transaction keeps the lock row locked,
-     * so no standby could ever take over. MariaDB ends such a session
-     * after idle_write_transaction_timeout: make that about one lease.
-     * Set once per connection; servers without it (MySQL) rely on the
-     * lease and wait_timeout. */
-    int want = (int)((l->lease_ms + 999) / 1000);
-    if (c->is_mariadb && c->idle_write_s != want && c->idle_write_s != -1) {
-        char q[96];
-        snprintf(q, sizeof q,
-                 "SET SESSION idle_write_transaction_timeout = %d", want);
-        if (mysql_real_query(c->db, q, (unsigned long)strlen(q)) == 0)
-            c->idle_write_s = want;
-        else if (mysql_errno(c->db) == 1193) /* unknown variable */
-            c->idle_write_s = -1;
-        else
-            return my_fail_db(c, "setting idle_write_transaction_timeout", 0);
-    }
-    /* Inside the caller's transaction: the row lock this takes orders the
-     * renewal against any acquire until COMMIT. */
     my_sb_reset(&c->sql);
     my_sb_printf(&c->sql,
                  "UPDATE mqs_lock SET lease_until_ms = " MY_NOW_MS " + %" PRId64 ", ",
@@ -2359,15 +2495,155 @@ static int my_lock_renew(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state
     return 0;
 }
 
+/* Runs on the lease connection, outside any write transaction. One
+ * autocommitted UPDATE is its own transaction: the row's X lock is held
+ * only while the server executes and commits it, never across a round trip
+ * (a fence check waiting behind it waits for no client). Its wait for the
+ * row lock (a commit's fence check: one COMMIT; a takeover: a few round
+ * trips) is bounded by innodb_lock_wait_timeout (see my_wait_begin: set
+ * once on the lease connection); a timeout is MQS_EBUSY. */
+static int my_lock_renew(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state *st)
+{
+    int prev, rc;
+
+    memset(st, 0, sizeof *st);
+    MY_CHECK_CONN(c);
+    if ((rc = my_not_in_txn(c, "lock_renew")) || (rc = my_epoch(c)))
+        return rc;
+    if (!(rc = my_wait_begin(c, l->wait_ms, &prev)))
+        rc = my_lock_renew_run(c, l, st);
+    my_wait_end(c, prev);
+    return rc;
+}
+
+/* Session settings of a connection that runs fenced write transactions,
+ * once per connection (MariaDB only; MySQL has neither). MariaDB closes the
+ * connection of a transaction idle longer than idle_write_transaction_timeout,
+ * which frees the row locks of a master frozen mid-transaction, and the
+ * share lock of a fence check frozen before its COMMIT, which would hold
+ * off every takeover. Write transactions are short (the core sends their
+ * statements back to back), so about one lease is right. mqs_be_fence has
+ * no lease_ms; the core sets margin_ms = lease_ms / 10, hence
+ *     max(1, ceil(margin_ms * 10 / 1000)) seconds.
+ * idle_transaction_timeout gets the same value: a transaction whose writes
+ * changed no row counts as read-only for MariaDB, yet its fence check holds
+ * the share lock until COMMIT. */
+static int my_fence_session(mqs_be_conn *c, int64_t margin_ms)
+{
+    int64_t m = margin_ms < 0 ? 0 : margin_ms > 3153600000LL ? 3153600000LL : margin_ms;
+    int want = (int)((m * 10 + 999) / 1000);
+    char q[160];
+
+    if (want < 1)
+        want = 1;
+    if (!c->is_mariadb || c->idle_write_s == want || c->idle_write_s == -1)
+        return 0;
+    snprintf(q, sizeof q,
+             "SET SESSION idle_write_transaction_timeout = %d, "
+             "idle_transaction_timeout = %d",
+             want, want);
+    if (mysql_real_query(c->db, q, (unsigned long)strlen(q)) == 0)
+        c->idle_write_s = want;
+    else if (mysql_errno(c->db) == 1193) /* unknown variable: before 10.3 */
+        c->idle_write_s = -1;
+    else
+        return my_fail_db(c, "setting idle_write_transaction_timeout", 0);
+    return 0;
+}
+
+/* Called right after txn_begin. Only records the fence (and sets up the
+ * session once): the check itself runs in txn_commit, after the last
+ * write, so the share lock it takes is held for the COMMIT only and
+ * lock_renew never waits longer than that. */
+static int my_lock_fence(mqs_be_conn *c, const mqs_be_fence *f)
+{
+    int rc;
+
+    MY_CHECK_CONN(c);
+    if (!f || !f->cluster || !f->node)
+        return my_errf(c, MQS_EINVAL, "mysql: lock_fence without cluster or node");
+    if ((rc = my_fence_session(c, f->margin_ms)))
+        return rc;
+    if (!c->fence_cluster || strcmp(c->fence_cluster, f->cluster) != 0) {
+        char *x = strdup(f->cluster);
+        if (!x)
+            return my_oom(c, "lock_fence");
+        free(c->fence_cluster);
+        c->fence_cluster = x;
+    }
+    if (!c->fence_node || strcmp(c->fence_node, f->node) != 0) {
+        char *x = strdup(f->node);
+        if (!x)
+            return my_oom(c, "lock_fence");
+        free(c->fence_node);
+        c->fence_node = x;
+    }
+    c->fence_token = f->token;
+    c->fence_margin_ms = f->margin_ms > 0 ? f->margin_ms : 0;
+    c->fence_on = 1;
+    return 0;
+}
+
+/* The fence check, txn_commit's last statement before COMMIT: a locking
+ * read (S record lock) of the lock row by primary key. A locking read
+ * reads the newest committed version, not the transaction's snapshot, and
+ * waits for an X lock held by a takeover or renewal in flight. The match is
+ * computed by the server (bytes of holder, token, lease left by its
+ * clock); the row comes back too, for the message. */
+static int my_fence_check(mqs_be_conn *c)
+{
+    static const char what[] = "checking the fence (locking read of the mqs_lock row)";
+    struct my_lock_row r;
+    MYSQL_RES *res;
+    MYSQL_ROW row;
+    int ok = 0;
+
+    my_sb_reset(&c->sql);
+    my_sb_printf(&c->sql, "SELECT holder, token, lease_until_ms, " MY_NOW_MS ", holder = ");
+    my_sb_hex(&c->sql, c->fence_node);
+    my_sb_printf(&c->sql,
+                 " AND token = %" PRId64 " AND lease_until_ms - " MY_NOW_MS " >= %" PRId64
+                 " FROM mqs_lock WHERE cluster = ",
+                 c->fence_token, c->fence_margin_ms);
+    my_sb_hex(&c->sql, c->fence_cluster);
+    my_sb_printf(&c->sql, " LOCK IN SHARE MODE");
+    if (c->sql.oom)
+        return my_oom(c, what);
+    if (mysql_real_query(c->db, c->sql.p, (unsigned long)c->sql.len))
+        return my_lock_fail(c, what);
+    if (!(res = mysql_store_result(c->db)))
+        return my_lock_fail(c, what);
+    memset(&r, 0, sizeof r);
+    if ((row = mysql_fetch_row(res))) {
+        r.found = 1;
+        r.held = row[0] != NULL;
+        if (row[0])
+            snprintf(r.holder, sizeof r.holder, "%s", row[0]);
+        r.token = my_i64(row[1]);
+        r.lease_valid = row[2] != NULL;
+        r.lease_until = my_i64(row[2]);
+        r.now = my_i64(row[3]);
+        ok = row[4] && my_i64(row[4]) == 1;
+    }
+    mysql_free_result(res);
+    if (ok)
+        return 0;
+    return my_lock_fenced_msg(c, c->fence_cluster, c->fence_node, c->fence_token,
+                              c->fence_margin_ms, &r);
+}
+
 /* Release (node != NULL: only where holder and token match) or force the
- * lock free, in its own transaction. The token stays. */
+ * lock free, in its own transaction. The token stays. The UPDATE takes the
+ * row's X lock, so a force, like an acquire, commits only after the fence
+ * check of any commit in flight. */
 static int my_lock_clear(mqs_be_conn *c, const char *cluster, const char *node,
                          int64_t token)
 {
     int rc;
 
     MY_CHECK_CONN(c);
-    if ((rc = my_txn_begin(c)))
+    if ((rc = my_not_in_txn(c, node ? "lock_release" : "lock_force")) ||
+        (rc = my_txn_begin(c)))
         return rc;
     my_sb_reset(&c->sql);
     my_sb_printf(&c->sql, "UPDATE mqs_lock SET holder = NULL, lease_until_ms = NULL, "
@@ -2564,9 +2840,7 @@ static void my_backend_init(void)
         .txn_rollback = my_txn_rollback,
         .dest_resolve = my_dest_resolve,
         .msg_insert = my_msg_insert,
-        .msg_insert_many = my_msg_insert_many,
         .msg_ack = my_msg_ack,
-        .msg_ack_many = my_msg_ack_many,
         .msg_nack = my_msg_nack,
         .sub_create = my_sub_create,
         .sub_remove = my_sub_remove,
@@ -2579,13 +2853,13 @@ static void my_backend_init(void)
         .lock_release = my_lock_release,
         .lock_read = my_lock_read,
         .lock_force = my_lock_force,
+        .lock_fence = my_lock_fence,
         .session_lock = my_session_lock,
         .session_unlock = my_session_unlock,
     };
 }
 
-MQS_API const mqs_backend *MQS_BACKEND_ENTRY(void);
-MQS_API const mqs_backend *MQS_BACKEND_ENTRY(void)
+MQS_BACKEND_EXPORT const mqs_backend *MQS_BACKEND_ENTRY(void)
 {
     pthread_once(&my_backend_once, my_backend_init);
     return &my_backend;

@@ -2965,7 +2965,7 @@ static void pg_backend_init(void)
     pg_backend.n_migrations = mqs_schema_postgresql_count;
 }
 
-__attribute__((visibility("default"))) const mqs_backend *
+MQS_BACKEND_EXPORT const mqs_backend *
 mqs_backend_entry(void)
 {
     pthread_once(&pg_backend_once, pg_backend_init);

@@ -2442,7 +2442,7 @@ static const mqs_backend sqlite_backend = {
     .session_unlock = sqlite_session_unlock,
 };
 
-__attribute__((visibility("default"))) const mqs_backend *
+MQS_BACKEND_EXPORT const mqs_backend *
 mqs_backend_entry(void)
 {
     return &sqlite_backend;

@@ -23,7 +23,7 @@
 #include <mqstore/mqstore.h>
 
 /* ---- the server under test (parsed from the URI argument) ---- */
-typedef enum fx_kind { FX_PG, FX_MYSQL } fx_kind;
+typedef enum fx_kind { FX_PG, FX_MYSQL, FX_SQLITE } fx_kind;
 
 typedef struct fx_server {
     const char *uri; /* as given; holds the password */
@@ -33,14 +33,16 @@ typedef struct fx_server {
     char password[256];
     char host[256];
     int port;
-    char db[128];
+    char db[512];    /* FX_SQLITE: the database file's path */
     char query[512]; /* the URI's own query options, "" if none */
 } fx_server;
 
 extern fx_server g_srv;
 extern char g_tmp[256]; /* private scratch directory */
 
-/* Parse uri into *out; 0 or -1 with a message in err. */
+/* Parse uri into *out; 0 or -1 with a message in err. sqlite:///abs/path
+ * and sqlite:/abs/path give FX_SQLITE (db = the path): mqs_faults skips
+ * it (no server to fault), mqs_fence runs on it. */
 int fx_parse_uri(const char *uri, fx_server *out, char *err, size_t errlen);
 /* A store URI for the server with some parts replaced: password/db NULL =
  * the server's; port 0 = the server's; opts (may be NULL) is a '&'-joined
@@ -73,7 +75,8 @@ void fx_proxy_stop(fx_proxy *p);
 /* A 127.0.0.1 port nobody listens on (bound, then closed). */
 int fx_closed_port(void);
 
-/* ---- admin connection to the server (libpq or libmysqlclient) ---- */
+/* ---- admin connection to the server (libpq or libmysqlclient), or to
+ * the database file (sqlite3, with a 10 s busy timeout) ---- */
 typedef struct fx_admin fx_admin;
 /* Connect with the server's credentials; fails the test on error. */
 fx_admin *fx_admin_open(void);

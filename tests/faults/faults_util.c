@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,6 +27,9 @@
 #endif
 #ifdef FX_HAVE_MYSQL
 #include <mysql.h>
+#endif
+#ifdef FX_HAVE_SQLITE3
+#include <sqlite3.h>
 #endif
 
 fx_server g_srv;
@@ -118,6 +122,21 @@ int fx_parse_uri(const char *uri, fx_server *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     out->uri = uri;
+    if (!strncasecmp(uri, "sqlite:/", 8) && uri[8] != '/') {
+        /* sqlite:/abs/path */
+        out->kind = FX_SQLITE;
+        snprintf(out->scheme, sizeof out->scheme, "sqlite");
+        const char *p = uri + 7;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (pct_decode(out->db, sizeof out->db, p, n)) {
+            snprintf(err, errlen, "bad path encoding in the URI");
+            return -1;
+        }
+        if (q)
+            snprintf(out->query, sizeof out->query, "%s", q + 1);
+        return 0;
+    }
     const char *sep = strstr(uri, "://");
     if (!sep || (size_t)(sep - uri) >= sizeof out->scheme) {
         snprintf(err, errlen, "no scheme:// in the URI");
@@ -131,6 +150,23 @@ int fx_parse_uri(const char *uri, fx_server *out, char *err, size_t errlen)
     } else if (!strcmp(out->scheme, "mysql") || !strcmp(out->scheme, "mariadb")) {
         out->kind = FX_MYSQL;
         out->port = 3306;
+    } else if (!strcmp(out->scheme, "sqlite")) {
+        /* sqlite:///abs/path (or sqlite://localhost/abs/path): a file, no
+         * server. The path is what the admin opens with sqlite3. */
+        out->kind = FX_SQLITE;
+        const char *p = sep + 3;
+        if (!strncmp(p, "localhost/", 10))
+            p += 9;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (*p != '/' || n < 2 ||
+            pct_decode(out->db, sizeof out->db, p, n)) {
+            snprintf(err, errlen, "expected sqlite:///absolute/path.db");
+            return -1;
+        }
+        if (q)
+            snprintf(out->query, sizeof out->query, "%s", q + 1);
+        return 0;
     } else {
         snprintf(err, errlen, "scheme '%s' has no database server to fault",
                  out->scheme);
@@ -193,9 +229,27 @@ char *fx_uri(const char *password, int port, const char *db, const char *opts)
     size_t n = 2048 + strlen(g_srv.query) + (opts ? strlen(opts) : 0);
     char *out = malloc(n);
     assert_non_null(out);
-    int k = snprintf(out, n, "%s://%s%s%s%s%s:%d/%s", g_srv.scheme, u,
+    int k;
+    if (g_srv.kind == FX_SQLITE) {
+        /* a file: password, port and db do not apply */
+        char path[1600];
+        size_t j = 0;
+        for (const unsigned char *p = (const unsigned char *)g_srv.db;
+             *p && j + 4 < sizeof path; p++) {
+            if (isalnum(*p) || strchr("-._~/", *p)) {
+                path[j++] = (char)*p;
+            } else {
+                snprintf(path + j, sizeof path - j, "%%%02X", *p);
+                j += 3;
+            }
+        }
+        path[j] = '\0';
+        k = snprintf(out, n, "sqlite://%s", path);
+    } else {
+        k = snprintf(out, n, "%s://%s%s%s%s%s:%d/%s", g_srv.scheme, u,
                      pw[0] ? ":" : "", pw, u[0] || pw[0] ? "@" : "",
                      g_srv.host, port ? port : g_srv.port, d);
+    }
     const char *join = "?";
     if (g_srv.query[0]) {
         k += snprintf(out + k, n - (size_t)k, "?%s", g_srv.query);
@@ -430,6 +484,9 @@ struct fx_admin {
 #ifdef FX_HAVE_MYSQL
     MYSQL *my;
 #endif
+#ifdef FX_HAVE_SQLITE3
+    sqlite3 *lt;
+#endif
     int dummy;
 };
 
@@ -449,7 +506,18 @@ fx_admin *fx_admin_open(void)
     assert_non_null(a);
     char port[16];
     snprintf(port, sizeof port, "%d", g_srv.port);
-    if (g_srv.kind == FX_PG) {
+    if (g_srv.kind == FX_SQLITE) {
+#ifdef FX_HAVE_SQLITE3
+        /* The file exists (a store created it): never create one here. */
+        int rc = sqlite3_open_v2(g_srv.db, &a->lt, SQLITE_OPEN_READWRITE,
+                                 NULL);
+        if (rc != SQLITE_OK)
+            fail_msg("admin: cannot open %s with sqlite3: %s", g_srv.db,
+                     a->lt ? sqlite3_errmsg(a->lt) : sqlite3_errstr(rc));
+        sqlite3_busy_timeout(a->lt, 10000);
+        return a;
+#endif
+    } else if (g_srv.kind == FX_PG) {
 #ifdef FX_HAVE_LIBPQ
         const char *kw[] = {"host", "port", "user", "password", "dbname",
                             "application_name", "connect_timeout", NULL};
@@ -478,7 +546,7 @@ fx_admin *fx_admin_open(void)
         return a;
 #endif
     }
-    fail_msg("mqs_faults was built without the %s client library",
+    fail_msg("this test binary was built without the %s client library",
              g_srv.scheme);
     return NULL;
 }
@@ -494,6 +562,10 @@ void fx_admin_close(fx_admin *a)
 #ifdef FX_HAVE_MYSQL
     if (a->my)
         mysql_close(a->my);
+#endif
+#ifdef FX_HAVE_SQLITE3
+    if (a->lt)
+        sqlite3_close_v2(a->lt);
 #endif
     free(a);
 }
@@ -544,6 +616,44 @@ static int admin_run(fx_admin *a, const char *sql, int64_t *out, char *err,
         if (res)
             mysql_free_result(res);
         return rc;
+    }
+#endif
+#ifdef FX_HAVE_SQLITE3
+    if (a->lt) {
+        /* Every statement of sql in turn; out gets the first column of the
+         * first row any of them returns. */
+        const char *tail = sql;
+        int got = 0;
+        while (tail && *tail) {
+            sqlite3_stmt *st = NULL;
+            int rc = sqlite3_prepare_v2(a->lt, tail, -1, &st, &tail);
+            if (rc != SQLITE_OK) {
+                snprintf(err, errlen, "%s (SQLite %d)", sqlite3_errmsg(a->lt),
+                         rc);
+                sqlite3_finalize(st);
+                return -1;
+            }
+            if (!st) /* whitespace or a comment */
+                continue;
+            while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+                if (out && !got &&
+                    sqlite3_column_type(st, 0) != SQLITE_NULL) {
+                    *out = sqlite3_column_int64(st, 0);
+                    got = 1;
+                }
+            if (rc != SQLITE_DONE) {
+                snprintf(err, errlen, "%s (SQLite %d)", sqlite3_errmsg(a->lt),
+                         rc);
+                sqlite3_finalize(st);
+                return -1;
+            }
+            sqlite3_finalize(st);
+        }
+        if (out && !got) {
+            snprintf(err, errlen, "no value returned by: %s", sql);
+            return -1;
+        }
+        return 0;
     }
 #endif
     (void)sql;

@@ -690,6 +690,11 @@ int main(int argc, char **argv)
     const char *uri = argv[argc - 1];
     char err[256];
     int prc = fx_parse_uri(uri, &g_srv, err, sizeof err);
+    if (prc == 0 && g_srv.kind == FX_SQLITE) {
+        snprintf(err, sizeof err, "scheme 'sqlite' has no database server "
+                 "to fault");
+        prc = 1;
+    }
     if (prc > 0) {
         printf("mqs_faults: %s: skipped\n", err);
         return 77;

@@ -865,6 +865,13 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                         PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
                     char why[700];
                     pg_oneline(why, sizeof why, m ? m : "fenced");
+                    /* The server wraps it: invalid input syntax for type
+                     * integer: "mqstore fence: ...". Keep the inside. */
+                    char *q = strchr(why, '"'), *e = strrchr(why, '"');
+                    if (q && e > q + 1) {
+                        *e = '\0';
+                        memmove(why, q + 1, (size_t)(e - q));
+                    }
                     snprintf(c->state, sizeof c->state, "22P02");
                     pg_set_err(c, "postgresql %s: %s", c->masked, why);
                     rc = MQS_EFENCED;
@@ -2050,11 +2057,20 @@ static int pg_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb,
     snprintf(l, sizeof l, "%llu", (unsigned long long)p->limit);
     const Oid types[4] = {PG_OID_INT8, PG_OID_INT2, PG_OID_INT8, PG_OID_INT8};
     const char *vals[4] = {a, b, d, l};
+    /* In a pipeline of its own: libpq (before 17) leaves single-row mode
+     * set after the last query of a connection outside a pipeline, and the
+     * first statement of the next pipeline then came back as
+     * PGRES_SINGLE_TUPLE, failing a lock acquire that had committed. A
+     * pipeline's Sync resets it. */
+    if (!PQenterPipelineMode(c->pg))
+        return pg_fail(c, NULL, what);
     if (!PQsendQueryParams(c->pg, p->sub_id ? SQL_PAGE_SUB : SQL_PAGE_QUEUE, 4,
                            types, vals, NULL, NULL, 1))
-        return pg_fail(c, NULL, what);
+        return pg_fail_code(c, NULL, what, MQS_ECONN);
     /* One row in memory at a time, whatever the message sizes. */
     (void)PQsetSingleRowMode(c->pg);
+    if (!PQpipelineSync(c->pg))
+        return pg_fail_code(c, NULL, what, MQS_ECONN);
     int stop = 0;
     PGresult *r;
     while ((r = PQgetResult(c->pg)) != NULL) {
@@ -2071,6 +2087,14 @@ static int pg_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb,
             rc = pg_fail(c, r, what);
         }
         PQclear(r);
+    }
+    r = PQgetResult(c->pg);
+    int synced = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    PQclear(r);
+    if (!synced || !PQexitPipelineMode(c->pg)) {
+        c->broken = 1;
+        if (!rc)
+            rc = pg_fail_code(c, NULL, what, MQS_ECONN);
     }
     if (!rc && PQstatus(c->pg) == CONNECTION_BAD)
         rc = pg_fail(c, NULL, what);

@@ -360,6 +360,14 @@ typedef struct mqs_backend {
     int (*session_unlock)(mqs_be_conn *c, const char *cluster);
 } mqs_backend;
 
+/* Whether table be has an optional member that a later 2.x minor may have
+ * appended: it lies inside the module's struct_size and is set. The core
+ * reads no member past struct_size without this check. */
+#define MQS_BE_HAS(be, member)                                                 \
+    (offsetof(mqs_backend, member) + sizeof((be)->member) <=                   \
+         (be)->struct_size &&                                                  \
+     (be)->member != NULL)
+
 /* The entry point every module exports, declared here so its signature is
  * checked where a module defines it:
  *     MQS_BACKEND_EXPORT const mqs_backend *mqs_backend_entry(void)

@@ -22,8 +22,8 @@ static bool has_lock(const mqs_backend *be)
 
 static bool has_session(const mqs_store *s)
 {
-    return s->uri.cfg.crash_detect && !s->session_off && s->be->session_lock &&
-           s->be->session_unlock;
+    return s->uri.cfg.crash_detect && !s->session_off &&
+           MQS_BE_HAS(s->be, session_lock); /* the pair: checked at load */
 }
 
 /* How long the lease agent's renewal may wait for a row lock: it must end

@@ -117,7 +117,7 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
 
     s->max_message = s->uri.cfg.max_message_size;
     size_t be_max = 0;
-    if (be->conn_max_message && be->conn_max_message(s->wconn, &be_max) == 0 &&
+    if (MQS_BE_HAS(be, conn_max_message) && be->conn_max_message(s->wconn, &be_max) == 0 &&
         be_max && be_max < s->max_message)
         s->max_message = be_max;
 

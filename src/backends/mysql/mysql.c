@@ -56,8 +56,7 @@
 #include <mqstore/backend.h>
 
 /* Generated from schema/mysql/ by EmbedSchema.cmake. */
-extern const mqs_be_migration mqs_schema_mysql[];
-extern const size_t mqs_schema_mysql_count;
+#include "schema_mysql.h" /* generated: mqs_schema_mysql[], its count */
 
 #define MY_VERSION "0.1.0"
 
@@ -2810,57 +2809,48 @@ static int my_session_unlock(mqs_be_conn *c, const char *cluster)
 
 static const char *const my_schemes[] = {"mysql", "mariadb", NULL};
 
-static mqs_backend my_backend;
-static pthread_once_t my_backend_once = PTHREAD_ONCE_INIT;
-
-/* Filled at run time only because mqs_schema_mysql_count is a variable
- * (not a constant expression) in the generated file. */
-static void my_backend_init(void)
-{
-    my_backend = (mqs_backend){
-        .magic = MQS_BACKEND_MAGIC,
-        .abi_major = MQS_BACKEND_ABI_MAJOR,
-        .abi_minor = MQS_BACKEND_ABI_MINOR,
-        .struct_size = sizeof(mqs_backend),
-        .name = "mysql",
-        .version = MY_VERSION,
-        .schemes = my_schemes,
-        .migrations = mqs_schema_mysql,
-        .n_migrations = mqs_schema_mysql_count,
-        .options = my_options,
-        .n_options = MY_N_OPTIONS,
-        .conn_open = my_conn_open,
-        .conn_close = my_conn_close,
-        .conn_errmsg = my_conn_errmsg,
-        .conn_max_message = my_conn_max_message,
-        .schema_version = my_schema_version,
-        .schema_apply = my_schema_apply,
-        .txn_begin = my_txn_begin,
-        .txn_commit = my_txn_commit,
-        .txn_rollback = my_txn_rollback,
-        .dest_resolve = my_dest_resolve,
-        .msg_insert = my_msg_insert,
-        .msg_ack = my_msg_ack,
-        .msg_nack = my_msg_nack,
-        .sub_create = my_sub_create,
-        .sub_remove = my_sub_remove,
-        .purge = my_purge,
-        .sub_lookup = my_sub_lookup,
-        .page_read = my_page_read,
-        .dest_list = my_dest_list,
-        .lock_acquire = my_lock_acquire,
-        .lock_renew = my_lock_renew,
-        .lock_release = my_lock_release,
-        .lock_read = my_lock_read,
-        .lock_force = my_lock_force,
-        .lock_fence = my_lock_fence,
-        .session_lock = my_session_lock,
-        .session_unlock = my_session_unlock,
-    };
-}
+static const mqs_backend my_backend = {
+    .magic = MQS_BACKEND_MAGIC,
+    .abi_major = MQS_BACKEND_ABI_MAJOR,
+    .abi_minor = MQS_BACKEND_ABI_MINOR,
+    .struct_size = sizeof(mqs_backend),
+    .name = "mysql",
+    .version = MY_VERSION,
+    .schemes = my_schemes,
+    .migrations = mqs_schema_mysql,
+    .n_migrations = MQS_SCHEMA_MYSQL_COUNT,
+    .options = my_options,
+    .n_options = MY_N_OPTIONS,
+    .conn_open = my_conn_open,
+    .conn_close = my_conn_close,
+    .conn_errmsg = my_conn_errmsg,
+    .conn_max_message = my_conn_max_message,
+    .schema_version = my_schema_version,
+    .schema_apply = my_schema_apply,
+    .txn_begin = my_txn_begin,
+    .txn_commit = my_txn_commit,
+    .txn_rollback = my_txn_rollback,
+    .dest_resolve = my_dest_resolve,
+    .msg_insert = my_msg_insert,
+    .msg_ack = my_msg_ack,
+    .msg_nack = my_msg_nack,
+    .sub_create = my_sub_create,
+    .sub_remove = my_sub_remove,
+    .purge = my_purge,
+    .sub_lookup = my_sub_lookup,
+    .page_read = my_page_read,
+    .dest_list = my_dest_list,
+    .lock_acquire = my_lock_acquire,
+    .lock_renew = my_lock_renew,
+    .lock_release = my_lock_release,
+    .lock_read = my_lock_read,
+    .lock_force = my_lock_force,
+    .lock_fence = my_lock_fence,
+    .session_lock = my_session_lock,
+    .session_unlock = my_session_unlock,
+};
 
 MQS_BACKEND_EXPORT const mqs_backend *MQS_BACKEND_ENTRY(void)
 {
-    pthread_once(&my_backend_once, my_backend_init);
     return &my_backend;
 }

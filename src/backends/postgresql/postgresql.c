@@ -47,8 +47,7 @@
 #include <mqstore/backend.h>
 
 /* Generated from schema/postgresql/ by EmbedSchema.cmake. */
-extern const mqs_be_migration mqs_schema_postgresql[];
-extern const size_t mqs_schema_postgresql_count;
+#include "schema_postgresql.h" /* generated: mqs_schema_postgresql[] */
 
 #define PG_MODULE_VERSION "0.1.0"
 
@@ -2938,10 +2937,7 @@ static int pg_session_unlock(mqs_be_conn *c, const char *cluster)
  * ------------------------------------------------------------------------- */
 static const char *const pg_schemes[] = {"postgresql", "postgres", NULL};
 
-/* Not const: n_migrations comes from the generated schema file, and C has
- * no way to use another file's array length in a static initializer. It is
- * filled once (pthread_once) and never written again. */
-static mqs_backend pg_backend = {
+static const mqs_backend pg_backend = {
     .magic = MQS_BACKEND_MAGIC,
     .abi_major = MQS_BACKEND_ABI_MAJOR,
     .abi_minor = MQS_BACKEND_ABI_MINOR,
@@ -2950,7 +2946,7 @@ static mqs_backend pg_backend = {
     .version = PG_MODULE_VERSION,
     .schemes = pg_schemes,
     .migrations = mqs_schema_postgresql,
-    .n_migrations = 0, /* set in pg_backend_init */
+    .n_migrations = MQS_SCHEMA_POSTGRESQL_COUNT,
     .options = pg_options,
     .n_options = sizeof pg_options / sizeof pg_options[0],
     .conn_open = pg_conn_open,
@@ -2982,16 +2978,8 @@ static mqs_backend pg_backend = {
     .session_unlock = pg_session_unlock,
 };
 
-static pthread_once_t pg_backend_once = PTHREAD_ONCE_INIT;
-
-static void pg_backend_init(void)
-{
-    pg_backend.n_migrations = mqs_schema_postgresql_count;
-}
-
 MQS_BACKEND_EXPORT const mqs_backend *
 mqs_backend_entry(void)
 {
-    pthread_once(&pg_backend_once, pg_backend_init);
     return &pg_backend;
 }

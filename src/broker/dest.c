@@ -447,7 +447,7 @@ typedef int (*ref_async_fn)(mqs_store *, int64_t, int64_t, mqs_done_fn,
 static void submit_logged(ref_async_fn fn, const entry *e, const char *what)
 {
     int rc = fn(B.store, e->m->id, entry_sub_id(e), log_store_cb,
-                (void *)what);
+                (void *)(uintptr_t)what); /* read back as const */
     if (rc)
         broker_log_store_failure(what, rc);
 }

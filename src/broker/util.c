@@ -273,10 +273,6 @@ bool utf8_valid(const char *str, size_t n)
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
-const char *log_level_name(int level)
-{
-    return level >= 0 && level <= LOG_DEBUG ? level_names[level] : "?";
-}
 
 int log_level_parse(const char *s)
 {

@@ -26,10 +26,6 @@ static inline void q_insert_before(qlink *pos, qlink *n)
     pos->prev = n;
 }
 static inline void q_push_back(qlink *h, qlink *n) { q_insert_before(h, n); }
-static inline void q_push_front(qlink *h, qlink *n)
-{
-    q_insert_before(h->next, n);
-}
 static inline void q_remove(qlink *n)
 {
     n->prev->next = n->next;
@@ -87,7 +83,6 @@ extern int g_log_level;
 #define log_enabled(lvl) ((lvl) <= g_log_level)
 void log_msg(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-const char *log_level_name(int level);
 int log_level_parse(const char *s); /* -1 if unknown */
 
 #endif

@@ -71,14 +71,8 @@ static int collect(void *ud, const mqs_be_dest *d)
             (!d->sub_name || strcmp(d->sub_name, o->sub_name) != 0))
             return 0;
     }
-    if (c->n_t == c->cap_t) {
-        size_t cap = c->cap_t ? c->cap_t * 2 : 16;
-        target *t = realloc(c->t, cap * sizeof *t);
-        if (!t)
-            return x->rc = MQS_ENOMEM;
-        c->t = t;
-        c->cap_t = cap;
-    }
+    if (mqs__grow(&c->t, &c->cap_t, c->n_t + 1, sizeof *c->t, 16))
+        return x->rc = MQS_ENOMEM;
     target *t = &c->t[c->n_t];
     t->dest_id = d->dest_id;
     t->sub_id = d->sub_id;
@@ -105,17 +99,9 @@ static int take_row(void *ud, const mqs_be_row *r)
 {
     mqs_cursor *c = ud;
     size_t len = r->headers_len + r->body_len;
-    if (c->arena_len + len > c->arena_cap) {
-        size_t cap = c->arena_cap ? c->arena_cap : 65536;
-        while (cap < c->arena_len + len)
-            cap *= 2;
-        unsigned char *a = realloc(c->arena, cap);
-        if (!a) {
-            c->oom = 1;
-            return 1;
-        }
-        c->arena = a;
-        c->arena_cap = cap;
+    if (mqs__grow(&c->arena, &c->arena_cap, c->arena_len + len, 1, 65536)) {
+        c->oom = 1;
+        return 1;
     }
     row *w = &c->rows[c->n_rows++];
     w->r = *r;
@@ -222,14 +208,9 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
                  * HA node that does not hold the lock (unfenced). */
                 if (!c->may_purge)
                     continue;
-                if (c->n_exp == c->cap_exp) {
-                    size_t cap = c->cap_exp ? c->cap_exp * 2 : 64;
-                    mqs_be_ref *e = realloc(c->expired, cap * sizeof *e);
-                    if (!e)
-                        return mqs__err(c->s, MQS_ENOMEM, "out of memory");
-                    c->expired = e;
-                    c->cap_exp = cap;
-                }
+                if (mqs__grow(&c->expired, &c->cap_exp, c->n_exp + 1,
+                              sizeof *c->expired, 64))
+                    return mqs__err(c->s, MQS_ENOMEM, "out of memory");
                 c->expired[c->n_exp++] = (mqs_be_ref){w->r.id, t->sub_id};
                 continue;
             }

@@ -1,4 +1,5 @@
-/* errors.c - error codes, per-thread error messages, logging, clocks. */
+/* errors.c - error codes, per-thread error messages, logging, clocks, and
+ * the small helpers the core's files share (strings, growable arrays). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,30 @@ char *mqs__strdup(const char *s)
     return d;
 }
 
+int mqs__grow(void *pp, size_t *cap, size_t need, size_t elem, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : first ? first : 1;
+    while (n < need) {
+        if (n > SIZE_MAX / 2)
+            return MQS_ENOMEM;
+        n *= 2;
+    }
+    if (elem && n > SIZE_MAX / elem)
+        return MQS_ENOMEM;
+    /* *pp is some T *: read and written as bytes, so no T * object is
+     * accessed through a void * lvalue. */
+    void *p;
+    memcpy(&p, pp, sizeof p);
+    p = realloc(p, n * elem);
+    if (!p)
+        return MQS_ENOMEM;
+    memcpy(pp, &p, sizeof p);
+    *cap = n;
+    return 0;
+}
+
 static int64_t clock_ms(clockid_t id)
 {
     struct timespec ts;
@@ -101,6 +126,13 @@ static int64_t clock_ms(clockid_t id)
 int64_t mqs__now_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t mqs__mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
+int64_t mqs__mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 void mqs__sleep_ms(int64_t ms)
 {
     if (ms <= 0)
@@ -110,15 +142,28 @@ void mqs__sleep_ms(int64_t ms)
         ; /* interrupted: sleep the rest */
 }
 
-void mqs__deadline(struct timespec *ts, int64_t ms)
+/* *ts = CLOCK_MONOTONIC now + sec s + nsec ns (nsec < 1 s). */
+static void deadline(struct timespec *ts, int64_t sec, long nsec)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
-    if (ms <= 0)
-        return;
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts->tv_sec += (time_t)sec;
+    ts->tv_nsec += nsec;
     if (ts->tv_nsec >= 1000000000L) {
         ts->tv_sec++;
         ts->tv_nsec -= 1000000000L;
     }
+}
+
+void mqs__deadline(struct timespec *ts, int64_t ms)
+{
+    if (ms <= 0)
+        ms = 0;
+    deadline(ts, ms / 1000, (long)(ms % 1000) * 1000000L);
+}
+
+void mqs__deadline_us(struct timespec *ts, int64_t us)
+{
+    if (us <= 0)
+        us = 0;
+    deadline(ts, us / 1000000, (long)(us % 1000000) * 1000L);
 }

@@ -14,40 +14,66 @@
 
 #define MQS_INTERNAL __attribute__((visibility("hidden")))
 
-/* ---- core options: name, default, doc (one table feeds the parser, the
- * CLI's `options` listing and the README) ---- */
+/* ---- core options: name, the mqs_config field it sets, how its value is
+ * parsed, default, doc (one table feeds the parser, the CLI's `options`
+ * listing and the README). How a value is parsed (expanded by uri.c into
+ * its option table):
+ *   MQS_OPT_FLAG(yes, no): a bool field, true for the word yes, false for no
+ *   MQS_OPT_SIZE(lo, hi):  a size_t field, a whole number from lo to hi
+ *   MQS_OPT_MS(lo, hi):    an int64_t field, milliseconds from lo to hi
+ *   MQS_OPT_TEXT:          a char array, 1 byte to its size - 1;
+ *                          "<hostname>:<pid>" is expanded
+ * Cross-option limits (renew_ms at most lease_ms/3) are checked in
+ * mqs__uri_parse once every option is known. ---- */
+typedef enum mqs_opt_kind {
+    MQS_OPT_K_FLAG,
+    MQS_OPT_K_SIZE,
+    MQS_OPT_K_MS,
+    MQS_OPT_K_TEXT
+} mqs_opt_kind;
+#define MQS_OPT_FLAG(y, n) .kind = MQS_OPT_K_FLAG, .yes = (y), .no = (n)
+#define MQS_OPT_SIZE(l, h) .kind = MQS_OPT_K_SIZE, .lo = (l), .hi = (h)
+#define MQS_OPT_MS(l, h) .kind = MQS_OPT_K_MS, .lo = (l), .hi = (h)
+#define MQS_OPT_TEXT .kind = MQS_OPT_K_TEXT
+
 #define MQS_CORE_OPTIONS(X)                                                    \
-    X(commit, "group",                                                         \
+    X(commit, commit_each, MQS_OPT_FLAG("each", "group"), "group",             \
       "group: concurrent writes share one transaction; each: one "             \
       "transaction per write on the caller's thread (the baseline)")           \
-    X(batch_max, "1024", "most writes committed in one group transaction")     \
-    X(batch_bytes, "8388608",                                                  \
+    X(batch_max, batch_max, MQS_OPT_SIZE(1, 1000000), "1024",                  \
+      "most writes committed in one group transaction")                        \
+    X(batch_bytes, batch_bytes, MQS_OPT_SIZE(1, 1LL << 40), "8388608",         \
       "most message bytes in one group transaction (a bigger single write "    \
       "still goes, alone)")                                                    \
-    X(max_message_size, "16777216",                                            \
+    X(max_message_size, max_message_size, MQS_OPT_SIZE(1, 1LL << 40),          \
+      "16777216",                                                              \
       "largest headers + body accepted, in bytes (capped by the backend)")     \
-    X(max_pending_bytes, "67108864",                                           \
+    X(max_pending_bytes, max_pending_bytes, MQS_OPT_SIZE(1, 1LL << 50),        \
+      "67108864",                                                              \
       "bytes of async writes that may wait for the writer before "             \
       "mqs_enqueue_async blocks")                                              \
-    X(pool_size, "4",                                                          \
+    X(pool_size, pool_size, MQS_OPT_SIZE(1, 256), "4",                         \
       "database connections for cursors, stats and commit=each callers")      \
-    X(migrate, "auto",                                                         \
+    X(migrate, migrate_auto, MQS_OPT_FLAG("auto", "off"), "auto",              \
       "auto: create or upgrade the schema on open; off: refuse to open "       \
       "unless the schema is current")                                          \
-    X(reconnect_timeout_ms, "30000",                                           \
+    X(reconnect_timeout_ms, reconnect_timeout_ms, MQS_OPT_MS(0, 86400000LL),   \
+      "30000",                                                                 \
       "how long a write waits for a lost database to come back before it "     \
       "fails with MQS_ECONN")                                                  \
-    X(cluster, "default",                                                      \
+    X(cluster, cluster, MQS_OPT_TEXT, "default",                               \
       "HA: name of the lock; brokers sharing a database and a cluster name "   \
       "form one master/slave group")                                           \
-    X(node_id, "<hostname>:<pid>", "HA: this node's name in the lock row")    \
-    X(lease_ms, "2000",                                                        \
+    X(node_id, node_id, MQS_OPT_TEXT, "<hostname>:<pid>",                      \
+      "HA: this node's name in the lock row")                                  \
+    X(lease_ms, lease_ms, MQS_OPT_MS(100, 3600000LL), "2000",                  \
       "HA: lease length; a frozen master is replaced after it expires")        \
-    X(renew_ms, "500",                                                         \
+    X(renew_ms, renew_ms, MQS_OPT_MS(10, 3600000LL), "500",                    \
       "HA: lease renewal interval (a library thread on its own connection; "  \
-      "writes never renew); at most lease_ms/3")                                                            \
-    X(poll_ms, "200", "HA: how often a standby retries the lock")             \
-    X(crash_detect, "on",                                                      \
+      "writes never renew); at most lease_ms/3")                               \
+    X(poll_ms, poll_ms, MQS_OPT_MS(1, 3600000LL), "200",                       \
+      "HA: how often a standby retries the lock")                              \
+    X(crash_detect, crash_detect, MQS_OPT_FLAG("on", "off"), "on",             \
       "HA: on: a session-level lock lets a standby take over at once when "    \
       "the master's process dies; off: lease only (behind a transaction "     \
       "pooler)")
@@ -83,10 +109,19 @@ MQS_INTERNAL int mqs__err(const mqs_store *s, int code, const char *fmt, ...)
 MQS_INTERNAL void mqs__log(mqs_store *s, mqs_log_level lvl, const char *fmt,
                            ...) __attribute__((format(printf, 3, 4)));
 MQS_INTERNAL char *mqs__strdup(const char *s);
+/* Growable arrays: make the array *pp (pp is the address of a T *, elem is
+ * sizeof(T)) hold at least need elements. Its capacity *cap starts at first
+ * and doubles, so appending is amortized O(1). 0, or MQS_ENOMEM leaving *pp
+ * and *cap as they were. */
+MQS_INTERNAL int mqs__grow(void *pp, size_t *cap, size_t need, size_t elem,
+                           size_t first);
 MQS_INTERNAL int64_t mqs__now_ms(void);      /* wall clock */
 MQS_INTERNAL int64_t mqs__mono_ms(void);     /* monotonic clock */
+MQS_INTERNAL int64_t mqs__mono_us(void);     /* monotonic, microseconds */
 /* *ts = CLOCK_MONOTONIC now + ms (ms <= 0: now), for clockwait. */
 MQS_INTERNAL void mqs__deadline(struct timespec *ts, int64_t ms);
+/* The same, in microseconds (short waits such as the writer's linger). */
+MQS_INTERNAL void mqs__deadline_us(struct timespec *ts, int64_t us);
 MQS_INTERNAL void mqs__sleep_ms(int64_t ms);
 
 /* ---- module loader (loader.c) ---- */

@@ -600,6 +600,212 @@ static int standby_session(mqs_store *s, mqs_be_conn **c, int64_t wait_ms,
     return rc;
 }
 
+/* One mqs_lock_acquire call: what its polls share. */
+typedef struct acq_run {
+    mqs_store *s;
+    const mqs_config *cfg;
+    int64_t timeout_ms;
+    int64_t start;   /* monotonic ms when the wait began */
+    mqs_be_conn *sc; /* standby's session-lock connection, kept across polls */
+    bool logged_wait, logged_db; /* each said once per call, not per poll */
+    /* the last poll */
+    bool got;    /* it held the session lock (the crash detector is armed) */
+    int64_t sid; /* that session's id */
+    int64_t t0;  /* monotonic start of what set the lease: the local lease
+                    counts from before the database set it */
+    acq_arg a;
+} acq_run;
+
+static void acq_close_session(acq_run *r)
+{
+    if (r->sc)
+        r->s->be->conn_close(r->sc);
+}
+
+/* One attempt at the lock row. With the crash detector the standby first
+ * tries the session lock without waiting: holding it proves the old
+ * master's session is gone, which the acquire records in the row. */
+static int acq_poll(acq_run *r)
+{
+    mqs_store *s = r->s;
+    const mqs_config *cfg = r->cfg;
+    r->sid = 0;
+    r->got = has_session(s) && standby_session(s, &r->sc, 0, &r->sid) == 0;
+    r->a = (acq_arg){{cfg->cluster, cfg->node_id, 0, cfg->lease_ms, r->got,
+                      r->got ? r->sid : 0, acquire_wait(s)},
+                     {{0}, 0, 0, 0, 0}};
+    r->t0 = mqs__mono_ms();
+    return mqs__with_reader(s, do_acquire, &r->a);
+}
+
+/* After a won poll: if the acquire was slow (a busy database), the local
+ * lease, counted from before it, is mostly spent. Renew now so the new
+ * master does not step down at once; a node that fails this first renewal
+ * never was master: it lets go of the session lock (so the lease alone
+ * decides for the next poll) and waits a poll. Returns false then. */
+static bool acq_lease_fresh(acq_run *r)
+{
+    mqs_store *s = r->s;
+    if (mqs__mono_ms() - r->t0 <= r->cfg->renew_ms)
+        return true;
+    acq_arg rn = r->a;
+    rn.l.token = r->a.st.token;
+    rn.l.wait_ms = renew_wait(s);
+    int64_t t1 = mqs__mono_ms();
+    int rrc = mqs__with_reader(s, do_renew, &rn);
+    if (rrc) {
+        mqs__log(s, MQS_LOG_WARN, "renewal right after a slow "
+                 "acquire failed (%s): waiting again: %s",
+                 mqs_errname(rrc), mqs_errmsg(s));
+        if (r->got)
+            s->be->session_unlock(r->sc, r->cfg->cluster);
+        mqs__sleep_ms(r->cfg->poll_ms);
+        return false;
+    }
+    r->t0 = t1; /* the lease now counts from the renewal */
+    return true;
+}
+
+/* The keeper counts the local lease and steps down on time; without it
+ * this node must not call itself master. */
+static bool acq_start_keeper(mqs_store *s)
+{
+    pthread_mutex_lock(&s->ha_mu);
+    s->keeper_stop = false;
+    s->keeper_running = pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
+    bool ok = s->keeper_running;
+    pthread_mutex_unlock(&s->ha_mu);
+    return ok;
+}
+
+/* The poll won: enter the term under ha_mu (the fence reads these fields),
+ * start its lease agent and keeper, then tell on_master, outside the lock
+ * so the callback may call into the store. */
+static int acq_become_master(acq_run *r)
+{
+    mqs_store *s = r->s;
+    const mqs_config *cfg = r->cfg;
+    pthread_mutex_lock(&s->ha_mu);
+    s->ha_state = HA_MASTER;
+    s->ha_used = true;
+    s->token = r->a.st.token;
+    s->lease_until = r->t0 + cfg->lease_ms - margin(s);
+    s->last_renew = r->t0;
+    s->commits_inflight = 0;
+    /* The lease agent renews on its own connection: the one that holds
+     * the session lock, when there is one. */
+    s->sess = session_start(s, r->got ? r->sc : NULL, r->sid, s->token, r->t0);
+    if (s->sess && r->got)
+        r->sc = NULL; /* handed over; else closed below */
+    mqs_lock_cbs c = s->cbs;
+    int64_t token = s->token;
+    bool agent = s->sess != NULL;
+    pthread_mutex_unlock(&s->ha_mu);
+    acq_close_session(r);
+    if (!agent) {
+        pthread_mutex_lock(&s->ha_mu);
+        s->cbs = (mqs_lock_cbs){0}; /* never was master */
+        pthread_mutex_unlock(&s->ha_mu);
+        lose(s, "cannot start the lease agent thread");
+        return mqs__err(s, MQS_ENOMEM, "cannot start the lease agent thread");
+    }
+    if (!acq_start_keeper(s)) {
+        lose(s, "cannot start the lease keeper thread");
+        return mqs__err(s, MQS_ENOMEM, "cannot start the lease keeper thread");
+    }
+    mqs__log(s, MQS_LOG_INFO,
+             "node %s is master of cluster '%s' (token %lld, "
+             "waited %lld ms, crash detector %s)",
+             cfg->node_id, cfg->cluster, (long long)token,
+             (long long)(mqs__mono_ms() - r->start),
+             r->got ? "armed" : "not armed yet");
+    if (c.on_master)
+        c.on_master(c.ud, token);
+    return 0;
+}
+
+/* Say once per call why the standby waits: the holder, or the database.
+ * A standby can wait for hours; a line per poll would flood the log. */
+static void acq_log_wait(acq_run *r, int rc, const char *msg)
+{
+    mqs_store *s = r->s;
+    if (rc == MQS_EBUSY && !r->logged_wait) {
+        mqs__log(s, MQS_LOG_INFO, "node %s waits for the lock of cluster "
+                 "'%s' held by %s (token %lld)", r->cfg->node_id,
+                 r->cfg->cluster, r->a.st.holder, (long long)r->a.st.token);
+        r->logged_wait = true;
+    } else if (rc != MQS_EBUSY && !r->logged_db) {
+        mqs__log(s, MQS_LOG_WARN, "standby cannot reach the database, "
+                 "still waiting: %s", msg);
+        r->logged_db = true;
+    }
+}
+
+/* The poll lost with rc: give up (returns the error to hand back) or go on
+ * waiting (returns 0, *left = ms until the timeout, INT64_MAX for none).
+ * Busy, a lost connection and I/O errors are worth waiting through (the
+ * database may come back); anything else will not change by waiting. */
+static int acq_decide(acq_run *r, int rc, int64_t *left)
+{
+    mqs_store *s = r->s;
+    const mqs_config *cfg = r->cfg;
+    const mqs_be_lock_state *st = &r->a.st;
+    char msg[1024]; /* copied: the next mqs__err overwrites mqs_errmsg */
+    snprintf(msg, sizeof msg, "%s", mqs_errmsg(s));
+    if (rc != MQS_EBUSY && rc != MQS_ECONN && rc != MQS_EIO) {
+        acq_close_session(r);
+        return mqs__err(s, rc, "cannot acquire the lock of cluster "
+                        "'%s': %s", cfg->cluster, msg);
+    }
+    if (rc == MQS_EBUSY && r->timeout_ms == 0) {
+        acq_close_session(r);
+        if (!st->holder[0]) /* the database itself was busy */
+            return mqs__err(s, MQS_EBUSY, "cannot acquire the lock of "
+                            "cluster '%s' now: %s", cfg->cluster, msg);
+        return mqs__err(s, MQS_EBUSY,
+                        "the lock of cluster '%s' is held by node %s "
+                        "(token %lld, lease %lld ms left)",
+                        cfg->cluster, st->holder, (long long)st->token,
+                        (long long)st->lease_left_ms);
+    }
+    acq_log_wait(r, rc, msg);
+    *left = INT64_MAX;
+    if (r->timeout_ms > 0) {
+        *left = r->start + r->timeout_ms - mqs__mono_ms();
+        if (*left <= 0) {
+            acq_close_session(r);
+            return mqs__err(s, MQS_ETIMEDOUT,
+                            "the lock of cluster '%s' is still held by "
+                            "node %s after %lld ms",
+                            cfg->cluster, st->holder,
+                            (long long)r->timeout_ms);
+        }
+    }
+    return 0;
+}
+
+/* Wait before the next poll, at most left ms. */
+static void acq_wait(acq_run *r, int64_t left)
+{
+    mqs_store *s = r->s;
+    const mqs_config *cfg = r->cfg;
+    int64_t wait = cfg->poll_ms < left ? cfg->poll_ms : left;
+    if (r->got) {
+        /* We hold the session lock but the holder's lease stands (the
+         * database restarted, or it is re-arming): let go for a while
+         * so the master can take it back. */
+        s->be->session_unlock(r->sc, cfg->cluster);
+        int64_t pause = cfg->renew_ms + cfg->poll_ms;
+        mqs__sleep_ms(pause < left ? pause : left);
+    } else if (has_session(s) && r->sc) {
+        /* Block on the session lock: it frees the moment the master's
+         * session ends, so a crash is seen at once. */
+        (void)standby_session(s, &r->sc, wait, &r->sid);
+    } else {
+        mqs__sleep_ms(wait);
+    }
+}
+
 int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
 {
     if (!s)
@@ -618,145 +824,18 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
     pthread_mutex_unlock(&s->ha_mu);
     keeper_stop(s); /* a previous term's keeper, if any */
 
-    const mqs_config *cfg = &s->uri.cfg;
-    int64_t start = mqs__mono_ms();
-    mqs_be_conn *sc = NULL; /* standby's session-lock connection */
-    bool logged_wait = false, logged_db = false;
-    int rc;
+    acq_run r = {.s = s, .cfg = &s->uri.cfg, .timeout_ms = timeout_ms,
+                 .start = mqs__mono_ms()};
     for (;;) {
-        int64_t sid = 0;
-        bool got = has_session(s) && standby_session(s, &sc, 0, &sid) == 0;
-        acq_arg a = {{cfg->cluster, cfg->node_id, 0, cfg->lease_ms, got,
-                      got ? sid : 0, acquire_wait(s)}, {{0}, 0, 0, 0, 0}};
-        int64_t t0 = mqs__mono_ms();
-        rc = mqs__with_reader(s, do_acquire, &a);
-        if (rc == 0 && mqs__mono_ms() - t0 > cfg->renew_ms) {
-            /* The acquire was slow (a busy database): the local lease,
-             * counted from before it, is mostly spent. Renew now so the
-             * new master does not step down at once; a node that fails
-             * this first renewal never was master. */
-            acq_arg r = a;
-            r.l.token = a.st.token;
-            r.l.wait_ms = renew_wait(s);
-            int64_t t1 = mqs__mono_ms();
-            int rrc = mqs__with_reader(s, do_renew, &r);
-            if (rrc) {
-                mqs__log(s, MQS_LOG_WARN, "renewal right after a slow "
-                         "acquire failed (%s): waiting again: %s",
-                         mqs_errname(rrc), mqs_errmsg(s));
-                if (got)
-                    s->be->session_unlock(sc, cfg->cluster);
-                mqs__sleep_ms(cfg->poll_ms);
-                continue;
-            }
-            t0 = t1;
-        }
-        if (rc == 0) {
-            pthread_mutex_lock(&s->ha_mu);
-            s->ha_state = HA_MASTER;
-            s->ha_used = true;
-            s->token = a.st.token;
-            s->lease_until = t0 + cfg->lease_ms - margin(s);
-            s->last_renew = t0;
-            s->commits_inflight = 0;
-            /* The lease agent renews on its own connection: the one that
-             * holds the session lock, when there is one. */
-            s->sess = session_start(s, got ? sc : NULL, sid, s->token, t0);
-            if (s->sess && got)
-                sc = NULL; /* handed over; else closed below */
-            mqs_lock_cbs c = s->cbs;
-            int64_t token = s->token;
-            bool agent = s->sess != NULL;
-            pthread_mutex_unlock(&s->ha_mu);
-            if (sc)
-                s->be->conn_close(sc);
-            if (!agent) {
-                pthread_mutex_lock(&s->ha_mu);
-                s->cbs = (mqs_lock_cbs){0}; /* never was master */
-                pthread_mutex_unlock(&s->ha_mu);
-                lose(s, "cannot start the lease agent thread");
-                return mqs__err(s, MQS_ENOMEM,
-                                "cannot start the lease agent thread");
-            }
-            pthread_mutex_lock(&s->ha_mu);
-            s->keeper_stop = false;
-            s->keeper_running =
-                pthread_create(&s->keeper, NULL, keeper_main, s) == 0;
-            bool ok = s->keeper_running;
-            pthread_mutex_unlock(&s->ha_mu);
-            if (!ok) {
-                lose(s, "cannot start the lease keeper thread");
-                return mqs__err(s, MQS_ENOMEM,
-                                "cannot start the lease keeper thread");
-            }
-            mqs__log(s, MQS_LOG_INFO,
-                     "node %s is master of cluster '%s' (token %lld, "
-                     "waited %lld ms, crash detector %s)",
-                     cfg->node_id, cfg->cluster, (long long)token,
-                     (long long)(mqs__mono_ms() - start),
-                     got ? "armed" : "not armed yet");
-            if (c.on_master)
-                c.on_master(c.ud, token);
-            return 0;
-        }
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", mqs_errmsg(s));
-        if (rc != MQS_EBUSY && rc != MQS_ECONN && rc != MQS_EIO) {
-            if (sc)
-                s->be->conn_close(sc);
-            return mqs__err(s, rc, "cannot acquire the lock of cluster "
-                            "'%s': %s", cfg->cluster, msg);
-        }
-        if (rc == MQS_EBUSY && timeout_ms == 0) {
-            if (sc)
-                s->be->conn_close(sc);
-            if (!a.st.holder[0]) /* the database itself was busy */
-                return mqs__err(s, MQS_EBUSY, "cannot acquire the lock of "
-                                "cluster '%s' now: %s", cfg->cluster, msg);
-            return mqs__err(s, MQS_EBUSY,
-                            "the lock of cluster '%s' is held by node %s "
-                            "(token %lld, lease %lld ms left)",
-                            cfg->cluster, a.st.holder, (long long)a.st.token,
-                            (long long)a.st.lease_left_ms);
-        }
-        if (rc == MQS_EBUSY && !logged_wait) {
-            mqs__log(s, MQS_LOG_INFO, "node %s waits for the lock of cluster "
-                     "'%s' held by %s (token %lld)", cfg->node_id,
-                     cfg->cluster, a.st.holder, (long long)a.st.token);
-            logged_wait = true;
-        } else if (rc != MQS_EBUSY && !logged_db) {
-            mqs__log(s, MQS_LOG_WARN, "standby cannot reach the database, "
-                     "still waiting: %s", msg);
-            logged_db = true;
-        }
+        int rc = acq_poll(&r);
+        if (rc == 0 && !acq_lease_fresh(&r))
+            continue; /* lost the new lease at once; it waited a poll */
+        if (rc == 0)
+            return acq_become_master(&r);
         int64_t left = INT64_MAX;
-        if (timeout_ms > 0) {
-            left = start + timeout_ms - mqs__mono_ms();
-            if (left <= 0) {
-                if (sc)
-                    s->be->conn_close(sc);
-                return mqs__err(s, MQS_ETIMEDOUT,
-                                "the lock of cluster '%s' is still held by "
-                                "node %s after %lld ms",
-                                cfg->cluster, a.st.holder,
-                                (long long)timeout_ms);
-            }
-        }
-        int64_t wait = cfg->poll_ms < left ? cfg->poll_ms : left;
-        if (got) {
-            /* We hold the session lock but the holder's lease stands (the
-             * database restarted, or it is re-arming): let go for a while
-             * so the master can take it back. */
-            s->be->session_unlock(sc, cfg->cluster);
-            int64_t pause = cfg->renew_ms + cfg->poll_ms;
-            mqs__sleep_ms(pause < left ? pause : left);
-        } else if (has_session(s) && sc) {
-            /* Block on the session lock: it frees the moment the master's
-             * session ends, so a crash is seen at once. */
-            (void)standby_session(s, &sc, wait, &sid);
-        } else {
-            mqs__sleep_ms(wait);
-        }
+        if ((rc = acq_decide(&r, rc, &left)) != 0)
+            return rc;
+        acq_wait(&r, left);
     }
 }
 

@@ -410,8 +410,11 @@ static int check_name(mqs_store *s, const char *what, const char *name)
     return 0;
 }
 
-/* One-op request, run and freed; returns the op's result via *res. */
-static int run_op(mqs_store *s, mqs_op *tmpl, mqs_op *res)
+/* One-op request, run and freed; returns the op's result via *res. The
+ * request owns copies of dest and name (either may be NULL): the caller's
+ * strings stay const. */
+static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
+                  const char *name, mqs_op *res)
 {
     mqs_request *r = mqs__req_new();
     if (!r)
@@ -422,9 +425,9 @@ static int run_op(mqs_store *s, mqs_op *tmpl, mqs_op *res)
         return oom(s);
     }
     *op = *tmpl;
-    op->dest = mqs__strdup(tmpl->dest);
-    op->name = mqs__strdup(tmpl->name);
-    if ((tmpl->dest && !op->dest) || (tmpl->name && !op->name)) {
+    op->dest = mqs__strdup(dest);
+    op->name = mqs__strdup(name);
+    if ((dest && !op->dest) || (name && !op->name)) {
         mqs__req_free(r);
         return oom(s);
     }
@@ -445,9 +448,8 @@ int mqs_sub_create(mqs_store *s, const char *topic, const char *name,
     if ((rc = check_name(s, "topic", topic)) ||
         (rc = check_name(s, "subscription", name)))
         return rc;
-    mqs_op op = {.kind = OP_SUB_CREATE, .dest = (char *)topic,
-                 .name = (char *)name}, res = {0};
-    rc = run_op(s, &op, &res);
+    mqs_op op = {.kind = OP_SUB_CREATE}, res = {0};
+    rc = run_op(s, &op, topic, name, &res);
     if (sub_id)
         *sub_id = rc == 0 ? res.sub_id : 0;
     return rc;
@@ -460,7 +462,7 @@ int mqs_sub_remove(mqs_store *s, int64_t sub_id)
         return mqs__err(s, MQS_EINVAL, "subscription id %lld is not valid",
                         (long long)sub_id);
     mqs_op op = {.kind = OP_SUB_REMOVE, .sub_id = sub_id};
-    return run_op(s, &op, NULL);
+    return run_op(s, &op, NULL, NULL, NULL);
 }
 
 int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
@@ -470,9 +472,8 @@ int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
     int rc;
     if (dest && (rc = check_name(s, "destination", dest)))
         return rc;
-    mqs_op op = {.kind = OP_PURGE, .dkind = kind, .dest = (char *)dest},
-           res = {0};
-    rc = run_op(s, &op, &res);
+    mqs_op op = {.kind = OP_PURGE, .dkind = kind}, res = {0};
+    rc = run_op(s, &op, dest, NULL, &res);
     if (removed)
         *removed = rc == 0 ? res.count : 0;
     if (rc == 0)
@@ -570,9 +571,11 @@ static int do_schema_version(mqs_store *s, mqs_be_conn *c, void *arg)
     return s->be->schema_version(c, arg);
 }
 
+/* arg: a const mqs_be_migration ** (the migration table is const). */
 static int do_schema_apply(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return s->be->schema_apply(c, arg);
+    const mqs_be_migration *const *m = arg;
+    return s->be->schema_apply(c, *m);
 }
 
 static int dest_adapter(void *ud, const mqs_be_dest *d)
@@ -621,7 +624,7 @@ int mqs_migrate(mqs_store *s, mqs_migrate_fn progress, void *ud)
         const mqs_be_migration *m = &s->be->migrations[i];
         if (progress)
             progress(ud, i, m->version, m->name);
-        rc = mqs__with_reader(s, do_schema_apply, (void *)m);
+        rc = mqs__with_reader(s, do_schema_apply, &m);
         if (rc)
             return mqs__err(s, rc,
                             "migration %s (schema %d -> %d) failed: %s; the "

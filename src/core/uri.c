@@ -19,17 +19,9 @@ static void sb_addn(sbuf *b, const char *s, size_t n)
 {
     if (b->oom)
         return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
+    if (mqs__grow(&b->p, &b->cap, b->n + n + 1, 1, 64)) {
+        b->oom = true;
+        return;
     }
     memcpy(b->p + b->n, s, n);
     b->n += n;
@@ -166,22 +158,25 @@ static char *pct_decode(const char *src, size_t n)
     return d;
 }
 
-static const char *const core_names[] = {
-#define MQS_OPT_NAME_(n, def, doc) #n,
-    MQS_CORE_OPTIONS(MQS_OPT_NAME_)
-#undef MQS_OPT_NAME_
+/* The core options, from MQS_CORE_OPTIONS: how each is parsed and which
+ * mqs_config field it sets. */
+typedef struct core_opt {
+    const char *name, *def, *doc;
+    mqs_opt_kind kind;
+    const char *yes, *no; /* FLAG: the words for true and false */
+    long long lo, hi;     /* SIZE, MS: accepted range */
+    size_t off, size;     /* the field in mqs_config */
+} core_opt;
+
+static const core_opt core_opts[] = {
+#define MQS_OPT_ROW_(n, field, parse, def_, doc_)                              \
+    {.name = #n, .def = def_, .doc = doc_, parse,                              \
+     .off = offsetof(mqs_config, field),                                       \
+     .size = sizeof(((mqs_config *)0)->field)},
+    MQS_CORE_OPTIONS(MQS_OPT_ROW_)
+#undef MQS_OPT_ROW_
 };
-static const char *const core_defaults[] = {
-#define MQS_OPT_DEF_(n, def, doc) def,
-    MQS_CORE_OPTIONS(MQS_OPT_DEF_)
-#undef MQS_OPT_DEF_
-};
-static const char *const core_docs[] = {
-#define MQS_OPT_DOC_(n, def, doc) doc,
-    MQS_CORE_OPTIONS(MQS_OPT_DOC_)
-#undef MQS_OPT_DOC_
-};
-#define N_CORE (sizeof core_names / sizeof core_names[0])
+#define N_CORE (sizeof core_opts / sizeof core_opts[0])
 
 static int parse_size(const char *masked, const char *name, const char *v,
                       long long lo, long long hi, long long *out)
@@ -198,89 +193,71 @@ static int parse_size(const char *masked, const char *name, const char *v,
     return 0;
 }
 
-/* Apply one core option (decoded value). */
-static int set_core(mqs_config *c, const char *masked, const char *name,
+/* A FLAG: the message lists the default word first. */
+static int parse_flag(const core_opt *o, const char *masked, const char *v,
+                      bool *out)
+{
+    if (strcmp(v, o->yes) && strcmp(v, o->no)) {
+        bool def_yes = !strcmp(o->def, o->yes);
+        return mqs__err(NULL, MQS_EINVAL,
+                        "option %s=%s in %s: expected %s or %s", o->name, v,
+                        masked, def_yes ? o->yes : o->no,
+                        def_yes ? o->no : o->yes);
+    }
+    *out = !strcmp(v, o->yes);
+    return 0;
+}
+
+/* A TEXT into dst[cap]. */
+static int parse_text(const core_opt *o, const char *masked, const char *v,
+                      char *dst, size_t cap)
+{
+    if (!strcmp(v, "<hostname>:<pid>")) {
+        char host[200] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(dst, cap, "%s:%ld", host, (long)getpid());
+    } else if (!*v || strlen(v) >= cap) {
+        return mqs__err(NULL, MQS_EINVAL,
+                        "option %s in %s: expected 1 to %zu bytes", o->name,
+                        masked, cap - 1);
+    } else {
+        snprintf(dst, cap, "%s", v);
+    }
+    return 0;
+}
+
+/* Apply core option i (decoded value v); c is left as it was on error. */
+static int set_core(mqs_config *c, const char *masked, size_t i,
                     const char *v)
 {
+    const core_opt *o = &core_opts[i];
+    char *field = (char *)c + o->off;
     long long x = 0;
-    int rc = 0;
-    if (!strcmp(name, "commit")) {
-        if (!strcmp(v, "group"))
-            c->commit_each = false;
-        else if (!strcmp(v, "each"))
-            c->commit_each = true;
-        else
-            return mqs__err(NULL, MQS_EINVAL,
-                            "option commit=%s in %s: expected group or each",
-                            v, masked);
-    } else if (!strcmp(name, "migrate")) {
-        if (!strcmp(v, "auto"))
-            c->migrate_auto = true;
-        else if (!strcmp(v, "off"))
-            c->migrate_auto = false;
-        else
-            return mqs__err(NULL, MQS_EINVAL,
-                            "option migrate=%s in %s: expected auto or off", v,
-                            masked);
-    } else if (!strcmp(name, "batch_max")) {
-        if (!(rc = parse_size(masked, name, v, 1, 1000000, &x)))
-            c->batch_max = (size_t)x;
-    } else if (!strcmp(name, "batch_bytes")) {
-        if (!(rc = parse_size(masked, name, v, 1, (1LL << 40), &x)))
-            c->batch_bytes = (size_t)x;
-    } else if (!strcmp(name, "max_message_size")) {
-        if (!(rc = parse_size(masked, name, v, 1, (1LL << 40), &x)))
-            c->max_message_size = (size_t)x;
-    } else if (!strcmp(name, "max_pending_bytes")) {
-        if (!(rc = parse_size(masked, name, v, 1, (1LL << 50), &x)))
-            c->max_pending_bytes = (size_t)x;
-    } else if (!strcmp(name, "pool_size")) {
-        if (!(rc = parse_size(masked, name, v, 1, 256, &x)))
-            c->pool_size = (size_t)x;
-    } else if (!strcmp(name, "reconnect_timeout_ms")) {
-        if (!(rc = parse_size(masked, name, v, 0, 86400000LL, &x)))
-            c->reconnect_timeout_ms = x;
-    } else if (!strcmp(name, "lease_ms")) {
-        if (!(rc = parse_size(masked, name, v, 100, 3600000LL, &x)))
-            c->lease_ms = x;
-    } else if (!strcmp(name, "renew_ms")) {
-        if (!(rc = parse_size(masked, name, v, 10, 3600000LL, &x)))
-            c->renew_ms = x;
-    } else if (!strcmp(name, "poll_ms")) {
-        if (!(rc = parse_size(masked, name, v, 1, 3600000LL, &x)))
-            c->poll_ms = x;
-    } else if (!strcmp(name, "crash_detect")) {
-        if (!strcmp(v, "on"))
-            c->crash_detect = true;
-        else if (!strcmp(v, "off"))
-            c->crash_detect = false;
-        else
-            return mqs__err(NULL, MQS_EINVAL,
-                            "option crash_detect=%s in %s: expected on or off",
-                            v, masked);
-    } else if (!strcmp(name, "cluster") || !strcmp(name, "node_id")) {
-        bool is_cluster = name[0] == 'c';
-        size_t cap = is_cluster ? sizeof c->cluster : sizeof c->node_id;
-        char *dst = is_cluster ? c->cluster : c->node_id;
-        if (!strcmp(v, "<hostname>:<pid>")) {
-            char host[200] = "localhost";
-            gethostname(host, sizeof host - 1);
-            snprintf(dst, cap, "%s:%ld", host, (long)getpid());
-        } else if (!*v || strlen(v) >= cap) {
-            return mqs__err(NULL, MQS_EINVAL,
-                            "option %s in %s: expected 1 to %zu bytes", name,
-                            masked, cap - 1);
-        } else {
-            snprintf(dst, cap, "%s", v);
-        }
+    bool b = false;
+    int rc;
+    switch (o->kind) {
+    case MQS_OPT_K_FLAG:
+        if (!(rc = parse_flag(o, masked, v, &b)))
+            *(bool *)field = b;
+        return rc;
+    case MQS_OPT_K_SIZE:
+        if (!(rc = parse_size(masked, o->name, v, o->lo, o->hi, &x)))
+            *(size_t *)field = (size_t)x;
+        return rc;
+    case MQS_OPT_K_MS:
+        if (!(rc = parse_size(masked, o->name, v, o->lo, o->hi, &x)))
+            *(int64_t *)field = x;
+        return rc;
+    case MQS_OPT_K_TEXT:
+        return parse_text(o, masked, v, field, o->size);
     }
-    return rc;
+    return 0;
 }
 
 static int core_index(const char *name)
 {
     for (size_t i = 0; i < N_CORE; i++)
-        if (!strcmp(core_names[i], name))
+        if (!strcmp(core_opts[i].name, name))
             return (int)i;
     return -1;
 }
@@ -299,7 +276,7 @@ static int unknown_option(const mqs_backend *be, const char *masked,
     sbuf b = {0};
     for (size_t i = 0; i < N_CORE; i++) {
         sb_add(&b, i ? ", " : "");
-        sb_add(&b, core_names[i]);
+        sb_add(&b, core_opts[i].name);
     }
     sbuf o = {0};
     for (size_t i = 0; i < be->n_options; i++) {
@@ -320,7 +297,7 @@ static void cfg_defaults(mqs_config *c)
 {
     /* Defaults come from the same table as the docs, so they cannot drift. */
     for (size_t i = 0; i < N_CORE; i++)
-        (void)set_core(c, "", core_names[i], core_defaults[i]);
+        (void)set_core(c, "", i, core_opts[i].def);
 }
 
 int mqs__uri_parse(const char *uri, const mqs_backend *be, mqs_parsed_uri *out)
@@ -370,9 +347,9 @@ int mqs__uri_parse(const char *uri, const mqs_backend *be, mqs_parsed_uri *out)
             else if (!eq || !*val)
                 rc = mqs__err(NULL, MQS_EINVAL,
                               "option '%s' in %s has no value (default %s)",
-                              key, out->masked, core_defaults[i]);
+                              key, out->masked, core_opts[i].def);
             else
-                rc = set_core(&out->cfg, out->masked, key, val);
+                rc = set_core(&out->cfg, out->masked, (size_t)i, val);
             seen[i] = true;
         } else if (be_has_option(be, key)) {
             sb_add(&be_uri, first_kept ? "?" : "&");
@@ -418,8 +395,8 @@ int mqs_option_foreach(const char *scheme, mqs_option_fn fn, void *ud)
     if (!fn)
         return mqs__err(NULL, MQS_EINVAL, "mqs_option_foreach: fn is NULL");
     for (size_t i = 0; i < N_CORE; i++) {
-        mqs_option_info o = {core_names[i], core_defaults[i], core_docs[i],
-                             "core"};
+        mqs_option_info o = {core_opts[i].name, core_opts[i].def,
+                             core_opts[i].doc, "core"};
         fn(ud, &o);
     }
     if (!scheme)

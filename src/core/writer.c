@@ -36,14 +36,8 @@ void mqs__req_free(mqs_request *r)
 
 mqs_op *mqs__req_add(mqs_request *r, op_kind kind)
 {
-    if (r->n_ops == r->cap_ops) {
-        size_t cap = r->cap_ops ? r->cap_ops * 2 : 1;
-        mqs_op *ops = realloc(r->ops, cap * sizeof *ops);
-        if (!ops)
-            return NULL;
-        r->ops = ops;
-        r->cap_ops = cap;
-    }
+    if (mqs__grow(&r->ops, &r->cap_ops, r->n_ops + 1, sizeof *r->ops, 1))
+        return NULL;
     mqs_op *op = &r->ops[r->n_ops++];
     memset(op, 0, sizeof *op);
     op->kind = kind;
@@ -324,14 +318,8 @@ static int resolve(txn_ctx *t, mqs_kind kind, const char *name, int create,
     if (rc)
         return rc;
     /* Cache only after commit: a rolled-back insert leaves no destination. */
-    if (t->n_nd == t->cap_nd) {
-        size_t cap = t->cap_nd ? t->cap_nd * 2 : 8;
-        new_dest *nd = realloc(t->nd, cap * sizeof *nd);
-        if (!nd)
-            return MQS_ENOMEM;
-        t->nd = nd;
-        t->cap_nd = cap;
-    }
+    if (mqs__grow(&t->nd, &t->cap_nd, t->n_nd + 1, sizeof *t->nd, 8))
+        return MQS_ENOMEM;
     t->nd[t->n_nd++] = (new_dest){kind, name, *id};
     return 0;
 }
@@ -636,13 +624,6 @@ static void complete(mqs_store *s, mqs_request **reqs, size_t n)
     pthread_mutex_unlock(&s->mu);
 }
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void *writer_main(void *arg)
 {
     mqs_store *s = arg;
@@ -668,12 +649,7 @@ static void *writer_main(void *arg)
             commit_us > 0) {
             int64_t linger_us = commit_us / 2 < 2000 ? commit_us / 2 : 2000;
             struct timespec ts;
-            mqs__deadline(&ts, 0);
-            ts.tv_nsec += (long)linger_us * 1000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            mqs__deadline_us(&ts, linger_us);
             while (!s->stop && s->q_count < last_n &&
                    pthread_cond_clockwait(&s->cv_work, &s->mu, CLOCK_MONOTONIC, &ts) == 0)
                 ;
@@ -695,10 +671,10 @@ static void *writer_main(void *arg)
             continue;
         pthread_cond_broadcast(&s->cv_space);
         pthread_mutex_unlock(&s->mu);
-        int64_t t0 = mono_us();
+        int64_t t0 = mqs__mono_us();
         run_batch(s, &s->wconn, "writer", s->batch, n);
         /* moving average of the commit time: the linger budget */
-        int64_t took = mono_us() - t0;
+        int64_t took = mqs__mono_us() - t0;
         commit_us = commit_us ? (commit_us * 7 + took) / 8 : took;
         /* Only synchronous writers come back for another turn. */
         last_n = 0;

@@ -94,7 +94,7 @@ static void node_start(node *n, const char *uri, const char *faketime,
             /* libfaketime is preloaded before the ASan runtime */
             setenv("ASAN_OPTIONS", "verify_asan_link_order=0", 1);
         }
-        execvp(argv[0], (char *const *)argv);
+        execvp(argv[0], (char *const *)(uintptr_t)argv); /* not written by exec */
         _exit(127);
     }
 }

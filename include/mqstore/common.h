@@ -17,9 +17,9 @@ extern "C" {
 #define MQS_API
 #endif
 
-#define MQS_VERSION_MAJOR 0
-#define MQS_VERSION_MINOR 1
-#define MQS_VERSION_PATCH 0
+/* MQS_VERSION_MAJOR, _MINOR, _PATCH and MQS_VERSION_STRING, generated from
+ * project(mqstore VERSION ...) in CMakeLists.txt (cmake/version.h.in). */
+#include <mqstore/version.h>
 
 /* ---------------------------------------------------------------------------
  * Errors. One table gives every code its name and message. Codes are never

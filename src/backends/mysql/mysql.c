@@ -58,7 +58,7 @@
 /* Generated from schema/mysql/ by EmbedSchema.cmake. */
 #include "schema_mysql.h" /* generated: mqs_schema_mysql[], its count */
 
-#define MY_VERSION "0.1.0"
+#define MY_VERSION MQS_VERSION_STRING
 
 /* MariaDB Connector/C and Oracle's libmysqlclient differ in the type of
  * boolean options and in how TLS is configured. */
@@ -544,7 +544,7 @@ static void my_bind_str(MYSQL_BIND *b, const char *s, unsigned long *len)
     memset(b, 0, sizeof *b);
     *len = (unsigned long)strlen(s);
     b->buffer_type = MYSQL_TYPE_STRING;
-    b->buffer = (void *)s; /* only read */
+    b->buffer = (void *)(uintptr_t)s; /* only read: the API has no const */
     b->buffer_length = *len;
     b->length = len;
 }
@@ -1662,7 +1662,7 @@ static void my_bind_blob(MYSQL_BIND *b, const void *p, size_t len, unsigned long
     }
     *lp = (unsigned long)len;
     b->buffer_type = MYSQL_TYPE_BLOB;
-    b->buffer = (void *)p; /* only read */
+    b->buffer = (void *)(uintptr_t)p; /* only read: the API has no const */
     b->buffer_length = *lp;
     b->length = lp;
 }

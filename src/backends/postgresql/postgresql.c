@@ -49,7 +49,7 @@
 /* Generated from schema/postgresql/ by EmbedSchema.cmake. */
 #include "schema_postgresql.h" /* generated: mqs_schema_postgresql[] */
 
-#define PG_MODULE_VERSION "0.1.0"
+#define PG_MODULE_VERSION MQS_VERSION_STRING
 
 /* A bytea, a protocol message and a result row are each limited to 1 GiB
  * (MaxAllocSize); a message row also carries ~60 bytes of other columns and

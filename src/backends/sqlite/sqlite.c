@@ -48,7 +48,7 @@
  * mqs_schema_sqlite[] and MQS_SCHEMA_SQLITE_COUNT. */
 #include "schema_sqlite.h"
 
-#define SQLITE_MODULE_VERSION "0.1.0"
+#define SQLITE_MODULE_VERSION MQS_VERSION_STRING
 /* Room left under SQLITE_LIMIT_LENGTH for the other columns of a message
  * row and the record header (they take well under 100 bytes). */
 #define SQLITE_ROW_MARGIN 1024

@@ -12,15 +12,24 @@
  * Recovery test: build a backlog of N (and N/10) messages, close, reopen and
  * time a full cursor scan, sampling RSS to show memory does not grow with N.
  *
+ * Synchronous test (--sync): 1, 4 and 16 producers that each wait for their
+ * own commit, repeated, beside the raw database (bench/raw's mqs-raw-insert,
+ * run as a child on the same URI) doing one INSERT per transaction with as
+ * many connections: msg/s median and spread, p50/p99, store/raw.
+ *
  * Latencies go into arrays allocated before the clock starts and are sorted
  * after it stops, so measuring costs no allocation or locking per operation.
  */
 #include <mqstore/mqstore.h>
 
+#include "common.h"
+
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -112,32 +121,10 @@ static char uri_shown[1024];
  * Small helpers
  * ---------------------------------------------------------------------- */
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static void die_oom(void)
 {
     fprintf(stderr, "mqstore-bench: out of memory\n");
     exit(EXIT_FAIL);
-}
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p)
-        die_oom();
-    return p;
 }
 
 /* VmRSS / VmHWM of this process in kB, -1 if unavailable. */
@@ -168,33 +155,6 @@ static bool reset_hwm(void)
         return false;
     bool ok = fputs("5", f) >= 0;
     return fclose(f) == 0 && ok;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    if (!s) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-/* JSON has no NaN/inf: a ratio with a zero denominator is null. */
-static void json_num(FILE *f, double v)
-{
-    if (v != v || v > 1e300 || v < -1e300)
-        fputs("null", f);
-    else
-        fprintf(f, "%.6g", v);
 }
 
 static const char *errmsg_or(const mqs_store *s, int rc)
@@ -247,64 +207,16 @@ static char *uri_with_commit(const char *uri, const char *mode)
     return u;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of a sorted array. */
-static double pct_ms(const uint64_t *v, size_t n, double p)
-{
-    if (n == 0)
-        return 0;
-    size_t rank = (size_t)(p * (double)n + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > n)
-        rank = n;
-    return (double)v[rank - 1] / 1e6;
-}
-
 /* Sorts the latencies of every thread together and fills r's columns. */
 static void summarize(phase_result *r, uint64_t **lat, const uint64_t *n,
                       int nthreads)
 {
-    uint64_t total = 0;
-    for (int i = 0; i < nthreads; i++)
-        total += n[i];
-    uint64_t *all = xcalloc(total, sizeof *all);
-    uint64_t k = 0;
-    double sum = 0;
-    for (int i = 0; i < nthreads; i++)
-        for (uint64_t j = 0; j < n[i]; j++) {
-            all[k++] = lat[i][j];
-            sum += (double)lat[i][j];
-        }
-    qsort(all, total, sizeof *all, cmp_u64);
-    r->p50_ms = pct_ms(all, total, 0.50);
-    r->p99_ms = pct_ms(all, total, 0.99);
-    r->max_ms = total ? (double)all[total - 1] / 1e6 : 0;
-    r->mean_ms = total ? sum / (double)total / 1e6 : 0;
-    free(all);
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-static void fill_body(unsigned char *b, size_t n, uint64_t seed)
-{
-    /* Random bytes: no backend gets to benefit from compressible data. */
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t r = splitmix64(seed + i);
-        size_t m = n - i < 8 ? n - i : 8;
-        memcpy(b + i, &r, m);
-    }
+    bench_lat l;
+    bench_lat_summary(lat, n, nthreads, &l);
+    r->p50_ms = l.p50_ms;
+    r->p99_ms = l.p99_ms;
+    r->max_ms = l.max_ms;
+    r->mean_ms = l.mean_ms;
 }
 
 /* ------------------------------------------------------------------------
@@ -1220,6 +1132,570 @@ static int write_plot(const char *path)
 }
 
 /* ------------------------------------------------------------------------
+ * Synchronous-producer test (--sync): the figure users see when every
+ * producer waits for its RECEIPT. For each producer count P (1, 4, 16) and
+ * each repeat: P threads each call mqs_enqueue and wait for their own commit
+ * before sending the next message, for --duration seconds, on a fresh
+ * queue; then (or first, on odd repeats, so drift hits both alike)
+ * mqs-raw-insert does one INSERT per transaction from P connections on the
+ * same URI for as long. Per point: msg/s median (min..max) over the
+ * repeats, the median of the runs' p50/p99, and store/raw.
+ * ---------------------------------------------------------------------- */
+
+#define MAX_SYNC_POINTS 16
+#define MAX_REPEATS 20
+#define DEF_SYNC_PRODUCERS "1,4,16"
+#define DEF_SYNC_REPEATS 3
+#define DEF_SYNC_DURATION 6.0
+
+typedef struct sync_run {
+    bool ran;
+    uint64_t ops, errors, transactions;
+    double seconds, rate, p50_ms, p99_ms, max_ms;
+    char first_error[256];
+} sync_run;
+
+typedef struct sync_point {
+    int producers;
+    sync_run store[MAX_MODES][MAX_REPEATS];
+    sync_run raw[MAX_REPEATS];
+} sync_point;
+
+static struct {
+    bool on;
+    int producers[MAX_SYNC_POINTS];
+    int npoints;
+    int repeats;
+    char raw_path[4096]; /* "" = no raw baseline */
+    bool raw_explicit, no_raw;
+    char server[256]; /* from the raw runs' JSON */
+} sync_cfg;
+
+static sync_point sync_points[MAX_SYNC_POINTS];
+
+/* mqs-raw-insert beside this binary (build/bin/), when --raw is not given. */
+static void sync_default_raw(void)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return;
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (!slash)
+        return;
+    *slash = '\0';
+    char path[sizeof sync_cfg.raw_path];
+    if ((size_t)snprintf(path, sizeof path, "%s/mqs-raw-insert", self) < sizeof path &&
+        access(path, X_OK) == 0)
+        snprintf(sync_cfg.raw_path, sizeof sync_cfg.raw_path, "%s", path);
+}
+
+static void sync_store_run(const char *mode, int producers, int rep, sync_run *out)
+{
+    memset(out, 0, sizeof *out);
+    char *uri = uri_with_commit(cfg.uri, mode);
+    mqs_store *s = NULL;
+    int rc = mqs_open(uri, NULL, &s);
+    free(uri);
+    if (rc != 0) {
+        out->ran = true;
+        out->errors = 1;
+        snprintf(out->first_error, sizeof out->first_error, "open: %s",
+                 errmsg_or(NULL, rc));
+        return;
+    }
+    char **qnames = xcalloc((size_t)cfg.queues, sizeof *qnames);
+    for (int q = 0; q < cfg.queues; q++) {
+        qnames[q] = xcalloc(128, 1);
+        snprintf(qnames[q], 128, "%s-sync-%s-p%d-r%d-q%d", prefix, mode, producers,
+                 rep, q);
+    }
+    cfg.producers = producers; /* producer_main round-robins with it */
+    uint64_t total = (uint64_t)cfg.messages;
+    phase_result r;
+    run_phase(s, qnames, mode, "enqueue", producers, total / (uint64_t)producers,
+              total, &r);
+    /* the stored messages go, outside the measured time */
+    for (int q = 0; q < cfg.queues; q++) {
+        if (!cfg.keep && (rc = mqs_purge(s, MQS_QUEUE, qnames[q], NULL)) != 0)
+            fprintf(stderr, "mqstore-bench: purge %s: %s\n", qnames[q], errmsg_or(s, rc));
+        free(qnames[q]);
+    }
+    free(qnames);
+    mqs_close(s);
+    *out = (sync_run){.ran = true, .ops = r.ops, .errors = r.errors,
+                      .transactions = r.transactions, .seconds = r.seconds,
+                      .rate = r.rate, .p50_ms = r.p50_ms, .p99_ms = r.p99_ms,
+                      .max_ms = r.max_ms};
+    snprintf(out->first_error, sizeof out->first_error, "%s", r.first_error);
+}
+
+/* "key": "value" -> value (no escapes expected: a server version). */
+static void json_find_str(const char *text, const char *key, char *out, size_t n)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": \"", key);
+    const char *p = text ? strstr(text, pat) : NULL;
+    if (!p)
+        return;
+    p += strlen(pat);
+    size_t len = strcspn(p, "\"");
+    if (len >= n)
+        len = n - 1;
+    memcpy(out, p, len);
+    out[len] = '\0';
+}
+
+/* Runs mqs-raw-insert as a child, bounded in time, and reads its --json. */
+static void sync_raw_run(int producers, int rep, sync_run *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!sync_cfg.raw_path[0])
+        return;
+    out->ran = true;
+    const char *tmp = getenv("TMPDIR");
+    char json[4096], p[16], sz[32], dur[32], msgs[32];
+    snprintf(json, sizeof json, "%s/mqstore-bench-raw-%ld-p%d-r%d.json",
+             tmp && *tmp ? tmp : "/tmp", (long)getpid(), producers, rep);
+    snprintf(p, sizeof p, "%d", producers);
+    snprintf(sz, sizeof sz, "%zu", cfg.size);
+    snprintf(dur, sizeof dur, "%g", cfg.duration);
+    snprintf(msgs, sizeof msgs, "%ld", cfg.messages);
+    char *const argv[] = {sync_cfg.raw_path, "--producers", p, "--size", sz,
+                          "--duration", dur, "--messages", msgs, "--json", json,
+                          (char *)cfg.uri, NULL};
+    unlink(json);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        out->errors = 1;
+        snprintf(out->first_error, sizeof out->first_error, "fork: %s", strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        /* its table would interleave with ours: the JSON has it all */
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0)
+            dup2(fd, STDOUT_FILENO);
+        execv(sync_cfg.raw_path, argv);
+        fprintf(stderr, "mqstore-bench: cannot run %s: %s\n", sync_cfg.raw_path,
+                strerror(errno));
+        _exit(127);
+    }
+    /* The run, its connecting and its table drop: past that it is stuck. */
+    int64_t limit = mono_ns() + (int64_t)((cfg.duration * 2 + 90) * 1e9);
+    int st = 0;
+    for (;;) {
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR) {
+            st = -1;
+            break;
+        }
+        if (mono_ns() > limit) {
+            fprintf(stderr, "mqstore-bench: %s overran its time, killed\n",
+                    sync_cfg.raw_path);
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            st = -1;
+            break;
+        }
+        sleep_ms(50);
+    }
+    char *text = bench_read_file(json);
+    unlink(json);
+    const char *t = text ? strstr(text, "\"throughput\"") : NULL;
+    if (!t) {
+        out->errors = 1;
+        snprintf(out->first_error, sizeof out->first_error,
+                 "mqs-raw-insert exited with status %d and wrote no result",
+                 st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+        free(text);
+        return;
+    }
+    if (!sync_cfg.server[0]) {
+        char ver[128] = "", set[256] = "";
+        const char *srv = strstr(text, "\"server\"");
+        json_find_str(srv, "version", ver, sizeof ver);
+        json_find_str(srv, "settings", set, sizeof set);
+        if (ver[0])
+            snprintf(sync_cfg.server, sizeof sync_cfg.server, "%s%s%s", ver,
+                     set[0] ? ", " : "", set);
+    }
+    double v = json_find_num(t, "messages");
+    out->ops = v == v ? (uint64_t)v : 0;
+    v = json_find_num(t, "errors");
+    out->errors = v == v ? (uint64_t)v : 0;
+    out->transactions = out->ops;
+    out->seconds = json_find_num(t, "seconds");
+    out->rate = json_find_num(t, "msg_per_s");
+    out->p50_ms = json_find_num(t, "p50");
+    out->p99_ms = json_find_num(t, "p99");
+    out->max_ms = json_find_num(t, "max");
+    json_find_str(t, "first_error", out->first_error, sizeof out->first_error);
+    if (st != 0 && !out->errors) {
+        out->errors = 1;
+        snprintf(out->first_error, sizeof out->first_error,
+                 "mqs-raw-insert exited with status %d",
+                 st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    free(text);
+}
+
+/* Per-point figures over the repeats of one series. */
+typedef struct sync_stat {
+    bench_spread rate;
+    double p50_ms, p99_ms, msg_per_txn;
+    uint64_t errors;
+    int runs;
+} sync_stat;
+
+static sync_stat sync_stat_of(const sync_run *runs)
+{
+    double rate[MAX_REPEATS] = {0}, p50[MAX_REPEATS] = {0}, p99[MAX_REPEATS] = {0};
+    sync_stat s = {.msg_per_txn = 0.0 / 0.0};
+    uint64_t ops = 0, txns = 0;
+    for (int r = 0; r < sync_cfg.repeats; r++) {
+        const sync_run *x = &runs[r];
+        rate[r] = p50[r] = p99[r] = 0.0 / 0.0;
+        if (!x->ran)
+            continue;
+        s.errors += x->errors;
+        if (x->ops == 0)
+            continue;
+        rate[r] = x->rate;
+        p50[r] = x->p50_ms;
+        p99[r] = x->p99_ms;
+        ops += x->ops;
+        txns += x->transactions;
+        s.runs++;
+    }
+    s.rate = bench_spread_of(rate, sync_cfg.repeats);
+    s.p50_ms = bench_spread_of(p50, sync_cfg.repeats).median;
+    s.p99_ms = bench_spread_of(p99, sync_cfg.repeats).median;
+    if (txns)
+        s.msg_per_txn = (double)ops / (double)txns;
+    return s;
+}
+
+static void sync_print_run(const char *what, int producers, int rep, const sync_run *r)
+{
+    if (!r->ran)
+        return;
+    fprintf(stderr, "== p%d repeat %d/%d %-6s %9.0f msg/s  p50 %.3f ms  p99 %.3f ms"
+                    "  (%" PRIu64 " msgs%s%s)\n",
+            producers, rep + 1, sync_cfg.repeats, what, r->rate, r->p50_ms, r->p99_ms,
+            r->ops, r->errors ? ", errors: " : "", r->errors ? r->first_error : "");
+}
+
+static void fmt_rate(char *out, size_t n, bench_spread s)
+{
+    if (s.median != s.median)
+        snprintf(out, n, "-");
+    else
+        snprintf(out, n, "%.0f (%.0f..%.0f)", s.median, s.min, s.max);
+}
+
+static void fmt_num(char *out, size_t n, const char *spec, double v)
+{
+    if (v != v)
+        snprintf(out, n, "-");
+    else
+        snprintf(out, n, spec, v);
+}
+
+static void sync_print_table(void)
+{
+    printf("\nsynchronous producers (each waits for its own commit), %zu B, %g s per run,"
+           " %d repeat%s: msg/s median (min..max); p50/p99: median of the runs'\n",
+           cfg.size, cfg.duration, sync_cfg.repeats, sync_cfg.repeats == 1 ? "" : "s");
+    printf("raw: %s\n", sync_cfg.raw_path[0]
+                            ? "mqs-raw-insert, one INSERT per transaction, one connection "
+                              "per producer, same URI, same run"
+                            : "not run (no mqs-raw-insert: --raw PATH)");
+    if (sync_cfg.server[0])
+        printf("server: %s\n", sync_cfg.server);
+    printf("\n%9s %-6s %24s %8s %8s %7s | %24s %8s %8s | %9s %9s\n", "producers", "mode",
+           "store msg/s", "p50 ms", "p99 ms", "msg/txn", "raw msg/s", "p50 ms", "p99 ms",
+           "store/raw", "p50 ratio");
+    for (int i = 0; i < sync_cfg.npoints; i++) {
+        const sync_point *pt = &sync_points[i];
+        sync_stat raw = sync_stat_of(pt->raw);
+        for (int m = 0; m < cfg.nmodes; m++) {
+            sync_stat st = sync_stat_of(pt->store[m]);
+            char a[48], b[48], c[16], d[16], e[16], f[16], g[16], h[16], k[16];
+            fmt_rate(a, sizeof a, st.rate);
+            fmt_rate(b, sizeof b, raw.rate);
+            fmt_num(c, sizeof c, "%.3f", st.p50_ms);
+            fmt_num(d, sizeof d, "%.3f", st.p99_ms);
+            fmt_num(e, sizeof e, "%.1f", st.msg_per_txn);
+            fmt_num(f, sizeof f, "%.3f", raw.p50_ms);
+            fmt_num(g, sizeof g, "%.3f", raw.p99_ms);
+            fmt_num(h, sizeof h, "%.2fx", st.rate.median / raw.rate.median);
+            fmt_num(k, sizeof k, "%.2fx", st.p50_ms / raw.p50_ms);
+            printf("%9d %-6s %24s %8s %8s %7s | %24s %8s %8s | %9s %9s%s\n",
+                   pt->producers, cfg.modes[m], a, c, d, e, b, f, g, h, k,
+                   st.errors || raw.errors ? "  (errors)" : "");
+        }
+    }
+    printf("store/raw: median msg/s over median msg/s; p50 ratio: store p50 / raw p50"
+           " (lower is better)\n");
+}
+
+static void sync_json_series(FILE *f, const sync_run *runs, sync_stat st)
+{
+    fprintf(f, "{\"msg_per_s\": {\"median\": ");
+    json_num(f, st.rate.median);
+    fprintf(f, ", \"min\": ");
+    json_num(f, st.rate.min);
+    fprintf(f, ", \"max\": ");
+    json_num(f, st.rate.max);
+    fprintf(f, "}, \"p50_ms\": ");
+    json_num(f, st.p50_ms);
+    fprintf(f, ", \"p99_ms\": ");
+    json_num(f, st.p99_ms);
+    fprintf(f, ", \"msg_per_txn\": ");
+    json_num(f, st.msg_per_txn);
+    fprintf(f, ", \"errors\": %" PRIu64 ", \"runs\": [", st.errors);
+    for (int r = 0, first = 1; r < sync_cfg.repeats; r++) {
+        const sync_run *x = &runs[r];
+        if (!x->ran)
+            continue;
+        fprintf(f, "%s\n          {\"messages\": %" PRIu64 ", \"errors\": %" PRIu64
+                   ", \"transactions\": %" PRIu64 ", \"seconds\": ",
+                first ? "" : ",", x->ops, x->errors, x->transactions);
+        first = 0;
+        json_num(f, x->seconds);
+        fprintf(f, ", \"msg_per_s\": ");
+        json_num(f, x->rate);
+        fprintf(f, ", \"p50_ms\": ");
+        json_num(f, x->p50_ms);
+        fprintf(f, ", \"p99_ms\": ");
+        json_num(f, x->p99_ms);
+        fprintf(f, ", \"max_ms\": ");
+        json_num(f, x->max_ms);
+        fprintf(f, ", \"first_error\": ");
+        json_str(f, x->first_error[0] ? x->first_error : NULL);
+        fprintf(f, "}");
+    }
+    fprintf(f, "]}");
+}
+
+static int sync_write_json(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
+        return EXIT_FAIL;
+    }
+    struct utsname u;
+    bool have_uname = uname(&u) == 0;
+    fprintf(f, "{\n  \"tool\": \"mqstore-bench\",\n  \"test\": \"sync\",\n"
+               "  \"version\": \"%s\",\n  \"uri\": ", MQS_BENCH_VERSION);
+    json_str(f, uri_shown);
+    fprintf(f, ",\n  \"server\": ");
+    json_str(f, sync_cfg.server[0] ? sync_cfg.server : NULL);
+    fprintf(f, ",\n  \"unix_time\": %lld,\n", (long long)time(NULL));
+    fprintf(f, "  \"host\": {\"cpus\": %ld, \"kernel\": ", sysconf(_SC_NPROCESSORS_ONLN));
+    json_str(f, have_uname ? u.release : NULL);
+    fprintf(f, ", \"machine\": ");
+    json_str(f, have_uname ? u.machine : NULL);
+    fprintf(f, "},\n  \"config\": {\"producers\": [");
+    for (int i = 0; i < sync_cfg.npoints; i++)
+        fprintf(f, "%s%d", i ? ", " : "", sync_cfg.producers[i]);
+    fprintf(f, "], \"repeats\": %d, \"duration_s\": ", sync_cfg.repeats);
+    json_num(f, cfg.duration);
+    fprintf(f, ", \"messages_cap\": %ld, \"size\": %zu, \"queues\": %d, \"modes\": [",
+            cfg.messages, cfg.size, cfg.queues);
+    for (int m = 0; m < cfg.nmodes; m++) {
+        fprintf(f, "%s", m ? ", " : "");
+        json_str(f, cfg.modes[m]);
+    }
+    fprintf(f, "], \"raw\": ");
+    json_str(f, sync_cfg.raw_path[0] ? sync_cfg.raw_path : NULL);
+    fprintf(f, ", \"latency\": \"median over the repeats of each run's p50/p99\"},\n"
+               "  \"points\": [");
+    for (int i = 0; i < sync_cfg.npoints; i++) {
+        const sync_point *pt = &sync_points[i];
+        sync_stat raw = sync_stat_of(pt->raw);
+        fprintf(f, "%s\n    {\"producers\": %d,\n      \"store\": {", i ? "," : "",
+                pt->producers);
+        for (int m = 0; m < cfg.nmodes; m++) {
+            fprintf(f, "%s\n        ", m ? "," : "");
+            json_str(f, cfg.modes[m]);
+            fprintf(f, ": ");
+            sync_json_series(f, pt->store[m], sync_stat_of(pt->store[m]));
+        }
+        fprintf(f, "},\n      \"raw\": ");
+        if (sync_cfg.raw_path[0])
+            sync_json_series(f, pt->raw, raw);
+        else
+            fprintf(f, "null");
+        fprintf(f, ",\n      \"ratio_store_raw\": {");
+        for (int m = 0; m < cfg.nmodes; m++) {
+            sync_stat st = sync_stat_of(pt->store[m]);
+            fprintf(f, "%s", m ? ", " : "");
+            json_str(f, cfg.modes[m]);
+            fprintf(f, ": {\"msg_per_s\": ");
+            json_num(f, st.rate.median / raw.rate.median);
+            fprintf(f, ", \"p50\": ");
+            json_num(f, st.p50_ms / raw.p50_ms);
+            fprintf(f, "}");
+        }
+        fprintf(f, "}}");
+    }
+    fprintf(f, "\n  ]\n}\n");
+    if (fclose(f) != 0) {
+        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+/* Two panels against producers: msg/s (median, min..max bars) and p50. */
+static int sync_write_plot(const char *path)
+{
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "mqstore-bench: gnuplot not found: skipping --plot %s\n", path);
+        return EXIT_OK;
+    }
+    FILE *g = popen("gnuplot", "w");
+    if (!g) {
+        fprintf(stderr, "mqstore-bench: cannot run gnuplot: %s\n", strerror(errno));
+        return EXIT_FAIL;
+    }
+    fprintf(g, "set terminal pngcairo size 1120,520 noenhanced font 'sans,10'\n"
+               "set output '");
+    for (const char *p = path; *p; p++)
+        fputs(*p == '\'' ? "''" : (char[]){*p, 0}, g);
+    fprintf(g, "'\nset multiplot layout 1,2 title 'mqstore-bench --sync: %s, %zu B, "
+               "%g s x %d per point'\n",
+            uri_shown, cfg.size, cfg.duration, sync_cfg.repeats);
+    fprintf(g, "set logscale x 2\nset grid xtics ytics\nset key top left\n"
+               "set xlabel 'producers (each waits for its commit)'\n"
+               "set xrange [%g:%g]\nset xtics (",
+            sync_cfg.producers[0] * 0.7, sync_cfg.producers[sync_cfg.npoints - 1] * 1.4);
+    for (int i = 0; i < sync_cfg.npoints; i++)
+        fprintf(g, "%s%d", i ? ", " : "", sync_cfg.producers[i]);
+    fprintf(g, ")\n");
+    /* columns: producers, then per series (modes..., raw): median min max p50 */
+    int ns = cfg.nmodes + (sync_cfg.raw_path[0] ? 1 : 0);
+    fprintf(g, "$d << EOD\n");
+    for (int i = 0; i < sync_cfg.npoints; i++) {
+        const sync_point *pt = &sync_points[i];
+        fprintf(g, "%d", pt->producers);
+        for (int k = 0; k < ns; k++) {
+            sync_stat st = sync_stat_of(k < cfg.nmodes ? pt->store[k] : pt->raw);
+            fprintf(g, " %g %g %g %g", st.rate.median, st.rate.min, st.rate.max,
+                    st.p50_ms);
+        }
+        fprintf(g, "\n");
+    }
+    fprintf(g, "EOD\n");
+    for (int panel = 0; panel < 2; panel++) {
+        fprintf(g, "set title '%s'\nset ylabel '%s'\nset yrange [0:*]\nplot ",
+                panel == 0 ? "throughput, median and min..max (higher is better)"
+                           : "p50 latency per message (lower is better)",
+                panel == 0 ? "messages/s" : "ms");
+        for (int k = 0; k < ns; k++) {
+            char title[64];
+            if (k < cfg.nmodes)
+                snprintf(title, sizeof title, "mqstore commit=%s", cfg.modes[k]);
+            else
+                snprintf(title, sizeof title, "raw: 1 INSERT per transaction");
+            int c = 2 + 4 * k;
+            if (panel == 0)
+                fprintf(g, "%s$d using 1:%d:%d:%d with yerrorlines lw 2 pt %d%s title '%s', "
+                           "$d using 1:%d:(sprintf('%%.0f', $%d)) with labels offset 0,1 notitle",
+                        k ? ", " : "", c, c + 1, c + 2, 7 + 2 * k,
+                        k == cfg.nmodes ? " dt 2" : "", title, c, c);
+            else
+                fprintf(g, "%s$d using 1:%d with linespoints lw 2 pt %d%s title '%s', "
+                           "$d using 1:%d:(sprintf('%%.2f', $%d)) with labels offset 0,1 notitle",
+                        k ? ", " : "", c + 3, 7 + 2 * k, k == cfg.nmodes ? " dt 2" : "",
+                        title, c + 3, c + 3);
+        }
+        fprintf(g, "\n");
+    }
+    fprintf(g, "unset multiplot\n");
+    int st = pclose(g);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "mqstore-bench: gnuplot failed (status %d): no plot\n", st);
+        return EXIT_FAIL;
+    }
+    fprintf(stderr, "plot written to %s\n", path);
+    return EXIT_OK;
+}
+
+static int run_sync(void)
+{
+    printf("synchronous producers: %d point%s x %d repeat%s x %g s, %zu B, commit mode%s",
+           sync_cfg.npoints, sync_cfg.npoints == 1 ? "" : "s", sync_cfg.repeats,
+           sync_cfg.repeats == 1 ? "" : "s", cfg.duration, cfg.size,
+           cfg.nmodes == 1 ? "" : "s");
+    for (int m = 0; m < cfg.nmodes; m++)
+        printf("%s%s", m ? "," : " ", cfg.modes[m]);
+    printf("; raw baseline: %s\n", sync_cfg.raw_path[0] ? sync_cfg.raw_path : "none");
+    fflush(stdout);
+    int ret = EXIT_OK;
+    for (int i = 0; i < sync_cfg.npoints; i++) {
+        sync_point *pt = &sync_points[i];
+        pt->producers = sync_cfg.producers[i];
+        for (int rep = 0; rep < sync_cfg.repeats; rep++) {
+            /* raw first on odd repeats: a drifting machine hits both alike */
+            bool raw_first = rep % 2 == 1;
+            if (raw_first) {
+                sync_raw_run(pt->producers, rep, &pt->raw[rep]);
+                sync_print_run("raw", pt->producers, rep, &pt->raw[rep]);
+            }
+            for (int m = 0; m < cfg.nmodes; m++) {
+                sync_store_run(cfg.modes[m], pt->producers, rep, &pt->store[m][rep]);
+                sync_print_run(cfg.modes[m], pt->producers, rep, &pt->store[m][rep]);
+                if (pt->store[m][rep].errors)
+                    ret = EXIT_FAIL;
+            }
+            if (!raw_first) {
+                sync_raw_run(pt->producers, rep, &pt->raw[rep]);
+                sync_print_run("raw", pt->producers, rep, &pt->raw[rep]);
+            }
+            if (pt->raw[rep].errors) {
+                fprintf(stderr, "mqstore-bench: raw p%d: %s\n", pt->producers,
+                        pt->raw[rep].first_error);
+                ret = EXIT_FAIL;
+            }
+        }
+    }
+    sync_print_table();
+    if (cfg.json_path && sync_write_json(cfg.json_path) != EXIT_OK)
+        ret = EXIT_FAIL;
+    if (cfg.plot_path && sync_write_plot(cfg.plot_path) != EXIT_OK)
+        ret = EXIT_FAIL;
+    return ret;
+}
+
+static int parse_int_list(const char *s, int *out, int max, int *n, int lo, int hi)
+{
+    *n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        errno = 0;
+        long v = strtol(t, &end, 10);
+        if (errno || end == t || *end || v < lo || v > hi || *n == max)
+            return -1;
+        if (*n && v <= out[*n - 1])
+            return -1; /* ascending, for the plot's axis */
+        out[(*n)++] = (int)v;
+    }
+    return *n ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------------
  * Command line
  * ---------------------------------------------------------------------- */
 
@@ -1237,6 +1713,7 @@ static void usage(FILE *f)
 "  mqstore-bench --quick sqlite:///tmp/bench.db\n"
 "  mqstore-bench --duration 15 'sqlite:///tmp/bench.db?synchronous=full'\n"
 "  mqstore-bench --recovery 1000000 sqlite:///tmp/bench.db\n"
+"  mqstore-bench --sync --json s.json --plot s.png postgresql://u:pw@host/db\n"
 "\n"
 "Throughput test (runs unless only --recovery is given):\n"
 "  --producers N     producer threads (default %d)\n"
@@ -1253,6 +1730,18 @@ static void usage(FILE *f)
 "  --page-rows N     recovery cursor page size (default 0: library default)\n"
 "  --throughput      run the throughput test even with --recovery\n"
 "\n"
+"Synchronous-producer test (--sync; alone, not with --recovery/--async):\n"
+"  --sync            for each producer count, each repeat: producers each wait\n"
+"                    for their own commit (mqs_enqueue) for --duration s\n"
+"                    (default %.0f here) on a fresh queue, and mqs-raw-insert\n"
+"                    does one INSERT per transaction from as many connections\n"
+"                    on the same URI; --modes defaults to group here\n"
+"  --sync-producers LIST  ascending producer counts (default %s)\n"
+"  --repeats N       runs per point and series (default %d, max %d); the\n"
+"                    table gives msg/s median (min..max), median p50/p99\n"
+"  --raw PATH        the mqs-raw-insert binary (default: beside this one)\n"
+"  --no-raw          no raw baseline (e.g. a backend it was built without)\n"
+"\n"
 "Recovery test:\n"
 "  --recovery N      build backlogs of N/10 and N messages (--size bytes),\n"
 "                    reopen, time a full cursor scan and sample RSS\n"
@@ -1264,7 +1753,8 @@ static void usage(FILE *f)
 "  --stall S         abort (exit 1) when a phase makes no progress for S\n"
 "                    seconds, e.g. a hung store (default %.0f; 0: never)\n"
 "  --json FILE       write every result as JSON to FILE\n"
-"  --plot FILE.png   draw msg/s and p99 per mode (and recovery) with gnuplot\n"
+"  --plot FILE.png   draw msg/s and p99 per mode (and recovery) with gnuplot;\n"
+"                    with --sync: msg/s and p50 against producers, store and raw\n"
 "  --help            this text\n"
 "  --version         print the version\n"
 "\n"
@@ -1272,6 +1762,7 @@ static void usage(FILE *f)
 "Exit status: 0 ok, 1 a failure or error during the run, 2 usage error.\n",
             DEF_PRODUCERS, DEF_CONSUMERS, DEF_MESSAGES, DURATION_CAP_MESSAGES,
             MAX_DURATION, DEF_SIZE, DEF_QUEUES, DEF_WINDOW, DEF_MODES,
+            DEF_SYNC_DURATION, DEF_SYNC_PRODUCERS, DEF_SYNC_REPEATS, MAX_REPEATS,
             QUICK_MESSAGES, QUICK_DURATION, QUICK_RECOVERY, DEF_STALL);
 }
 
@@ -1328,6 +1819,9 @@ static int parse_args(int argc, char **argv)
                    .window = DEF_WINDOW,
                    .stall = DEF_STALL};
     const char *modes = DEF_MODES;
+    const char *sync_list = DEF_SYNC_PRODUCERS;
+    memset(&sync_cfg, 0, sizeof sync_cfg);
+    sync_cfg.repeats = DEF_SYNC_REPEATS;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1349,7 +1843,8 @@ static int parse_args(int argc, char **argv)
         static const char *const with_value[] = {
             "--producers", "--consumers", "--messages", "--duration", "--size",
             "--queues", "--window", "--modes", "--page-rows", "--recovery",
-            "--json", "--plot", "--stall"};
+            "--json", "--plot", "--stall", "--sync-producers", "--repeats",
+            "--raw"};
         bool needs = false;
         for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
             needs |= strcmp(name, with_value[k]) == 0;
@@ -1433,12 +1928,49 @@ static int parse_args(int argc, char **argv)
             cfg.keep = true;
         } else if (!strcmp(name, "--throughput")) {
             force_throughput = true;
+        } else if (!strcmp(name, "--sync")) {
+            sync_cfg.on = true;
+        } else if (!strcmp(name, "--sync-producers")) {
+            sync_list = val;
+        } else if (!strcmp(name, "--repeats")) {
+            if (!parse_long(val, 1, MAX_REPEATS, &v))
+                return bad_usage("--repeats: 1..%d", MAX_REPEATS);
+            sync_cfg.repeats = (int)v;
+        } else if (!strcmp(name, "--raw")) {
+            if (strlen(val) >= sizeof sync_cfg.raw_path || access(val, X_OK) != 0)
+                return bad_usage("--raw %s: not an executable", val);
+            snprintf(sync_cfg.raw_path, sizeof sync_cfg.raw_path, "%s", val);
+            sync_cfg.raw_explicit = true;
+        } else if (!strcmp(name, "--no-raw")) {
+            sync_cfg.no_raw = true;
         } else {
             return bad_usage("unknown option '%s'", a);
         }
     }
     if (!cfg.uri)
         return bad_usage("missing URI (e.g. sqlite:///tmp/bench.db)");
+
+    if (sync_cfg.on) {
+        if (cfg.async || cfg.recovery || cfg.quick || force_throughput)
+            return bad_usage("--sync runs alone (no --async, --recovery, --quick, "
+                             "--throughput)");
+        if (parse_int_list(sync_list, sync_cfg.producers, MAX_SYNC_POINTS,
+                           &sync_cfg.npoints, 1, MAX_THREADS) != 0)
+            return bad_usage("--sync-producers: ascending counts 1..%d, comma-separated, "
+                             "at most %d", MAX_THREADS, MAX_SYNC_POINTS);
+        if (sync_cfg.no_raw)
+            sync_cfg.raw_path[0] = '\0';
+        else if (!sync_cfg.raw_explicit)
+            sync_default_raw();
+        if (!cfg.set_duration)
+            cfg.duration = DEF_SYNC_DURATION;
+        if (!cfg.set_messages)
+            cfg.messages = DURATION_CAP_MESSAGES;
+        if (!cfg.set_modes)
+            modes = "group";
+        cfg.producers = sync_cfg.producers[sync_cfg.npoints - 1];
+        cfg.throughput = false;
+    }
 
     if (cfg.quick) {
         if (!cfg.set_messages)
@@ -1451,7 +1983,8 @@ static int parse_args(int argc, char **argv)
     } else if (cfg.set_duration && !cfg.set_messages) {
         cfg.messages = DURATION_CAP_MESSAGES;
     }
-    cfg.throughput = !recovery_only || force_throughput;
+    if (!sync_cfg.on)
+        cfg.throughput = !recovery_only || force_throughput;
     if (cfg.messages < cfg.producers)
         return bad_usage("--messages (%ld) must be at least --producers (%d)",
                          cfg.messages, cfg.producers);
@@ -1471,6 +2004,7 @@ static int parse_args(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    bench_prog = "mqstore-bench";
     int ret = parse_args(argc, argv);
     if (ret != EXIT_OK)
         return ret;
@@ -1478,6 +2012,13 @@ int main(int argc, char **argv)
     mqs_uri_mask(cfg.uri, uri_shown, sizeof uri_shown);
     snprintf(prefix, sizeof prefix, "bench-%lld-%ld", (long long)time(NULL),
              (long)getpid());
+    if (sync_cfg.on) {
+        printf("mqstore-bench %s  %s\n", MQS_BENCH_VERSION, uri_shown);
+        if (!sync_cfg.raw_path[0] && !sync_cfg.no_raw)
+            fprintf(stderr, "mqstore-bench: no mqs-raw-insert beside this binary: "
+                            "no raw baseline (--raw PATH)\n");
+        return run_sync();
+    }
     print_header(stdout);
     fflush(stdout);
 

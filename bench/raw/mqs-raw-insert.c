@@ -12,8 +12,10 @@
  * or BEGIN..COMMIT), a table on stdout and --json. Latencies go into arrays
  * allocated before the clock starts and are sorted afterwards.
  *
- * Backends: postgresql:// (libpq) and mysql:// (MySQL/MariaDB client
- * library), each compiled in when its library was found at build time.
+ * Backends: postgresql:// (libpq), mysql:// (MySQL/MariaDB client library)
+ * and sqlite: (libsqlite3: one connection per thread on one file, WAL, the
+ * URI's synchronous=, busy_timeout=, journal_mode= as mqstore reads them),
+ * each compiled in when its library was found at build time.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -26,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,11 @@
 #ifdef MQS_RAW_HAVE_MYSQL
 #include <mysql.h>
 #endif
+#ifdef MQS_RAW_HAVE_SQLITE
+#include <sqlite3.h>
+#endif
+
+#include "common.h"
 
 #ifndef MQS_BENCH_VERSION
 #define MQS_BENCH_VERSION "unknown"
@@ -76,30 +82,6 @@ static atomic_int threads_running;
  * Helpers
  * ---------------------------------------------------------------------- */
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !atomic_load(&stop_flag)) {
-    }
-}
-
-static void *xcalloc(size_t n, size_t sz)
-{
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p) {
-        fprintf(stderr, "mqs-raw-insert: out of memory\n");
-        exit(EXIT_FAIL);
-    }
-    return p;
-}
-
 static void copy_err(char *dst, size_t n, const char *msg)
 {
     if (dst[0] == '\0')
@@ -112,77 +94,6 @@ static void chomp(char *s)
     size_t n = strlen(s);
     while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' '))
         s[--n] = '\0';
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-/* Random bytes, as mqstore-bench sends: nothing compresses. */
-static void fill_body(unsigned char *b, size_t n, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i += 8) {
-        uint64_t r = splitmix64(seed + i);
-        size_t m = n - i < 8 ? n - i : 8;
-        memcpy(b + i, &r, m);
-    }
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct_ms(const uint64_t *v, size_t n, double p)
-{
-    if (n == 0)
-        return 0;
-    size_t rank = (size_t)(p * (double)n + 0.999999);
-    if (rank < 1)
-        rank = 1;
-    if (rank > n)
-        rank = n;
-    return (double)v[rank - 1] / 1e6;
-}
-
-static void json_str(FILE *f, const char *s)
-{
-    if (!s) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-static void json_num(FILE *f, double v)
-{
-    if (v != v || v > 1e300 || v < -1e300)
-        fputs("null", f);
-    else
-        fprintf(f, "%.6g", v);
-}
-
-static double cpu_seconds(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 /* The URI with the userinfo password and any password= option masked. */
@@ -661,6 +572,164 @@ static const backend my_backend = {
     "body LONGBLOB NOT NULL) ENGINE=InnoDB"};
 #endif /* MQS_RAW_HAVE_MYSQL */
 
+#ifdef MQS_RAW_HAVE_SQLITE
+/* ---- SQLite ---- */
+
+static struct {
+    char path[1024];
+    char synchronous[16]; /* full | normal | off (mqstore's default: full) */
+    char journal_mode[16]; /* wal | delete (default wal) */
+    long busy_timeout;     /* ms (default 5000) */
+} sl_uri;
+
+/* sqlite:///abs/path.db or sqlite:rel/path.db, then ?options. */
+static int sl_parse_uri(const char *uri)
+{
+    const char *p = uri + strlen("sqlite:");
+    if (strncmp(p, "//", 2) == 0)
+        p += 2; /* sqlite:///abs -> /abs */
+    size_t len = strcspn(p, "?#");
+    if (len == 0 || len >= sizeof sl_uri.path)
+        return -1;
+    memcpy(sl_uri.path, p, len);
+    sl_uri.path[len] = '\0';
+    pct_decode(sl_uri.path);
+    snprintf(sl_uri.synchronous, sizeof sl_uri.synchronous, "full");
+    snprintf(sl_uri.journal_mode, sizeof sl_uri.journal_mode, "wal");
+    sl_uri.busy_timeout = 5000;
+    const char *q = strchr(p, '?');
+    for (q = q ? q + 1 : NULL; q && *q;) {
+        size_t n = strcspn(q, "&"), k = strcspn(q, "=&");
+        char val[64] = "";
+        if (k < n && n - k - 1 < sizeof val)
+            memcpy(val, q + k + 1, n - k - 1);
+        if (k == 11 && !strncmp(q, "synchronous", k)) {
+            if (strcmp(val, "full") && strcmp(val, "normal") && strcmp(val, "off"))
+                return -1;
+            snprintf(sl_uri.synchronous, sizeof sl_uri.synchronous, "%s", val);
+        } else if (k == 12 && !strncmp(q, "journal_mode", k)) {
+            if (strcmp(val, "wal") && strcmp(val, "delete"))
+                return -1;
+            snprintf(sl_uri.journal_mode, sizeof sl_uri.journal_mode, "%s", val);
+        } else if (k == 12 && !strncmp(q, "busy_timeout", k)) {
+            sl_uri.busy_timeout = strtol(val, NULL, 10);
+        } else if (!is_core_option(q, k)) {
+            fprintf(stderr, "mqs-raw-insert: ignoring URI option '%.*s'\n", (int)k, q);
+        }
+        q += n;
+        if (*q == '&')
+            q++;
+    }
+    return 0;
+}
+
+typedef struct sl_conn {
+    sqlite3 *db;
+    sqlite3_stmt *ins;
+} sl_conn;
+
+static int sl_exec(void *cv, const char *sql, char *err, size_t n)
+{
+    sl_conn *c = cv;
+    char *msg = NULL;
+    if (sqlite3_exec(c->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        copy_err(err, n, msg ? msg : sqlite3_errmsg(c->db));
+        sqlite3_free(msg);
+        return INS_ERR;
+    }
+    return INS_OK;
+}
+
+static void sl_close(void *cv)
+{
+    sl_conn *c = cv;
+    sqlite3_finalize(c->ins);
+    sqlite3_close(c->db);
+    free(c);
+}
+
+static void *sl_connect(char *err, size_t n)
+{
+    sl_conn *c = xcalloc(1, sizeof *c);
+    if (sqlite3_open_v2(sl_uri.path, &c->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(err, n, "%s: %s", sl_uri.path,
+                 c->db ? sqlite3_errmsg(c->db) : "out of memory");
+        sl_close(c);
+        return NULL;
+    }
+    sqlite3_busy_timeout(c->db, (int)sl_uri.busy_timeout);
+    char sql[160];
+    snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s; PRAGMA synchronous=%s",
+             sl_uri.journal_mode, sl_uri.synchronous);
+    if (sl_exec(c, sql, err, n) != INS_OK) {
+        sl_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int sl_prepare(void *cv, char *err, size_t n)
+{
+    sl_conn *c = cv;
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO %s (body) VALUES (?1)", cfg.table);
+    if (sqlite3_prepare_v2(c->db, sql, -1, &c->ins, NULL) != SQLITE_OK) {
+        copy_err(err, n, sqlite3_errmsg(c->db));
+        return INS_ERR;
+    }
+    return INS_OK;
+}
+
+static int sl_insert(void *cv, const unsigned char *body, size_t len, char *err,
+                     size_t n)
+{
+    sl_conn *c = cv;
+    /* Always BEGIN IMMEDIATE (no round trips in SQLite, so it costs next to
+     * nothing): a bare autocommit INSERT in WAL mode starts as a reader and
+     * fails at once with SQLITE_BUSY_SNAPSHOT when another connection
+     * committed meanwhile, without waiting in the busy handler; taking the
+     * write lock first makes it wait (busy_timeout), as a writer must.
+     * SQLite's busy handler is not fair: with many writers one can wait out
+     * the whole busy_timeout; it then waits again (the row is not given up,
+     * its latency includes the wait), for at most a minute. */
+    int64_t give_up = mono_ns() + 60 * 1000000000LL;
+    int brc;
+    while ((brc = sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_BUSY &&
+           mono_ns() < give_up && !atomic_load(&stop_flag)) {
+    }
+    if (brc != SQLITE_OK) {
+        copy_err(err, n, sqlite3_errmsg(c->db));
+        return INS_ERR;
+    }
+    sqlite3_bind_blob(c->ins, 1, body, (int)len, SQLITE_STATIC);
+    int rc = sqlite3_step(c->ins);
+    sqlite3_reset(c->ins);
+    sqlite3_clear_bindings(c->ins);
+    if (rc != SQLITE_DONE) {
+        copy_err(err, n, sqlite3_errmsg(c->db));
+        char ignore[8] = "";
+        sl_exec(c, "ROLLBACK", ignore, sizeof ignore);
+        return INS_ERR;
+    }
+    return sl_exec(c, "COMMIT", err, n);
+}
+
+static void sl_server_info(void *cv, char *out, size_t n, char *settings, size_t sn)
+{
+    (void)cv;
+    snprintf(out, n, "SQLite %s", sqlite3_libversion());
+    snprintf(settings, sn, "journal_mode=%s synchronous=%s busy_timeout=%ld",
+             sl_uri.journal_mode, sl_uri.synchronous, sl_uri.busy_timeout);
+}
+
+static const backend sl_backend = {
+    "sqlite", sl_connect, sl_exec, sl_prepare, sl_insert, sl_server_info,
+    sl_close,
+    "CREATE TABLE %s (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"};
+#endif /* MQS_RAW_HAVE_SQLITE */
+
 static const backend *be;
 
 /* ------------------------------------------------------------------------
@@ -737,6 +806,10 @@ static void usage(FILE *f)
 "\n"
 "URI: postgresql://user:pw@host:port/db[?libpq options]   (%s)\n"
 "     mysql://user:pw@host:port/db[?socket=&connect_timeout=&tls=]   (%s)\n"
+"     sqlite:///abs/path.db[?synchronous=full|normal|off&busy_timeout=MS&\n"
+"       journal_mode=wal|delete]   (%s; one connection per thread, WAL and\n"
+"       synchronous=full unless the URI says otherwise, as mqstore; each row\n"
+"       is BEGIN IMMEDIATE + INSERT + COMMIT so writers wait for the lock)\n"
 "mqstore's own options (commit=, pool_size=, ...) are accepted and ignored,\n"
 "so the URI given to mqstore-bench works here too.\n"
 "\n"
@@ -770,6 +843,11 @@ static void usage(FILE *f)
             "built in",
 #else
             "not built: client library missing",
+#endif
+#ifdef MQS_RAW_HAVE_SQLITE
+            "built in",
+#else
+            "not built: libsqlite3 missing",
 #endif
             DEF_PRODUCERS, MAX_THREADS, DEF_SIZE, DEF_DURATION, MAX_DURATION,
             DURATION_CAP_MESSAGES, DEF_STALL);
@@ -896,7 +974,7 @@ static int parse_args(int argc, char **argv)
         }
     }
     if (!cfg.uri)
-        return bad_usage("missing URI (postgresql://... or mysql://...)");
+        return bad_usage("missing URI (postgresql://..., mysql://... or sqlite:...)");
     if (!set_duration && !set_messages)
         cfg.duration = DEF_DURATION;
     if (!set_messages)
@@ -924,8 +1002,16 @@ static int parse_args(int argc, char **argv)
 #else
         return bad_usage("built without a MySQL client library: no mysql:// support");
 #endif
+    } else if (!strncmp(cfg.uri, "sqlite:", 7)) {
+#ifdef MQS_RAW_HAVE_SQLITE
+        if (sl_parse_uri(cfg.uri) != 0)
+            return bad_usage("cannot parse the sqlite: URI (or a bad option value)");
+        be = &sl_backend;
+#else
+        return bad_usage("built without libsqlite3: no sqlite: support");
+#endif
     } else {
-        return bad_usage("unsupported URI scheme (postgresql:// or mysql://)");
+        return bad_usage("unsupported URI scheme (postgresql://, mysql:// or sqlite:)");
     }
     return EXIT_OK;
 }
@@ -1034,6 +1120,7 @@ static void drop_table_final(void *admin)
 
 int main(int argc, char **argv)
 {
+    bench_prog = "mqs-raw-insert";
     int ret = parse_args(argc, argv);
     if (ret != EXIT_OK)
         return ret;
@@ -1148,7 +1235,6 @@ int main(int argc, char **argv)
     result r;
     memset(&r, 0, sizeof r);
     int64_t end = start;
-    uint64_t all_n = 0;
     for (int i = 0; i < np; i++) {
         pthread_join(tid[i], NULL);
         end = w[i].end_ns > end ? w[i].end_ns : end;
@@ -1161,19 +1247,22 @@ int main(int argc, char **argv)
     r.cpu_s = cpu_seconds() - cpu0;
     r.seconds = (double)(end - start) / 1e9;
     r.rate = r.seconds > 0 ? (double)r.ops / r.seconds : 0;
-    uint64_t *all = xcalloc(r.ops, sizeof *all);
-    double sum = 0;
-    for (int i = 0; i < np; i++)
-        for (uint64_t j = 0; j < w[i].n; j++) {
-            all[all_n++] = w[i].lat[j];
-            sum += (double)w[i].lat[j];
+    {
+        uint64_t **lats = xcalloc((size_t)np, sizeof *lats);
+        uint64_t *counts = xcalloc((size_t)np, sizeof *counts);
+        for (int i = 0; i < np; i++) {
+            lats[i] = w[i].lat;
+            counts[i] = w[i].n;
         }
-    qsort(all, all_n, sizeof *all, cmp_u64);
-    r.p50_ms = pct_ms(all, all_n, 0.50);
-    r.p99_ms = pct_ms(all, all_n, 0.99);
-    r.max_ms = all_n ? (double)all[all_n - 1] / 1e6 : 0;
-    r.mean_ms = all_n ? sum / (double)all_n / 1e6 : 0;
-    free(all);
+        bench_lat lat;
+        bench_lat_summary(lats, counts, np, &lat);
+        r.p50_ms = lat.p50_ms;
+        r.p99_ms = lat.p99_ms;
+        r.max_ms = lat.max_ms;
+        r.mean_ms = lat.mean_ms;
+        free(lats);
+        free(counts);
+    }
 
     for (int i = 0; i < np; i++) {
         be->close(w[i].conn);

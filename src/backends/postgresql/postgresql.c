@@ -92,6 +92,12 @@ struct mqs_be_conn {
                                          set yet, 1 set for the session,
                                          -1 set in each transaction */
     int64_t idle_ms;
+    int64_t idle_set;                 /* the value set for the session */
+    /* Named prepared statements of this session (direct connections only:
+     * idle_mode 1), keyed by the address of their static SQL text. */
+    struct { const char *sql; unsigned id; } prep[24];
+    int nprep;
+    unsigned prep_seq;
     int broken;                       /* protocol state unknown: reconnect */
     char state[6];                    /* SQLSTATE of the last failure */
     char err[2048];
@@ -717,7 +723,17 @@ static const char SQL_IDLE_LOCAL[] =
     "true)";
 
 enum { PG_IT_BEGIN, PG_IT_IDLE, PG_IT_FENCE, PG_IT_DEFER, PG_IT_STMT,
-       PG_IT_GUARD, PG_IT_COMMIT };
+       PG_IT_GUARD, PG_IT_COMMIT, PG_IT_PREP };
+
+/* The name of sql's prepared statement on this session, 0 if it has none
+ * yet. */
+static unsigned pg_prep_find(const mqs_be_conn *c, const char *sql)
+{
+    for (int i = 0; i < c->nprep; i++)
+        if (c->prep[i].sql == sql)
+            return c->prep[i].id;
+    return 0;
+}
 
 /* Send everything the open transaction has pending (BEGIN, its settings,
  * the fence's lock, deferred writes), then st[0..nst), then with commit
@@ -743,8 +759,17 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             res[i] = NULL;
     int begin = c->begin_pending;
     int fence = c->fence_on && !c->fence_locked;
-    /* with the fence's lock: once per session, or in every transaction */
-    int idle = fence && c->idle_mode <= 0;
+    /* The session's idle-in-transaction timeout, with the first statement
+     * of a transaction block: the first one on a session also finds out
+     * whether the session is this client's own (not a pooler's), which
+     * also decides prepared statements. Direct: set for the session, once
+     * (again only if a fence wants another value); pooled: in each fenced
+     * transaction. 0 = the server's default (off). */
+    int64_t idle_want = c->fence_on ? c->idle_ms : 0;
+    int idle = c->in_txn && !c->fence_locked &&
+               (c->idle_mode == 0 ||
+                (c->fence_on && c->idle_mode == 1 && c->idle_set != idle_want) ||
+                (c->fence_on && c->idle_mode < 0));
     int guard = commit && c->fence_on;
     size_t ndq = c->ndq;
     if (!begin && !fence && !ndq && !commit && nst == 1) {
@@ -765,7 +790,8 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     /* The kind of each statement sent, in order. */
     size_t total = (size_t)begin + (size_t)idle + (size_t)fence + ndq +
                    (size_t)nst + (size_t)guard + (size_t)commit;
-    unsigned char *kind = malloc(total ? total : 1);
+    /* each statement may be preceded by its Prepare */
+    unsigned char *kind = malloc(total ? 2 * total : 1);
     PGresult **dres = ndq ? calloc(ndq, sizeof *dres) : NULL;
     if (!kind || (ndq && !dres)) {
         free(kind);
@@ -775,7 +801,7 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     }
     char pid[16], idle_ms[24], token[24], margin[24];
     snprintf(pid, sizeof pid, "%d", PQbackendPID(c->pg));
-    snprintf(idle_ms, sizeof idle_ms, "%lld", (long long)c->idle_ms);
+    snprintf(idle_ms, sizeof idle_ms, "%lld", (long long)idle_want);
     snprintf(token, sizeof token, "%lld", (long long)c->fence_token);
     snprintf(margin, sizeof margin, "%lld", (long long)c->fence_margin_ms);
     const Oid t_txt[4] = {PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT, PG_OID_TEXT};
@@ -791,17 +817,63 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     }
     size_t k = 0;
     int ok = 1;
+    /* Inside a transaction block every statement is followed by a Sync
+     * (no round trip: nothing waits for it). The server reports
+     * ReadyForQuery there and arms idle_in_transaction_session_timeout
+     * before it reads on, so a path that stalls halfway through the
+     * pipeline cannot keep the fence's or the insert turn's lock held
+     * past about a lease (a standby's takeover waits for them). After a
+     * failure the rest runs in the aborted block and fails too: COMMIT
+     * then only ends it. Outside a block one Sync ends the implicit
+     * transaction, as each Sync would. */
+    int sync_each = c->in_txn;
+    int nsync = 0;
+    /* On a direct session the hot statements are prepared once (parsed and
+     * planned once: a third of a small transaction's server time here);
+     * through a pooler a named statement could land on another server
+     * session, so they stay unnamed there. Statements prepared in this
+     * pipeline count only once it succeeded; a failed one may leave a
+     * named statement behind, which a fresh name never meets. */
+    int use_prep = c->idle_mode == 1 && c->in_txn;
+    const char *new_sql[24];
+    unsigned new_id[24];
+    int n_new = 0;
 #define PG_SEND(kd, sql, n, types, vals, lens, fmts)                          \
     do {                                                                       \
         if (ok) {                                                              \
+            /* static SQL texts only: a statement's address is its key */     \
+            int p_ = use_prep && (kd) != PG_IT_STMT && (kd) != PG_IT_IDLE;     \
+            unsigned id_ = p_ ? pg_prep_find(c, sql) : 0;                      \
+            for (int j_ = 0; p_ && !id_ && j_ < n_new; j_++)                   \
+                if (new_sql[j_] == (sql))                                      \
+                    id_ = new_id[j_];                                          \
+            char nm_[24];                                                      \
+            if (p_ && !id_ && c->nprep + n_new < 24) {                         \
+                id_ = ++c->prep_seq;                                           \
+                snprintf(nm_, sizeof nm_, "mqs_%u", id_);                      \
+                kind[k++] = PG_IT_PREP;                                        \
+                ok = PQsendPrepare(c->pg, nm_, sql, n, types);                \
+                new_sql[n_new] = (sql);                                        \
+                new_id[n_new++] = id_;                                         \
+            }                                                                  \
             kind[k++] = (kd);                                                  \
-            ok = PQsendQueryParams(c->pg, sql, n, types, vals, lens, fmts, 1); \
+            if (ok && id_) {                                                   \
+                snprintf(nm_, sizeof nm_, "mqs_%u", id_);                      \
+                ok = PQsendQueryPrepared(c->pg, nm_, n, vals, lens, fmts, 1); \
+            } else if (ok) {                                                   \
+                ok = PQsendQueryParams(c->pg, sql, n, types, vals, lens, fmts, \
+                                       1);                                     \
+            }                                                                  \
+            if (ok && sync_each) {                                             \
+                ok = PQpipelineSync(c->pg);                                    \
+                nsync++;                                                       \
+            }                                                                  \
         }                                                                      \
     } while (0)
     if (begin)
         PG_SEND(PG_IT_BEGIN, "BEGIN", 0, NULL, NULL, NULL, NULL);
     if (idle)
-        PG_SEND(PG_IT_IDLE, c->idle_mode == 0 ? SQL_IDLE_SESSION
+        PG_SEND(PG_IT_IDLE, c->idle_mode >= 0 ? SQL_IDLE_SESSION
                                               : SQL_IDLE_LOCAL,
                 2, t_txt, v_idle, NULL, NULL);
     if (fence)
@@ -819,7 +891,11 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     if (commit)
         PG_SEND(PG_IT_COMMIT, "COMMIT", 0, NULL, NULL, NULL, NULL);
 #undef PG_SEND
-    ok = ok && PQpipelineSync(c->pg);
+    total = k;
+    if (ok && !sync_each) {
+        ok = PQpipelineSync(c->pg);
+        nsync++;
+    }
     if (!ok) {
         /* Results of what was sent are still queued: drop the connection.
          * A COMMIT may have gone out with the rest. */
@@ -849,6 +925,8 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
         ExecStatusType es = PQresultStatus(r);
         if (es == PGRES_PIPELINE_SYNC) {
             PQclear(r);
+            if (--nsync > 0)
+                continue; /* a statement's own Sync (sync_each) */
             synced = 1;
             break;
         }
@@ -888,12 +966,13 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             /* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
             committed = !strcmp(PQcmdStatus(r), "COMMIT");
             PQclear(r);
-        } else if (kd == PG_IT_IDLE && c->idle_mode == 0) {
+        } else if (kd == PG_IT_IDLE && c->idle_mode >= 0) {
             /* first column: the session is this client's own */
             c->idle_mode = PQntuples(r) == 1 && PQgetlength(r, 0, 0) == 1 &&
                                    PQgetvalue(r, 0, 0)[0] == 1
                                ? 1
                                : -1;
+            c->idle_set = c->idle_mode == 1 ? idle_want : -1;
             PQclear(r);
         } else if (kd == PG_IT_DEFER && !dres[di]) {
             dres[di] = r;
@@ -940,6 +1019,10 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             rc = c->dq[i].done(c, dres[i], c->dq[i].ctx);
     for (size_t i = 0; i < ndq; i++)
         PQclear(dres[i]);
+    for (int j = 0; rc == 0 && j < n_new && c->nprep < 24; j++) {
+        c->prep[c->nprep].sql = new_sql[j];
+        c->prep[c->nprep++].id = new_id[j];
+    }
     free(dres);
     free(kind);
     pg_defer_clear(c);
@@ -1702,10 +1785,15 @@ static const char SQL_INS_MIXED[] =
 /* Ids come from a sequence, drawn when a row is inserted, not when it
  * commits: two writers could commit ids out of order, and a reader that
  * has seen id 11 would never look back for 10. Inserting transactions
- * therefore take turns on one row lock, held to commit; with one writer
- * per store (group commit) it is never contended. */
+ * therefore take turns on one transaction-level advisory lock (per
+ * database and schema), held to commit; with one writer per store (group
+ * commit) it is never contended. An advisory lock, not a row lock: it
+ * writes no WAL and dirties no page. Every node of a cluster must use the
+ * same kind (same ABI major). */
 static const char SQL_ORDER_LOCK[] =
-    "SELECT 1 FROM mqs_meta WHERE key = 'schema_version' FOR NO KEY UPDATE";
+    "SELECT 1 FROM pg_catalog.pg_advisory_xact_lock("
+    "pg_catalog.hashtextextended('mqstore-order:' || "
+    "pg_catalog.current_database() || ':' || pg_catalog.current_schema(), 0))";
 
 static int pg_cmp_i64(const void *a, const void *b)
 {

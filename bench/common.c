@@ -1,0 +1,197 @@
+/* bench/common.c - see common.h. */
+#include "common.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+const char *bench_prog = "bench";
+
+int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) {
+        fprintf(stderr, "%s: out of memory\n", bench_prog);
+        exit(1);
+    }
+    return p;
+}
+
+double cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+void fill_body(unsigned char *b, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t r = splitmix64(seed + i);
+        size_t m = n - i < 8 ? n - i : 8;
+        memcpy(b + i, &r, m);
+    }
+}
+
+int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of a sorted array. */
+double pct_ms(const uint64_t *v, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    size_t rank = (size_t)(p * (double)n + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    if (rank > n)
+        rank = n;
+    return (double)v[rank - 1] / 1e6;
+}
+
+void bench_lat_summary(uint64_t *const *lat, const uint64_t *n, int nthreads,
+                       bench_lat *out)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < nthreads; i++)
+        total += n[i];
+    uint64_t *all = xcalloc(total, sizeof *all);
+    uint64_t k = 0;
+    double sum = 0;
+    for (int i = 0; i < nthreads; i++)
+        for (uint64_t j = 0; j < n[i]; j++) {
+            all[k++] = lat[i][j];
+            sum += (double)lat[i][j];
+        }
+    qsort(all, total, sizeof *all, cmp_u64);
+    out->n = total;
+    out->p50_ms = pct_ms(all, total, 0.50);
+    out->p99_ms = pct_ms(all, total, 0.99);
+    out->max_ms = total ? (double)all[total - 1] / 1e6 : 0;
+    out->mean_ms = total ? sum / (double)total / 1e6 : 0;
+    free(all);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+bench_spread bench_spread_of(const double *v, int n)
+{
+    bench_spread s = {NAN, NAN, NAN};
+    double tmp[64];
+    int m = 0;
+    for (int i = 0; i < n && m < (int)(sizeof tmp / sizeof *tmp); i++)
+        if (v[i] == v[i]) /* NaN: a run that did not happen */
+            tmp[m++] = v[i];
+    if (m == 0)
+        return s;
+    qsort(tmp, (size_t)m, sizeof *tmp, cmp_double);
+    s.min = tmp[0];
+    s.max = tmp[m - 1];
+    s.median = m % 2 ? tmp[m / 2] : (tmp[m / 2 - 1] + tmp[m / 2]) / 2;
+    return s;
+}
+
+void json_str(FILE *f, const char *s)
+{
+    if (!s) {
+        fputs("null", f);
+        return;
+    }
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* JSON has no NaN/inf: a ratio with a zero denominator is null. */
+void json_num(FILE *f, double v)
+{
+    if (v != v || v > 1e300 || v < -1e300)
+        fputs("null", f);
+    else
+        fprintf(f, "%.6g", v);
+}
+
+char *bench_read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+        if (cap - len - 1 == 0) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (buf)
+        buf[len] = '\0';
+    return buf;
+}
+
+double json_find_num(const char *text, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = text ? strstr(text, pat) : NULL;
+    if (!p)
+        return NAN;
+    p += strlen(pat);
+    while (*p == ' ')
+        p++;
+    char *end;
+    double v = strtod(p, &end);
+    return end == p ? NAN : v;
+}

@@ -1,0 +1,66 @@
+/*
+ * bench/common.h - helpers shared by the bench programs (mqstore-bench,
+ * mqs-raw-insert): monotonic clock, allocation, random bodies, latency
+ * percentiles, repeat statistics and a minimal JSON writer/reader.
+ *
+ * Plain C11 + POSIX, no mqstore: mqs-raw-insert links it without the
+ * library. Messages name the program set in bench_prog.
+ */
+#ifndef MQS_BENCH_COMMON_H
+#define MQS_BENCH_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Program name for error messages ("mqstore-bench", "mqs-raw-insert"). */
+extern const char *bench_prog;
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t mono_ns(void);
+/* Sleeps ms milliseconds, resuming after signals. */
+void sleep_ms(long ms);
+/* calloc that never returns NULL (exits 1 with a message) and accepts 0. */
+void *xcalloc(size_t n, size_t sz);
+/* Client CPU time of this process (user + system), seconds. */
+double cpu_seconds(void);
+
+/* Deterministic random bytes: no backend benefits from compressible data. */
+uint64_t splitmix64(uint64_t x);
+void fill_body(unsigned char *b, size_t n, uint64_t seed);
+
+/* Latencies in ns. bench_lat_summary merges the per-thread arrays, sorts
+ * them (after the clock stopped) and returns the nearest-rank percentiles
+ * in ms. */
+typedef struct bench_lat {
+    uint64_t n;
+    double p50_ms, p99_ms, max_ms, mean_ms;
+} bench_lat;
+
+int cmp_u64(const void *a, const void *b);
+double pct_ms(const uint64_t *sorted, size_t n, double p); /* p in 0..1 */
+void bench_lat_summary(uint64_t *const *lat, const uint64_t *n, int nthreads,
+                       bench_lat *out);
+
+/* Median (mean of the two middle ones for an even count), min and max of
+ * v[0..n-1]; v is left untouched. NaN for n == 0. */
+typedef struct bench_spread {
+    double median, min, max;
+} bench_spread;
+bench_spread bench_spread_of(const double *v, int n);
+
+/* JSON output: strings escaped (NULL -> null), numbers with NaN/inf ->
+ * null. */
+void json_str(FILE *f, const char *s);
+void json_num(FILE *f, double v);
+
+/* Reads a whole file into a malloc'ed, NUL-terminated buffer (NULL on
+ * error). */
+char *bench_read_file(const char *path);
+/* The number after the first "key": in a JSON text one of the bench tools
+ * wrote (flat search, no parsing: ask for keys that occur once, e.g.
+ * "msg_per_s" in mqs-raw-insert's output). NaN when absent or null. */
+double json_find_num(const char *text, const char *key);
+
+#endif

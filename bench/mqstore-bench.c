@@ -1264,7 +1264,7 @@ static void sync_raw_run(int producers, int rep, sync_run *out)
     snprintf(msgs, sizeof msgs, "%ld", cfg.messages);
     char *const argv[] = {sync_cfg.raw_path, "--producers", p, "--size", sz,
                           "--duration", dur, "--messages", msgs, "--json", json,
-                          (char *)cfg.uri, NULL};
+                          (char *)(uintptr_t)cfg.uri, NULL}; /* exec does not write */
     unlink(json);
     fflush(stdout);
     fflush(stderr);

@@ -517,7 +517,7 @@ static int my_insert(void *cv, const unsigned char *body, size_t len, char *err,
     MYSQL_BIND b;
     memset(&b, 0, sizeof b);
     b.buffer_type = MYSQL_TYPE_BLOB;
-    b.buffer = (void *)body;
+    b.buffer = (void *)(uintptr_t)body; /* only read: the API has no const */
     b.buffer_length = blen;
     b.length = &blen;
     int rc;

@@ -1168,7 +1168,7 @@ static struct {
     int repeats;
     char raw_path[4096]; /* "" = no raw baseline */
     bool raw_explicit, no_raw;
-    char server[256]; /* from the raw runs' JSON */
+    char server[400];  /* from the raw runs' JSON */
 } sync_cfg;
 
 static sync_point sync_points[MAX_SYNC_POINTS];

@@ -606,11 +606,11 @@ static int sl_parse_uri(const char *uri)
         if (k == 11 && !strncmp(q, "synchronous", k)) {
             if (strcmp(val, "full") && strcmp(val, "normal") && strcmp(val, "off"))
                 return -1;
-            snprintf(sl_uri.synchronous, sizeof sl_uri.synchronous, "%s", val);
+            snprintf(sl_uri.synchronous, sizeof sl_uri.synchronous, "%.15s", val); /* checked above */
         } else if (k == 12 && !strncmp(q, "journal_mode", k)) {
             if (strcmp(val, "wal") && strcmp(val, "delete"))
                 return -1;
-            snprintf(sl_uri.journal_mode, sizeof sl_uri.journal_mode, "%s", val);
+            snprintf(sl_uri.journal_mode, sizeof sl_uri.journal_mode, "%.15s", val); /* checked above */
         } else if (k == 12 && !strncmp(q, "busy_timeout", k)) {
             sl_uri.busy_timeout = strtol(val, NULL, 10);
         } else if (!is_core_option(q, k)) {

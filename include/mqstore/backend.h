@@ -191,6 +191,8 @@ typedef struct mqs_be_fence {
     int64_t token;     /* the token this node holds */
     int64_t margin_ms; /* the lease must have at least this much left, by
                           the database clock, when the fence is checked */
+    int64_t lease_ms;  /* the lease length, e.g. for a server-side timeout
+                          that ends a session idle inside a transaction */
 } mqs_be_fence;
 
 typedef struct mqs_be_lock_state {

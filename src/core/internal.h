@@ -229,6 +229,7 @@ struct mqs_store {
     int64_t token;
     int64_t lease_until;    /* local monotonic ms; step down after this */
     int64_t last_renew;     /* monotonic ms of the last committed renewal */
+    int64_t renew_rtt;      /* how long that renewal took, ms */
     struct mqs_session *sess; /* the master's session-lock keeper */
     struct mqs_session *sess_wait; /* the latest one, waited for at close */
     bool session_off;         /* the backend refused session locks here */

@@ -71,6 +71,7 @@ typedef struct mqs_session {
      * committed, so a slow renewal shortens it, never lengthens it */
     mqs_be_lock l;         /* cluster/node point into the strings below */
     int64_t renew_ok_start; /* monotonic ms */
+    int64_t renew_ok_rtt;   /* how long that renewal took, ms */
     int renew_rc;          /* of the last finished renewal */
     uint64_t renew_seq;    /* finished renewals */
     char renew_err[512];
@@ -177,8 +178,10 @@ static void *session_main(void *arg)
         }
         if (renew) {
             x->renew_rc = rrc;
-            if (rrc == 0)
+            if (rrc == 0) {
                 x->renew_ok_start = t0;
+                x->renew_ok_rtt = mqs__mono_ms() - t0;
+            }
             memcpy(x->renew_err, rerr, sizeof rerr);
             x->renew_seq++;
         }
@@ -378,7 +381,11 @@ int mqs__fence_prepare(mqs_store *s, mqs_fence *f, char *err, size_t errlen)
         f->f.cluster = s->uri.cfg.cluster;
         f->f.node = s->uri.cfg.node_id;
         f->f.token = s->token;
-        f->f.margin_ms = margin(s);
+        /* The database's lease began at most renew_rtt after the local
+         * count started: a guard that leaves margin + renew_rtt therefore
+         * runs before the local lease ends, so before on_lost. */
+        f->f.margin_ms = margin(s) + s->renew_rtt;
+        f->f.lease_ms = s->uri.cfg.lease_ms;
         s->commits_inflight++;
     }
     pthread_mutex_unlock(&s->ha_mu);
@@ -456,7 +463,7 @@ static void *keeper_main(void *arg)
 
         /* Results of the agent's renewals. */
         int rrc = 0;
-        int64_t ok_start = 0;
+        int64_t ok_start = 0, ok_rtt = 0;
         uint64_t seq = 0;
         char rerr[512] = "";
         if (x) {
@@ -464,6 +471,7 @@ static void *keeper_main(void *arg)
             seq = x->renew_seq;
             rrc = x->renew_rc;
             ok_start = x->renew_ok_start;
+            ok_rtt = x->renew_ok_rtt;
             memcpy(rerr, x->renew_err, sizeof rerr);
             pthread_mutex_unlock(&x->mu);
         }
@@ -482,8 +490,10 @@ static void *keeper_main(void *arg)
             int64_t until = ok_start + s->uri.cfg.lease_ms - margin(s);
             if (until > s->lease_until)
                 s->lease_until = until;
-            if (ok_start > s->last_renew)
+            if (ok_start > s->last_renew) {
                 s->last_renew = ok_start;
+                s->renew_rtt = ok_rtt;
+            }
         }
         now = mqs__mono_ms();
         bool expired = now >= s->lease_until;
@@ -691,6 +701,7 @@ static int acq_become_master(acq_run *r)
     s->token = r->a.st.token;
     s->lease_until = r->t0 + cfg->lease_ms - margin(s);
     s->last_renew = r->t0;
+    s->renew_rtt = mqs__mono_ms() - r->t0; /* the acquire's, at most */
     s->commits_inflight = 0;
     /* The lease agent renews on its own connection: the one that holds
      * the session lock, when there is one. */

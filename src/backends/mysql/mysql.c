@@ -2521,16 +2521,15 @@ static int my_lock_renew(mqs_be_conn *c, const mqs_be_lock *l, mqs_be_lock_state
  * which frees the row locks of a master frozen mid-transaction, and the
  * share lock of a fence check frozen before its COMMIT, which would hold
  * off every takeover. Write transactions are short (the core sends their
- * statements back to back), so about one lease is right. mqs_be_fence has
- * no lease_ms; the core sets margin_ms = lease_ms / 10, hence
- *     max(1, ceil(margin_ms * 10 / 1000)) seconds.
+ * statements back to back), so about one lease is right:
+ *     max(1, ceil(lease_ms / 1000)) seconds.
  * idle_transaction_timeout gets the same value: a transaction whose writes
  * changed no row counts as read-only for MariaDB, yet its fence check holds
  * the share lock until COMMIT. */
-static int my_fence_session(mqs_be_conn *c, int64_t margin_ms)
+static int my_fence_session(mqs_be_conn *c, int64_t lease_ms)
 {
-    int64_t m = margin_ms < 0 ? 0 : margin_ms > 3153600000LL ? 3153600000LL : margin_ms;
-    int want = (int)((m * 10 + 999) / 1000);
+    int64_t m = lease_ms < 0 ? 0 : lease_ms > 31536000000LL ? 31536000000LL : lease_ms;
+    int want = (int)((m + 999) / 1000);
     char q[160];
 
     if (want < 1)
@@ -2561,7 +2560,7 @@ static int my_lock_fence(mqs_be_conn *c, const mqs_be_fence *f)
     MY_CHECK_CONN(c);
     if (!f || !f->cluster || !f->node)
         return my_errf(c, MQS_EINVAL, "mysql: lock_fence without cluster or node");
-    if ((rc = my_fence_session(c, f->margin_ms)))
+    if ((rc = my_fence_session(c, f->lease_ms)))
         return rc;
     if (!c->fence_cluster || strcmp(c->fence_cluster, f->cluster) != 0) {
         char *x = strdup(f->cluster);

@@ -2689,8 +2689,8 @@ static int pg_lock_fence(mqs_be_conn *c, const mqs_be_fence *f)
     c->fence_margin_ms = f->margin_ms;
     /* The server ends a session idle inside a transaction for about a
      * lease (a master frozen mid-transaction), freeing its fence lock for
-     * a standby; the margin is a tenth of the lease. */
-    int64_t idle = f->margin_ms * 10;
+     * a standby. */
+    int64_t idle = f->lease_ms;
     c->idle_ms = idle < 1 ? 1 : idle > INT32_MAX ? INT32_MAX : idle;
     c->fence_on = 1;
     c->fence_locked = 0;

@@ -910,6 +910,7 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     /* Each statement's results end with a NULL; the sync ends the lot. */
     size_t idx = 0, di = 0;
     int si = 0, synced = 0, committed = 0, commit_seen = 0, err_kd = -2;
+    int answered = 0; /* the server sent anything for this pipeline */
     while (idx <= total) {
         PGresult *r = PQgetResult(c->pg);
         if (!r) {
@@ -923,6 +924,11 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             continue;
         }
         ExecStatusType es = PQresultStatus(r);
+        /* a result the client made up for a lost connection has no
+         * SQLSTATE and is no answer */
+        if (es != PGRES_FATAL_ERROR ||
+            PQresultErrorField(r, PG_DIAG_SQLSTATE) != NULL)
+            answered = 1;
         if (es == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             if (--nsync > 0)
@@ -992,6 +998,14 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     if (commit && committed) {
         rc = 0; /* its result came: an error after it (the session ended
                    right after) changes nothing */
+    } else if (commit && sync_each && !answered &&
+               (rc == MQS_ECONN || rc == MQS_EUNKNOWN)) {
+        /* Not one answer, not even BEGIN's: inside a block every statement
+         * is followed by a Sync, where the server flushes its answers
+         * before it reads on, so it ran nothing (a session it ended, e.g.
+         * a restart, before it read the pipeline). Safe to retry. */
+        rc = MQS_ECONN;
+        c->broken = 1;
     } else if (commit && (rc == MQS_ECONN || rc == MQS_EUNKNOWN) &&
                (!c->state[0] || err_kd == PG_IT_COMMIT || err_kd == -1)) {
         /* The connection went without the server saying which statement

@@ -709,27 +709,40 @@ static void test_frozen_connection(void **state)
         fail_msg("cannot find @127.0.0.1:PORT in %s to put a proxy in front",
                  g_uri);
     int dbport = atoi(hostport + 11);
-    int pport = 20000 + (int)(getpid() % 20000);
     char proxy_bin[400];
     snprintf(proxy_bin, sizeof proxy_bin, "%s", g_node);
     char *slash = strrchr(proxy_bin, '/');
     snprintf(slash ? slash + 1 : proxy_bin,
              sizeof proxy_bin - (size_t)(slash ? slash + 1 - proxy_bin : 0),
              "mqs-freeze-proxy");
-    char lp[16], tp[16];
-    snprintf(lp, sizeof lp, "%d", pport);
-    snprintf(tp, sizeof tp, "%d", dbport);
-    int out[2];
-    assert_int_equal(pipe(out), 0);
-    pid_t proxy = fork();
-    if (proxy == 0) {
-        dup2(out[1], 1);
-        execl(proxy_bin, proxy_bin, lp, tp, (char *)NULL);
-        _exit(127);
+    /* A port below the ephemeral range (32768+), tried again elsewhere
+     * when taken (two suites run at once in CI). */
+    int pport = 0, out[2] = {-1, -1};
+    pid_t proxy = -1;
+    for (int attempt = 0; attempt < 20; attempt++) {
+        int port = 20000 + (int)((getpid() * 7 + attempt * 997) % 12000);
+        char lp[16], tp[16];
+        snprintf(lp, sizeof lp, "%d", port);
+        snprintf(tp, sizeof tp, "%d", dbport);
+        assert_int_equal(pipe(out), 0);
+        proxy = fork();
+        if (proxy == 0) {
+            dup2(out[1], 1);
+            execl(proxy_bin, proxy_bin, lp, tp, (char *)NULL);
+            _exit(127);
+        }
+        close(out[1]);
+        char ready[16] = "";
+        if (read(out[0], ready, sizeof ready - 1) > 0) {
+            pport = port;
+            break;
+        }
+        close(out[0]);
+        out[0] = -1;
+        waitpid(proxy, NULL, 0); /* it could not listen there */
+        proxy = -1;
     }
-    close(out[1]);
-    char ready[16] = "";
-    assert_true(read(out[0], ready, sizeof ready - 1) > 0);
+    assert_true(pport > 0);
     close(out[0]);
 
     char cluster[96], queue[96], opts[256];

@@ -12,8 +12,10 @@ PKGS=(
   libsqlite3-dev sqlite3
   libpq-dev postgresql-15 pgbouncer
   mariadb-server libmariadb-dev libmariadb-dev-compat
-  libcmocka-dev valgrind
+  libcmocka-dev valgrind libssl-dev openssl
   python3 python3-stomp
+  activemq default-jre-headless
+  clang libclang-rt-14-dev
   gnuplot-nox hyperfine faketime
 )
 missing=()
@@ -27,8 +29,9 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# Debian starts the database services it installs; tests start their own
-# throw-away servers, so keep the system ones from being started.
+# Debian starts the database (and ActiveMQ) services it installs; tests
+# start their own throw-away servers, so keep the system ones from being
+# started.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d

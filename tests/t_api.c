@@ -1,6 +1,9 @@
 /* t_api.c - open/close, URIs and their errors, options, error names. */
 #include "testutil.h"
 
+#include <stdbool.h>
+#include <sys/stat.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,6 +222,124 @@ static void test_uri_mask(void **state)
         char b[64];
         mqs_uri_mask(u, b, len);
         assert_null(strstr(b, "Pa5"));
+    }
+}
+
+/* 31 ways to write a secret into a store URI. None may show in the masked
+ * URI; those whose password holds an unencoded / ? # are refused by
+ * mqs_open with a message that shows neither half of it. */
+static void test_uri_mask_spellings(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *uri;
+        int ambiguous;
+    } cases[] = {
+        {"postgresql://u:Xq7Zr9@h/db", 0},
+        {"postgres://u:Xq7Zr9@h:5432/db", 0},
+        {"postgresql://u:Xq7/Zr9@h/db", 1},
+        {"postgresql://u:Xq7?Zr9@h/db", 1},
+        {"postgresql://u:Xq7#Zr9@h/db", 1},
+        {"postgresql://u:Xq7@Zr9@h/db", 0},
+        {"postgresql://u:Xq7%2FZr9@h/db", 0},
+        {"postgresql://u:Xq7:Zr9@h/db", 0},
+        {"postgresql://h/db?password=Xq7Zr9", 0},
+        {"postgresql://h/db?user=u&password=Xq7Zr9&commit=each", 0},
+        {"postgresql://h/db?PASSWORD=Xq7Zr9", 0},
+        {"postgresql://h/db?pass%77ord=Xq7Zr9", 0},
+        {"postgresql://h/db?sslpassword=Xq7Zr9", 0},
+        {"postgresql://u:Xq7Zr9@h1:5432,h2:5433/db?target_session_attrs=any",
+         0},
+        {"postgresql://u:Xq7Zr9@[::1]:5432/db", 0},
+        {"postgresql://u:Xq7Zr9@/db?host=/var/run/postgresql", 0},
+        {"postgresql://u:Xq7/Zr9@h:5432/db?commit=each", 1},
+        {"mysql://root:Xq7Zr9@localhost/mq", 0},
+        {"mysql://root:Xq7/Zr9@localhost/mq", 1},
+        {"mariadb://root:Xq7?Zr9@127.0.0.1:3306/mq", 1},
+        {"mysql://root:Xq7Zr9@localhost/mq?password=Xq7Zr9", 0},
+        {"mysql://root:Xq7@Zr9@localhost/mq", 0},
+        {"mysql://h/mq?passwd=Xq7Zr9", 0},
+        {"sqlite://u:Xq7Zr9@/tmp/x.db", 0},
+        {"sqlite://u:Xq7/Zr9@/tmp/x.db", 1},
+        {"sqlite:///tmp/x.db?secret=Xq7Zr9", 0},
+        {"postgresql://u:Xq7Zr9@h/db?token=Xq7Zr9", 0},
+        {"POSTGRESQL://u:Xq7Zr9@h/db", 0},
+        {"postgresql://u%40corp:Xq7Zr9@h/db", 0},
+        {"postgresql://u:Xq7Zr9@h/db#frag", 0},
+        {"postgresql://:Xq7Zr9@h/db", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char m[512];
+        mqs_uri_mask(cases[i].uri, m, sizeof m);
+        if (strstr(m, "Xq7") || strstr(m, "Zr9"))
+            fail_msg("case %zu: the masked URI shows the secret: %s", i, m);
+        if (!cases[i].ambiguous)
+            continue;
+        mqs_store *st = (mqs_store *)1;
+        int rc = mqs_open(cases[i].uri, NULL, &st);
+        assert_int_equal(rc, MQS_EINVAL);
+        assert_null(st);
+        const char *msg = mqs_errmsg(NULL);
+        if (strstr(msg, "Xq7") || strstr(msg, "Zr9") || !strstr(msg, "%2F"))
+            fail_msg("case %zu: mqs_open said: %s", i, msg);
+    }
+}
+
+/* The password can stay out of the URI (and so out of argv and config
+ * files that are not private): PostgreSQL reads it from a pgpass file
+ * (PGPASSFILE), MySQL/MariaDB from an option file (option_file=). The URI
+ * under test minus its password must open that way. */
+static void test_password_from_file(void **state)
+{
+    (void)state;
+    if (g_is_sqlite)
+        skip();
+    const char *a = strstr(g_uri, "://");
+    const char *at = a ? strchr(a + 3, '@') : NULL;
+    const char *colon = a && at ? memchr(a + 3, ':', (size_t)(at - a - 3))
+                                : NULL;
+    if (!colon)
+        skip(); /* no password in the URI: nothing to move */
+    char pw[256], bare[1024], file[512];
+    size_t pl = (size_t)(at - colon - 1);
+    assert_true(pl < sizeof pw);
+    memcpy(pw, colon + 1, pl);
+    pw[pl] = '\0';
+    snprintf(bare, sizeof bare, "%.*s%s", (int)(colon - g_uri), g_uri, at);
+    bool pg = !strncmp(g_uri, "postgres", 8);
+    snprintf(file, sizeof file, "%s/%s", g_tmpdir, pg ? "pgpass" : "my.cnf");
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    if (pg)
+        fprintf(f, "*:*:*:*:%s\n", pw); /* test passwords hold no ':' */
+    else
+        fprintf(f, "[client]\npassword=%s\n", pw);
+    fclose(f);
+    assert_int_equal(chmod(file, 0600), 0);
+    char uri[2048];
+    if (pg) {
+        setenv("PGPASSFILE", file, 1);
+        snprintf(uri, sizeof uri, "%s", bare);
+    } else {
+        snprintf(uri, sizeof uri, "%s%coption_file=%s", bare,
+                 strchr(bare, '?') ? '&' : '?', file);
+    }
+    mqs_store *s = tu_open_uri(uri);
+    char q[128];
+    tu_name(q, sizeof q, "pwfile");
+    mqs_msg m = tu_msg(MQS_QUEUE, q, "x", 1, 4);
+    int64_t id = 0;
+    TU_OK(mqs_enqueue(s, &m, &id), s);
+    mqs_close(s);
+    if (pg)
+        unsetenv("PGPASSFILE");
+    else {
+        /* A missing option file is an error that names it. */
+        snprintf(uri, sizeof uri, "%s%coption_file=%s/nope.cnf", bare,
+                 strchr(bare, '?') ? '&' : '?', g_tmpdir);
+        s = (mqs_store *)1;
+        assert_int_equal(mqs_open(uri, NULL, &s), MQS_EINVAL);
+        assert_non_null(strstr(mqs_errmsg(NULL), "nope.cnf"));
     }
 }
 
@@ -448,6 +569,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_unopenable_path),
     cmocka_unit_test(test_password_never_shown),
     cmocka_unit_test(test_uri_mask),
+    cmocka_unit_test(test_uri_mask_spellings),
+    cmocka_unit_test(test_password_from_file),
     cmocka_unit_test(test_option_foreach),
     cmocka_unit_test(test_options_accepted),
     cmocka_unit_test(test_nomigrate),

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void tmp_path(char *buf, size_t len, const char *name)
@@ -223,6 +225,95 @@ static void test_sqlite_options(void **state)
     }
 }
 
+/* Store files hold messages: the database and its -wal/-shm files are
+ * 0600 whatever the umask. create=no opens an existing store and refuses
+ * (creating nothing) a missing one. */
+static void test_file_modes_and_create(void **state)
+{
+    (void)state;
+    if (!g_is_sqlite)
+        skip();
+    char path[512], uri[1024], side[600];
+    tmp_path(path, sizeof path, "modes.db");
+    snprintf(uri, sizeof uri, "sqlite://%s?create=no", path);
+    mqs_store *s = (mqs_store *)1;
+    assert_int_equal(mqs_open(uri, NULL, &s), MQS_ENOTFOUND);
+    assert_null(s);
+    assert_non_null(strstr(mqs_errmsg(NULL), "no database file"));
+    struct stat sb;
+    assert_int_not_equal(stat(path, &sb), 0); /* nothing created */
+
+    mode_t old = umask(022);
+    snprintf(uri, sizeof uri, "sqlite://%s", path);
+    s = tu_open_uri(uri);
+    char q[128];
+    tu_name(q, sizeof q, "modes");
+    mqs_msg m = tu_msg(MQS_QUEUE, q, "secret body", 11, 4);
+    int64_t id = 0;
+    TU_OK(mqs_enqueue(s, &m, &id), s);
+    static const char *const sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(side, sizeof side, "%s%s", path, sfx[i]);
+        if (stat(side, &sb) != 0)
+            fail_msg("%s missing", side);
+        if ((sb.st_mode & 0777) != 0600)
+            fail_msg("%s has mode %03o, want 600", side,
+                     (unsigned)(sb.st_mode & 0777));
+    }
+    mqs_close(s);
+    umask(old);
+    snprintf(uri, sizeof uri, "sqlite://%s?create=no", path);
+    s = tu_open_uri(uri); /* existing: fine */
+    mqs_close(s);
+    snprintf(uri, sizeof uri, "sqlite://%s?create=maybe", path);
+    s = (mqs_store *)1;
+    assert_int_equal(mqs_open(uri, NULL, &s), MQS_EINVAL);
+    assert_non_null(strstr(mqs_errmsg(NULL), "yes, no"));
+}
+
+/* Two processes started at the same moment on a new store both open it
+ * (one used to fail "setting journal_mode=wal: database is locked"). */
+static void test_concurrent_create(void **state)
+{
+    (void)state;
+    if (!g_is_sqlite)
+        skip();
+    for (int round = 0; round < 10; round++) {
+        char path[512], uri[1024], name[32];
+        snprintf(name, sizeof name, "race%d.db", round);
+        tmp_path(path, sizeof path, name);
+        snprintf(uri, sizeof uri, "sqlite://%s", path);
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        pid_t kids[2];
+        for (int k = 0; k < 2; k++) {
+            kids[k] = fork();
+            assert_true(kids[k] >= 0);
+            if (kids[k] == 0) {
+                char b;
+                close(go[1]);
+                (void)!read(go[0], &b, 1); /* both start together */
+                mqs_store *st = NULL;
+                int rc = mqs_open(uri, NULL, &st);
+                if (rc)
+                    fprintf(stderr, "round %d child %d: %s\n", round, k,
+                            mqs_errmsg(NULL));
+                mqs_close(st);
+                _exit(rc ? 1 : 0);
+            }
+        }
+        close(go[0]);
+        close(go[1]); /* EOF releases both */
+        for (int k = 0; k < 2; k++) {
+            int status = 0;
+            assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                fail_msg("round %d: a process could not open the new store",
+                         round);
+        }
+    }
+}
+
 /* An empty file is initialized by mqs_migrate, with progress reports;
  * migrate=off refuses it. */
 static void test_migrate_fresh(void **state)
@@ -298,6 +389,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_newer_schema),
     cmocka_unit_test(test_relative_path),
     cmocka_unit_test(test_sqlite_options),
+    cmocka_unit_test(test_file_modes_and_create),
+    cmocka_unit_test(test_concurrent_create),
     cmocka_unit_test(test_migrate_fresh),
     cmocka_unit_test(test_migrate_progress),
 };

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -263,6 +264,58 @@ static int open_listener(char *err, size_t errlen)
     return 0;
 }
 
+#define ACCEPT_BACKOFF_MS 200
+
+void listener_backoff(void)
+{
+    if (B.lfd < 0 || B.accept_paused)
+        return;
+    struct epoll_event ev = {.events = 0, .data.ptr = &h_listen};
+    epoll_ctl(B.ep, EPOLL_CTL_MOD, B.lfd, &ev);
+    B.accept_paused = true;
+    B.accept_resume_ms = mono_ms() + ACCEPT_BACKOFF_MS;
+}
+
+static void listener_resume(int64_t now)
+{
+    if (!B.accept_paused || now < B.accept_resume_ms)
+        return;
+    B.accept_paused = false;
+    if (B.lfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &h_listen};
+        epoll_ctl(B.ep, EPOLL_CTL_MOD, B.lfd, &ev);
+    }
+}
+
+/* Every connection is a descriptor; the store, epoll, signals and the log
+ * need some more. Raise the soft limit as far as the hard one allows; if
+ * that is still short, serve fewer connections than asked rather than
+ * fail accept() under load. */
+static void fit_open_files(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return;
+    rlim_t need = (rlim_t)B.cfg.max_connections + 64;
+    if (rl.rlim_cur < need) {
+        rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need
+                          ? need
+                          : rl.rlim_max;
+        struct rlimit nl = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nl) == 0)
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_cur < need) {
+        size_t fit = rl.rlim_cur > 128 ? (size_t)rl.rlim_cur - 64
+                                       : (size_t)rl.rlim_cur / 2;
+        log_msg(LOG_WARN, "open files limit is %llu, below --max-connections "
+                "%zu + 64: serving at most %zu connections (raise 'ulimit "
+                "-n' or LimitNOFILE= to allow more)",
+                (unsigned long long)rl.rlim_cur, B.cfg.max_connections, fit);
+        B.cfg.max_connections = fit;
+    }
+}
+
 static void close_listener(void)
 {
     if (B.lfd >= 0) {
@@ -347,6 +400,8 @@ static int recover(size_t *count)
                         "without them", m->id);
             mm = msg_new(ok ? m->headers : NULL, ok ? m->headers_len : 0,
                          m->body, m->body_len);
+            if (ok) /* a client's replay of it is a duplicate */
+                audit_note_hdrs(m->headers, m->headers_len);
             mm->id = m->id;
             mm->persistent = true;
             mm->priority = m->priority < 0 ? 0
@@ -362,6 +417,9 @@ static int recover(size_t *count)
         /* Delivered before the failover (or nacked): say so. */
         if (m->redeliveries > 0)
             e->redelivered = e->marked = true;
+        /* The store counts the first-delivery mark and every NACK. */
+        if (m->redeliveries > 1)
+            e->nacks = (uint32_t)m->redeliveries - 1;
         n++;
     }
     mqs_cursor_close(cur);
@@ -395,6 +453,11 @@ static void drop_state(void)
     close_listener();
     conns_close_all("the broker is no longer master");
     dests_free_all();
+    audit_clear(); /* the next term rebuilds it from the store */
+    /* Connections and destinations are gone; writes of the old term in
+     * flight release nothing (op_finish), so the account starts over. */
+    B.mem_used = 0;
+    B.mem_over = false;
     B.master = false;
     B.epoch++; /* ops still in flight belong to the old term */
 }
@@ -472,6 +535,17 @@ static void op_finish(op *o)
     bool live = o->epoch == B.epoch;
     switch (o->type) {
     case OP_SEND:
+        if (live && o->producer)
+            audit_done(o->producer, o->pseq, o, o->rc);
+        /* Replays of it answer as it did. */
+        for (op *d = o->dups, *next; d; d = next) {
+            next = d->next_dup;
+            if (o->rc) {
+                d->rc = o->rc;
+                d->err = xstrdup(o->err ? o->err : mqs_strerror(o->rc));
+            }
+            op_finish(d);
+        }
         if (live) {
             dest_release(o->d, o->m->size);
             if (!o->rc) {
@@ -483,6 +557,12 @@ static void op_finish(op *o)
         msg_unref(o->m);
         break;
     case OP_ACK:
+    case OP_DUP:
+        break;
+    case OP_AUTH:
+        if (o->c && o->c->state != CS_DEAD)
+            stomp_connect_done(o->c, o->rc);
+        o->rc = 0; /* its answer went out as CONNECTED or ERROR */
         break;
     case OP_TXN:
         if (live && !o->rc)
@@ -502,13 +582,15 @@ static void op_finish(op *o)
     if (o->c) {
         conn *c = o->c;
         c->inflight--;
-        ticket_done(c, o->t, o->rc, o->err);
+        if (o->t)
+            ticket_done(c, o->t, o->rc, o->err);
         if (c->state == CS_DEAD && c->inflight == 0)
             conn_free_zombie(c);
     }
     free(o->err);
     free(o->ids);
     free(o->reason);
+    free(o->producer);
     free(o);
 }
 
@@ -621,6 +703,13 @@ static int setup(const config *cfg)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    fit_open_files();
+    char aerr[512];
+    if (auth_init(cfg, aerr, sizeof aerr) || tls_init(cfg, aerr, sizeof aerr)) {
+        log_msg(LOG_ERROR, "%s", aerr);
+        return -1;
+    }
+
     B.ep = epoll_create1(EPOLL_CLOEXEC);
     sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     qfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -655,12 +744,48 @@ static int setup(const config *cfg)
     return 0;
 }
 
+/* A clean stop tells each client where to go (ERROR mq-reconnect-to:
+ * the advertised brokers other than this one), so a failover client
+ * moves at once instead of finding out by its own list. */
+static void send_reconnect_to(void)
+{
+    if (!B.cfg.advertise || stop_now)
+        return;
+    buf to = {0};
+    char self[300];
+    snprintf(self, sizeof self, "tcp://%s", B.cfg.listen);
+    for (const char *p = B.cfg.advertise; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n != strlen(self) || strncmp(p, self, n)) {
+            if (to.len)
+                buf_addc(&to, ',');
+            buf_add(&to, p, n);
+        }
+        p += n + (end != NULL);
+    }
+    buf_addc(&to, '\0');
+    if (to.len > 1)
+        for (qlink *l = B.conns.next; l != &B.conns; l = l->next) {
+            conn *c = container_of(l, conn, link);
+            if (c->state == CS_OPEN)
+                conn_error_hdr(c, "mq-reconnect-to", to.p,
+                               "broker shutting down",
+                               "this broker is stopping; reconnect to %s",
+                               to.p);
+        }
+    buf_free(&to);
+    conns_flush();
+}
+
 static void teardown(void)
 {
     B.stopping = true; /* an OP_MASTER still queued must not recover */
     close_listener();
+    send_reconnect_to();
     conns_close_all("broker shutting down");
     ha_stop();
+    auth_free(); /* its last answers are drained below */
     dests_free_all();
     B.master = false;
     B.epoch++;
@@ -675,6 +800,9 @@ static void teardown(void)
     while (!q_empty(&B.zombies))
         conn_free_zombie(container_of(B.zombies.next, conn, link));
     dests_free_all();
+    audit_clear();
+    idmap_free(&B.per_ip);
+    tls_free_ctx();
     if (B.ep >= 0)
         close(B.ep);
     if (sfd >= 0)
@@ -693,9 +821,9 @@ int broker_run(const config *cfg)
     int64_t last_tick = mono_ms();
     struct epoll_event evs[64];
     while (!stop_now) {
-        int timeout = work_pending()             ? 0
-                      : (B.nconns || B.stopping) ? TICK_MS
-                                                 : -1;
+        int timeout = work_pending() ? 0
+                      : (B.nconns || B.stopping || B.accept_paused) ? TICK_MS
+                                                                    : -1;
         int n = epoll_wait(B.ep, evs, 64, timeout);
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
@@ -732,6 +860,7 @@ int broker_run(const config *cfg)
         }
         dests_gc();
         int64_t now = mono_ms();
+        listener_resume(now);
         if (now - last_tick >= TICK_MS) {
             conns_tick(now);
             last_tick = now;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <mqstore/mqstore.h>
 
@@ -22,6 +23,16 @@
 #endif
 
 #define NPRIO 10 /* STOMP priority header 0..9, like the store */
+
+/* A non-zero 64-bit key for a string (FNV-1a), for idmap lookups by name;
+ * callers compare the string itself to rule out collisions. */
+static inline uint64_t str_key(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h ? h : 1;
+}
 
 typedef struct dest dest;
 typedef struct box box;
@@ -53,6 +64,7 @@ typedef struct entry {
     uint64_t tag; /* its ack id on that connection */
     bool redelivered;
     bool marked; /* "delivered once" already persisted */
+    uint32_t nacks; /* NACKs so far (from the store's count at recovery) */
 } entry;
 
 typedef enum box_type {
@@ -173,15 +185,36 @@ struct conn {
     size_t nsubs;
     size_t nunacked;
     idmap acks; /* tag -> entry */
+    idmap mids; /* str_key(message-id) -> entry, for ACKs by message-id */
+    idmap sub_ids; /* str_key(subscription id) -> sub */
     uint64_t next_tag;
     qlink txns;
     size_t ntxns;
     qlink tickets;
     size_t inflight; /* store writes not completed yet */
+    char *user;         /* logged-in user; NULL = anonymous */
+    bool authenticating; /* CONNECT waits for the verifier: read nothing */
+    bool connect_accept; /* CONNECT had accept-version (CONNECTED says it) */
+    uint64_t ip_key;     /* its entry in B.per_ip */
+    int64_t frame_since_ms; /* a partial frame is buffered since; 0 = none */
+    bool read_eof;       /* the client half-closed: answer, then close */
+    size_t txn_bytes;    /* held by all its open transactions */
+    struct ssl_st *ssl;  /* TLS session, or NULL on a plain listener */
+    size_t in_acct, out_acct; /* buffer bytes counted in B.mem_used */
+    bool tls_read_wants_write; /* OpenSSL must send before we can read */
+    bool tls_write_wants_read; /* ... must receive before we can write */
 };
 
 /* Work handed to the loop thread (store completions, HA events). */
-typedef enum op_type { OP_SEND, OP_ACK, OP_TXN, OP_MASTER, OP_LOST } op_type;
+typedef enum op_type {
+    OP_SEND,
+    OP_ACK,
+    OP_TXN,
+    OP_MASTER,
+    OP_LOST,
+    OP_DUP, /* a replayed SEND answered when the original's write completes */
+    OP_AUTH /* the password verifier's answer (rc 0 or MQS_EAUTH) */
+} op_type;
 typedef struct op {
     struct op *next;
     op_type type;
@@ -200,6 +233,11 @@ typedef struct op {
     size_t n_ids;
     int64_t token; /* OP_MASTER, OP_LOST */
     char *reason;
+    /* OP_SEND with a producer id: its audit entry, and the duplicates of
+     * it (or of earlier sequences) that answer when it completes. */
+    char *producer;
+    uint64_t pseq;
+    struct op *dups, *next_dup;
 } op;
 
 typedef struct broker {
@@ -223,6 +261,15 @@ typedef struct broker {
     dest **dtab;
     size_t dcap, ndests;
     bool stopping;
+    /* accept() ran out of file descriptors: the listener is disarmed
+     * until accept_resume_ms instead of waking the loop in a spin. */
+    bool accept_paused;
+    int64_t accept_resume_ms;
+    idmap per_ip; /* str_key(client address) -> connections, as uintptr */
+    /* Bytes held for clients (see mem_add): destinations, transactions,
+     * connection buffers. At cfg.max_memory producers are paused. */
+    size_t mem_used;
+    bool mem_over;
 } broker;
 
 extern broker B;
@@ -249,6 +296,11 @@ dest *dest_get(const char *name, bool create);
 dest *dest_get_store(mqs_kind kind, const char *store_name);
 void dest_ref(dest *d);
 void dest_unref(dest *d);
+/* The global account (B.mem_used): +n / -n bytes held for clients. */
+void mem_add(size_t n);
+void mem_sub(size_t n);
+/* Over --max-memory (with 1/8 hysteresis once over). */
+bool mem_full(void);
 void dest_reserve(dest *d, size_t n);
 void dest_release(dest *d, size_t n);
 void dest_pause(dest *d, conn *c);
@@ -278,11 +330,64 @@ void entry_requeue(entry *e);
 void sub_attach(sub *s, box *b);
 void sub_detach(sub *s); /* requeues unacked, frees a live topic box */
 
+/* audit.c: duplicate detection by (mq-producer, mq-seq); see there. */
+#define AUDIT_HDR_PRODUCER "mq-producer"
+#define AUDIT_HDR_SEQ "mq-seq"
+#define AUDIT_MAX_ID 128
+enum { AUDIT_NEW = 0, AUDIT_DUP, AUDIT_DUP_WAIT };
+/* The frame's ids: false when absent or malformed (then no dedupe). */
+bool audit_ids(const char *producer, const char *seq, uint64_t *out);
+/* AUDIT_NEW (recorded as accepted), AUDIT_DUP (already held),
+ * AUDIT_DUP_WAIT (held by the write *inflight, which has not completed:
+ * answer when it does). */
+int audit_check(const char *producer, uint64_t seq, op **inflight);
+/* o is the store write of the producer's newest accepted SEND. */
+void audit_inflight(const char *producer, op *o);
+/* The store write o of (producer, seq) completed with rc. */
+void audit_done(const char *producer, uint64_t seq, op *o, int rc);
+/* Recovery: a stored message's header blob ("name\0value\0"...). */
+void audit_note_hdrs(const char *hdrs, size_t len);
+void audit_clear(void); /* a new term starts from the store */
+size_t audit_count(void);
+
+/* auth.c: users, passwords (verified off the loop thread) and rights. */
+enum { AUTH_READ = 1, AUTH_WRITE = 2, AUTH_ADMIN = 4 };
+int auth_init(const config *cfg, char *err, size_t errlen);
+void auth_free(void);
+bool auth_enabled(void);
+/* Queue a password check; its answer comes back as op o (OP_AUTH) with
+ * o->rc. -1 when the verifier's queue is full (refuse the CONNECT). */
+int auth_submit(const char *login, const char *passcode, op *o);
+bool auth_allowed(const char *user, unsigned right, const char *dest);
+const char *auth_right_name(unsigned right);
+int auth_hash_password(void); /* mqbroker --hash-password */
+/* stomp.c: flow control after c added to d. */
+void maybe_pause(conn *c, dest *d);
+/* stomp.c: the second half of CONNECT, once the password was checked. */
+void stomp_connect_done(conn *c, int rc);
+
+/* tls.c: TLS on the listener (OpenSSL); recv()/send()-like I/O. */
+int tls_init(const config *cfg, char *err, size_t errlen);
+void tls_free_ctx(void);
+bool tls_enabled(void);
+int tls_attach(conn *c);
+void tls_detach(conn *c);
+ssize_t tls_read(conn *c, void *buf, size_t n, char *why, size_t whylen);
+ssize_t tls_write(conn *c, const void *buf, size_t n, char *why,
+                  size_t whylen);
+size_t tls_pending(conn *c);
+void tls_close_notify(conn *c);
+
+/* broker.c: accept ran out of descriptors: stop accepting for a while. */
+void listener_backoff(void);
+
 /* conn.c */
 void conn_accept(int lfd);
 void conn_event(conn *c, uint32_t events);
 void conn_process_input(conn *c);
 void conn_out_changed(conn *c);
+/* Bring c's buffer bytes into B.mem_used (after they changed). */
+void conn_mem_sync(conn *c);
 size_t conns_flush(void);
 void conn_close(conn *c, const char *why);
 void conn_free_zombie(conn *c);

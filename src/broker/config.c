@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mqstore/mqstore.h>
 
@@ -14,7 +15,7 @@
 #define MQBROKER_VERSION "unknown"
 #endif
 
-typedef enum otype { T_STR, T_LEVEL, T_SIZE, T_MS, T_HB, T_LISTEN } otype;
+typedef enum otype { T_STR, T_LEVEL, T_SIZE, T_MS, T_HB, T_LISTEN, T_BOOL } otype;
 
 typedef struct opt {
     const char *name;
@@ -68,6 +69,49 @@ static const opt opts[] = {
     {"shutdown-timeout-ms", T_MS, F(shutdown_timeout_ms), "5000", "MS",
      "on SIGTERM, how long to wait for pending store writes and receipts",
      true},
+    {"producer-audit", T_SIZE, F(producer_audit), "65536", "N",
+     "producers remembered to drop replayed SENDs (mq-producer/mq-seq "
+     "headers, sent by libmqclient); 0 = off", true},
+    {"max-redeliveries", T_SIZE, F(max_redeliveries), "6", "N",
+     "a message NACKed more than N times goes to its dead-letter queue "
+     "(with its ack, in one store transaction); 0 = never", true},
+    {"dlq-prefix", T_STR, F(dlq_prefix), "DLQ.", "PREFIX",
+     "dead-letter queue of /queue/x or /topic/x: /queue/PREFIXx", true},
+    {"max-memory", T_SIZE, F(max_memory), "0", "BYTES",
+     "ceiling for everything held for clients (messages in memory, "
+     "transactions, input and output buffers); producers are paused at "
+     "it; 0 = a quarter of the machine's RAM", true},
+    {"max-subscriptions", T_SIZE, F(max_subscriptions), "1000", "N",
+     "subscriptions one connection may hold", true},
+    {"max-connections-per-ip", T_SIZE, F(max_conns_per_ip), "200", "N",
+     "connections from one client address at once", true},
+    {"idle-timeout-ms", T_MS, F(idle_timeout_ms), "300000", "MS",
+     "close a connection that negotiated no heart-beats and exchanged no "
+     "frame this long (0 = never)", true},
+    {"frame-timeout-ms", T_MS, F(frame_timeout_ms), "30000", "MS",
+     "close a connection whose frame, once started, is not complete "
+     "within this time (0 = never)", true},
+    {"tls-cert", T_STR, F(tls_cert), NULL, "FILE",
+     "serve STOMP over TLS with this PEM certificate (chain); needs "
+     "--tls-key", true},
+    {"tls-key", T_STR, F(tls_key), NULL, "FILE",
+     "PEM private key of --tls-cert (must not be readable by others)", true},
+    {"tls-ca", T_STR, F(tls_ca), NULL, "FILE",
+     "require client certificates signed by these PEM CA certificates",
+     true},
+    {"users", T_STR, F(users), NULL, "FILE",
+     "require login: 'name:hash' lines (hash from --hash-password); the "
+     "file must not be readable by others", true},
+    {"acl", T_STR, F(acl), NULL, "FILE",
+     "access rules 'USER RIGHTS PATTERN' (see docs/broker.md); without it "
+     "every user may do everything", true},
+    {"allow-anonymous", T_BOOL, F(allow_anonymous), "false", "BOOL",
+     "with --users: let clients without login in (as user 'anonymous'); "
+     "without --users: allow listening on a non-loopback address", true},
+    {"advertise", T_STR, F(advertise), NULL, "URIS",
+     "broker list sent to clients in CONNECTED (mq-brokers header), e.g. "
+     "'tcp://a:61613,tcp://b:61613': failover clients learn the cluster",
+     true},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
@@ -88,8 +132,10 @@ static void usage(FILE *f)
             fprintf(f, " [%s]", opts[i].def);
         fputc('\n', f);
     }
-    fprintf(f, "  %-28s %s\n  %-28s %s\n", "--help", "show this help",
-            "--version", "show versions");
+    fprintf(f, "  %-28s %s\n  %-28s %s\n  %-28s %s\n", "--hash-password",
+            "read a password from standard input, print its hash for "
+            "--users", "--help", "show this help", "--version",
+            "show versions");
     fprintf(f, "\nA config file has one 'key = value' per line with the long "
                "option names\n(store, listen, log-level, ...); '#' starts a "
                "comment at the start of a line\nor after a blank. Logs go to "
@@ -175,6 +221,16 @@ static int set_opt(config *c, const opt *o, const char *v, char *err,
             return -1;
         free(*(char **)field);
         *(char **)field = xstrdup(v);
+        return 0;
+    case T_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+            *(bool *)field = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0"))
+            *(bool *)field = false;
+        else {
+            snprintf(err, errlen, "expected true or false");
+            return -1;
+        }
         return 0;
     case T_LEVEL: {
         int l = log_level_parse(v);
@@ -294,8 +350,53 @@ static int load_file(config *c, const char *path, const bool *given)
     return rc;
 }
 
-static int validate(const config *c)
+/* tcp://host:port[,tcp://host:port...]: it goes into a header verbatim,
+ * so nothing that needs escaping. */
+static bool advertise_ok(const char *s)
 {
+    if (strlen(s) > 2000)
+        return false;
+    while (*s) {
+        if (strncmp(s, "tcp://", 6))
+            return false;
+        s += 6;
+        const char *end = strchr(s, ',');
+        size_t n = end ? (size_t)(end - s) : strlen(s);
+        const char *colon = NULL;
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = (unsigned char)s[i];
+            if (ch <= ' ' || ch == '\\' || ch >= 0x7f)
+                return false;
+            if (ch == ':')
+                colon = s + i;
+        }
+        if (!colon || colon == s || colon + 1 == s + n)
+            return false;
+        for (const char *p = colon + 1; p < s + n; p++)
+            if (*p < '0' || *p > '9')
+                return false;
+        s += n;
+        if (*s == ',' && !*++s)
+            return false;
+    }
+    return true;
+}
+
+static int validate(config *c)
+{
+    if (c->max_memory == 0) {
+        /* A quarter of the RAM: room for the store's caches, the OS and
+         * the database if it shares the machine. */
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz
+                                            : (uint64_t)4 << 30;
+        uint64_t q = ram / 4;
+        if (q < (uint64_t)256 << 20)
+            q = (uint64_t)256 << 20;
+        if (q < c->max_dest_bytes)
+            q = c->max_dest_bytes;
+        c->max_memory = q > SIZE_MAX ? SIZE_MAX : (size_t)q;
+    }
     const char *bad = NULL;
     if (!c->store)
         bad = "--store URI is required";
@@ -309,6 +410,30 @@ static int validate(const config *c)
         bad = "--max-dest-bytes must be at least --max-body";
     else if (c->max_connections == 0)
         bad = "--max-connections must be at least 1";
+    else if (c->max_memory && c->max_memory < c->max_dest_bytes)
+        bad = "--max-memory must be at least --max-dest-bytes";
+    else if (c->max_subscriptions == 0 || c->max_conns_per_ip == 0)
+        bad = "--max-subscriptions and --max-connections-per-ip must be at "
+              "least 1";
+    else if (!c->tls_cert != !c->tls_key)
+        bad = "--tls-cert and --tls-key go together";
+    else if (c->tls_ca && !c->tls_cert)
+        bad = "--tls-ca needs --tls-cert and --tls-key";
+    else if (c->acl && !c->users)
+        bad = "--acl needs --users (its rules name users)";
+    else if (!c->users && !c->allow_anonymous &&
+             strcmp(c->listen_host, "localhost") &&
+             strncmp(c->listen_host, "127.", 4) &&
+             strcmp(c->listen_host, "::1"))
+        bad = "--listen on a non-loopback address needs --users FILE (or "
+              "--allow-anonymous): otherwise anyone on the network may read "
+              "and write every destination";
+    else if (!*c->dlq_prefix || strlen(c->dlq_prefix) > 64 ||
+             strchr(c->dlq_prefix, '/'))
+        bad = "--dlq-prefix must be 1 to 64 bytes without '/'";
+    else if (c->advertise && !advertise_ok(c->advertise))
+        bad = "--advertise must be a comma-separated list of "
+              "tcp://HOST:PORT (at most 2000 bytes, no spaces)";
     if (bad) {
         fprintf(stderr, "mqbroker: %s\nTry 'mqbroker --help'.\n", bad);
         return -1;
@@ -330,6 +455,8 @@ int config_load(config *c, int argc, char **argv)
             usage(stdout);
             return CONFIG_EXIT_OK;
         }
+        if (!strcmp(a, "--hash-password"))
+            return CONFIG_HASH_PASSWORD;
         if (!strcmp(a, "--version")) {
             printf("mqbroker %s (libmqstore %d.%d.%d, STOMP 1.0-1.2)\n",
                    MQBROKER_VERSION, MQS_VERSION_MAJOR, MQS_VERSION_MINOR,
@@ -350,7 +477,9 @@ int config_load(config *c, int argc, char **argv)
             return CONFIG_ERROR;
         }
         const char *v = eq ? eq + 1 : NULL;
-        if (!v) {
+        if (!v && o->type == T_BOOL) {
+            v = "true"; /* --allow-anonymous alone */
+        } else if (!v) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "mqbroker: option --%s needs a value (%s)\n",
                         o->name, o->arg);
@@ -376,6 +505,13 @@ void config_free(config *c)
     free(c->listen_host);
     free(c->listen_port);
     free(c->config_file);
+    free(c->advertise);
+    free(c->dlq_prefix);
+    free(c->users);
+    free(c->acl);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tls_ca);
     memset(c, 0, sizeof *c);
 }
 

@@ -39,6 +39,49 @@ static void peer_name(const struct sockaddr_storage *ss, char *out, size_t n)
     }
 }
 
+/* The address part of "host:port" / "[v6]:port". */
+static void peer_host(const char *peer, char *out, size_t n)
+{
+    const char *colon = strrchr(peer, ':');
+    size_t len = colon ? (size_t)(colon - peer) : strlen(peer);
+    if (len >= n)
+        len = n - 1;
+    memcpy(out, peer, len);
+    out[len] = '\0';
+}
+
+/* A warning that can repeat in a burst (a flood of refused connections,
+ * accept failing): the first goes out, then at most one per 10 s with
+ * the count of those left out. */
+typedef struct rate_log {
+    int64_t last_ms;
+    size_t dropped;
+} rate_log;
+static rate_log accept_log, refuse_log;
+
+static void log_limited(rate_log *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void log_limited(rate_log *r, const char *fmt, ...)
+{
+    int64_t now = mono_ms();
+    if (r->last_ms && now - r->last_ms < 10000) {
+        r->dropped++;
+        return;
+    }
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (r->dropped)
+        log_msg(LOG_WARN, "%s (and %zu more like it in the last 10 s)", text,
+                r->dropped);
+    else
+        log_msg(LOG_WARN, "%s", text);
+    r->last_ms = now;
+    r->dropped = 0;
+}
+
 static void refuse(int fd, const char *why)
 {
     char text[512];
@@ -62,21 +105,39 @@ void conn_accept(int lfd)
         int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
                          SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                log_msg(LOG_WARN, "cannot accept a connection: %s "
-                        "(raise the open files limit or lower "
-                        "--max-connections)", strerror(errno));
-            else if (errno != EAGAIN && errno != EWOULDBLOCK &&
-                     errno != EINTR && errno != ECONNABORTED)
-                log_msg(LOG_WARN, "accept failed: %s", strerror(errno));
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* The pending connection stays queued and the listener
+                 * readable: without a pause the loop would spin on it. */
+                listener_backoff();
+                log_limited(&accept_log, "cannot accept a connection: %s "
+                            "(raise the open files limit or lower "
+                            "--max-connections); pausing accept for a moment",
+                            strerror(errno));
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK &&
+                       errno != EINTR && errno != ECONNABORTED) {
+                log_limited(&accept_log, "accept failed: %s",
+                            strerror(errno));
+            }
             return;
         }
-        char peer[64];
+        char peer[64], host[64];
         peer_name(&ss, peer, sizeof peer);
+        peer_host(peer, host, sizeof host);
+        uint64_t ipk = str_key(host);
+        size_t from_ip = (size_t)(uintptr_t)idmap_get(&B.per_ip, ipk);
         if (B.nconns >= B.cfg.max_connections) {
-            log_msg(LOG_WARN, "refusing %s: %zu connections already "
-                    "(max-connections)", peer, B.nconns);
+            log_limited(&refuse_log, "refusing %s: %zu connections already "
+                        "(max-connections)", peer, B.nconns);
             refuse(fd, "too many connections (max-connections)");
+            continue;
+        }
+        if (from_ip >= B.cfg.max_conns_per_ip) {
+            log_limited(&refuse_log, "refusing %s: %zu connections from %s "
+                        "already (max-connections-per-ip)", peer, from_ip,
+                        host);
+            refuse(fd, "too many connections from your address "
+                       "(max-connections-per-ip)");
             continue;
         }
         int one = 1;
@@ -88,6 +149,7 @@ void conn_accept(int lfd)
         snprintf(c->peer, sizeof c->peer, "%s", peer);
         c->state = CS_CONNECTING;
         c->version = STOMP_10;
+        c->ip_key = ipk;
         c->created_ms = c->last_rx_ms = c->last_tx_ms = mono_ms();
         frame_limits lim = {B.cfg.max_header_bytes, B.cfg.max_headers,
                             B.cfg.max_body};
@@ -105,12 +167,32 @@ void conn_accept(int lfd)
             close(fd);
             continue;
         }
+        if (tls_enabled() && tls_attach(c)) {
+            log_msg(LOG_ERROR, "TLS: cannot set up a session for %s", peer);
+            epoll_ctl(B.ep, EPOLL_CTL_DEL, fd, NULL);
+            frame_parser_free(&c->parser);
+            free(c);
+            close(fd);
+            continue;
+        }
         c->events = EPOLLIN;
         q_push_back(&B.conns, &c->link);
         B.nconns++;
+        idmap_put(&B.per_ip, ipk, (void *)(uintptr_t)(from_ip + 1));
         log_msg(LOG_DEBUG, "conn %" PRIu64 ": accepted from %s", c->serial,
                 peer);
     }
+}
+
+/* Whether to read and handle frames from c now. Not while its output is
+ * over max-out-buffer: every frame may add an answer (RECEIPT, ERROR),
+ * and a client that does not read must not park them here without
+ * bound; the slow-consumer cut ends it if it never reads again. */
+static bool reading(const conn *c)
+{
+    return (c->state == CS_CONNECTING || c->state == CS_OPEN) &&
+           !c->disconnecting && !c->paused_on && !c->authenticating &&
+           buf_used(&c->out) < B.cfg.max_out_buffer;
 }
 
 static void set_events(conn *c)
@@ -118,12 +200,13 @@ static void set_events(conn *c)
     if (c->state == CS_DEAD)
         return;
     uint32_t ev = 0;
-    if (((c->state == CS_CONNECTING || c->state == CS_OPEN) &&
-         !c->disconnecting && !c->paused_on) ||
+    if (reading(c) ||
         c->lingering)
         ev |= EPOLLIN;
-    if (buf_used(&c->out))
+    if (buf_used(&c->out) || c->tls_read_wants_write)
         ev |= EPOLLOUT;
+    if (c->tls_write_wants_read)
+        ev |= EPOLLIN;
     if (ev != c->events) {
         struct epoll_event e = {.events = ev, .data.ptr = c};
         if (epoll_ctl(B.ep, EPOLL_CTL_MOD, c->fd, &e) == 0)
@@ -131,23 +214,49 @@ static void set_events(conn *c)
     }
 }
 
+/* Output a connection may hold before dispatching to it stops. At
+ * --max-memory it shrinks to 256 KiB, so a thousand slow consumers cannot
+ * hold max-out-buffer each. */
+static size_t out_cap(void)
+{
+    size_t cap = B.cfg.max_out_buffer;
+    return mem_full() && cap > 262144 ? 262144 : cap;
+}
+
 bool conn_can_take(const conn *c)
 {
     return c->state == CS_OPEN && !c->disconnecting &&
-           buf_used(&c->out) < B.cfg.max_out_buffer;
+           buf_used(&c->out) < out_cap();
+}
+
+void conn_mem_sync(conn *c)
+{
+    size_t in = c->state == CS_DEAD ? 0 : buf_used(&c->in);
+    size_t out = c->state == CS_DEAD ? 0 : buf_used(&c->out);
+    if (in >= c->in_acct)
+        mem_add(in - c->in_acct);
+    else
+        mem_sub(c->in_acct - in);
+    if (out >= c->out_acct)
+        mem_add(out - c->out_acct);
+    else
+        mem_sub(c->out_acct - out);
+    c->in_acct = in;
+    c->out_acct = out;
 }
 
 static void update_full(conn *c, bool progress)
 {
-    bool full = buf_used(&c->out) >= B.cfg.max_out_buffer;
+    bool full = buf_used(&c->out) >= out_cap();
     if (full && (!c->out_full || progress))
         c->full_since = mono_ms();
-    if (!full && c->out_full) {
+    bool was_full = c->out_full;
+    c->out_full = full;
+    if (!full && was_full) {
         /* Room again: its subscriptions may take messages. */
         for (qlink *l = c->subs.next; l != &c->subs; l = l->next)
             box_kick(container_of(l, sub, clink)->b);
     }
-    c->out_full = full;
 }
 
 void conn_out_changed(conn *c)
@@ -160,12 +269,12 @@ void conn_out_changed(conn *c)
         q_push_back(&B.flush_list, &c->flush_link);
     }
     update_full(c, false);
+    conn_mem_sync(c);
 }
 
 void conn_process_input(conn *c)
 {
-    while ((c->state == CS_CONNECTING || c->state == CS_OPEN) &&
-           !c->disconnecting && !c->paused_on) {
+    while (reading(c)) {
         frame f;
         size_t used;
         char err[256];
@@ -177,12 +286,19 @@ void conn_process_input(conn *c)
         }
         if (rc == FRAME_MORE) {
             buf_consume(&c->in, used); /* heart-beat EOLs */
+            /* A frame has begun: it must end by frame-timeout-ms. */
+            if (!buf_used(&c->in))
+                c->frame_since_ms = 0;
+            else if (!c->frame_since_ms)
+                c->frame_since_ms = mono_ms();
             break;
         }
+        c->frame_since_ms = 0;
         /* f.body points into c->in: consume only after handling. */
         stomp_handle(c, &f);
         buf_consume(&c->in, used);
     }
+    conn_mem_sync(c);
     set_events(c);
 }
 
@@ -199,22 +315,65 @@ static int conn_read(conn *c)
         }
         return 0;
     }
-    buf_reserve(&c->in, READ_CHUNK);
-    ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
-    if (n > 0) {
-        c->in.len += (size_t)n;
-        c->last_rx_ms = mono_ms();
-        conn_process_input(c);
-        return 0;
+    char why[160] = "";
+    ssize_t n;
+    if (c->ssl) {
+        /* Drain the record OpenSSL holds: the socket may be empty while
+         * decrypted bytes wait, and epoll would not wake us for them. */
+        ssize_t got = 0;
+        do {
+            buf_reserve(&c->in, READ_CHUNK);
+            n = tls_read(c, c->in.p + c->in.len, c->in.cap - c->in.len, why,
+                         sizeof why);
+            if (n > 0) {
+                c->in.len += (size_t)n;
+                got += n;
+            }
+            /* Bytes OpenSSL buffered (decrypted, or read ahead from the
+             * socket) never wake epoll: take them now. Past 256 KiB the
+             * rest may wait in the socket, which does wake it. */
+        } while (n > 0 && (tls_pending(c) || got < 262144));
+        if (got > 0) {
+            c->last_rx_ms = mono_ms();
+            conn_process_input(c);
+            if (n < 0 && errno != EAGAIN)
+                goto failed;
+            return 0;
+        }
+    } else {
+        buf_reserve(&c->in, READ_CHUNK);
+        n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            c->last_rx_ms = mono_ms();
+            conn_process_input(c);
+            return 0;
+        }
     }
     if (n == 0) {
+        /* A half-close after SEND/COMMIT with a receipt: the client still
+         * reads. Answer what is pending, then close (conns_tick). */
+        if (c->state == CS_OPEN && (c->inflight || !q_empty(&c->tickets) ||
+                                    buf_used(&c->out))) {
+            c->read_eof = true;
+            c->disconnecting = true; /* nothing more to read */
+            set_events(c);
+            return 0;
+        }
         conn_close(c, "closed by the client");
         return -1;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        if (c->ssl)
+            set_events(c); /* the handshake may want to write */
         return 0;
-    char why[128];
-    snprintf(why, sizeof why, "read error: %s", strerror(errno));
+    }
+failed:
+    if (!why[0])
+        snprintf(why, sizeof why, "read error: %s", strerror(errno));
+    if (c->ssl)
+        log_msg(LOG_INFO, "conn %" PRIu64 " (%s): %s", c->serial, c->peer,
+                why);
     conn_close(c, why);
     return -1;
 }
@@ -223,9 +382,12 @@ static int conn_read(conn *c)
 static bool conn_flush(conn *c)
 {
     bool progress = false;
+    char why[160] = "";
     while (buf_used(&c->out)) {
-        ssize_t n = send(c->fd, buf_data(&c->out), buf_used(&c->out),
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = c->ssl ? tls_write(c, buf_data(&c->out), buf_used(&c->out),
+                                       why, sizeof why)
+                           : send(c->fd, buf_data(&c->out), buf_used(&c->out),
+                                  MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             buf_consume(&c->out, (size_t)n);
             progress = true;
@@ -235,15 +397,20 @@ static bool conn_flush(conn *c)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
-        char why[128];
-        snprintf(why, sizeof why, "write error: %s",
-                 n < 0 ? strerror(errno) : "nothing written");
+        if (!why[0])
+            snprintf(why, sizeof why, "write error: %s",
+                     n < 0 ? strerror(errno) : "nothing written");
         conn_close(c, why);
         return false;
     }
     update_full(c, progress);
+    conn_mem_sync(c);
+    /* Frames left in the input while the output was over the limit. */
+    if (progress && buf_used(&c->in) && reading(c))
+        conn_process_input(c);
     if (c->state == CS_CLOSING && !buf_used(&c->out) && !c->lingering) {
         /* All sent: close our side, let the client close its own. */
+        tls_close_notify(c);
         shutdown(c->fd, SHUT_WR);
         c->lingering = true;
         c->closing_ms = mono_ms();
@@ -277,6 +444,12 @@ void conn_event(conn *c, uint32_t events)
         conn_close(c, why);
         return;
     }
+    /* TLS: a write waiting for the peer's bytes, or a read (the
+     * handshake) waiting to send, continues on the other event. */
+    if ((events & EPOLLIN) && c->tls_write_wants_read && !conn_flush(c))
+        return;
+    if ((events & EPOLLOUT) && c->tls_read_wants_write && conn_read(c))
+        return;
     if ((events & EPOLLIN) && conn_read(c))
         return;
     if ((events & EPOLLOUT) && !conn_flush(c))
@@ -307,7 +480,11 @@ void conn_teardown(conn *c)
         txn_free(x);
     }
     c->ntxns = 0;
+    mem_sub(c->txn_bytes);
+    c->txn_bytes = 0;
     idmap_free(&c->acks);
+    idmap_free(&c->mids);
+    idmap_free(&c->sub_ids);
 }
 
 static void ticket_free(ticket *t)
@@ -336,19 +513,29 @@ void conn_close(conn *c, const char *why)
             c->peer, why);
     conn_teardown(c);
     epoll_ctl(B.ep, EPOLL_CTL_DEL, c->fd, NULL);
+    tls_detach(c);
     close(c->fd);
     c->fd = -1;
     if (c->flush_queued) {
         q_remove(&c->flush_link);
         c->flush_queued = false;
     }
+    c->state = CS_DEAD; /* (set again below) buffers leave the account */
+    conn_mem_sync(c);
     buf_free(&c->in);
     buf_free(&c->out);
     frame_parser_free(&c->parser);
     free(c->client_id);
     c->client_id = NULL;
+    free(c->user);
+    c->user = NULL;
     q_remove(&c->link);
     B.nconns--;
+    size_t from_ip = (size_t)(uintptr_t)idmap_get(&B.per_ip, c->ip_key);
+    if (from_ip <= 1)
+        idmap_del(&B.per_ip, c->ip_key);
+    else
+        idmap_put(&B.per_ip, c->ip_key, (void *)(uintptr_t)(from_ip - 1));
     c->state = CS_DEAD;
     /* Replies nobody will read; pending ones wait for their store write. */
     for (qlink *l = c->tickets.next; l != &c->tickets;) {
@@ -469,7 +656,14 @@ static void flush_tickets(conn *c)
             break;
         q_remove(&t->link);
         if (c->state == CS_OPEN) {
-            if (t->rc) {
+            if (t->rc == MQS_EUNKNOWN) {
+                /* The commit's outcome is unknown: saying "not stored"
+                 * would invite a resend of what may be stored. */
+                conn_error(c, t->receipt, "store write outcome unknown",
+                           "%s may or may not have been stored (the "
+                           "database connection was lost during its "
+                           "commit): %s", t->what, t->error);
+            } else if (t->rc) {
                 conn_error(c, t->receipt, "store write failed",
                            "%s was not stored: %s", t->what, t->error);
             } else {
@@ -523,6 +717,21 @@ void conns_tick(int64_t now)
             conn_close(c, why);
             continue;
         }
+        if (c->read_eof && !c->inflight && q_empty(&c->tickets) &&
+            !buf_used(&c->out)) {
+            conn_close(c, "closed by the client (after its receipts)");
+            continue;
+        }
+        if (c->frame_since_ms && B.cfg.frame_timeout_ms &&
+            now - c->frame_since_ms > B.cfg.frame_timeout_ms) {
+            snprintf(why, sizeof why, "a frame begun %" PRId64 " ms ago is "
+                     "still incomplete (frame-timeout-ms)",
+                     now - c->frame_since_ms);
+            log_msg(LOG_INFO, "conn %" PRIu64 " (%s): closed: %s", c->serial,
+                    c->peer, why);
+            conn_close(c, why);
+            continue;
+        }
         if (c->lingering && now - c->closing_ms > LINGER_MS) {
             conn_close(c, c->disconnecting ? "DISCONNECT" : "after ERROR");
             continue;
@@ -542,6 +751,25 @@ void conns_tick(int64_t now)
         }
         if (c->state != CS_OPEN)
             continue;
+        /* Not read while paused (flow control) or waiting for its login:
+         * its heart-beats sit unread in the socket, so it counts as
+         * heard from. */
+        if (c->paused_on || c->authenticating || c->out_full)
+            c->last_rx_ms = now;
+        /* Without heart-beats a dead peer is never noticed: a connection
+         * silent both ways this long gives its slot back. A paused
+         * producer is not silent by choice, so it is spared. */
+        int64_t last = c->last_rx_ms > c->last_tx_ms ? c->last_rx_ms
+                                                     : c->last_tx_ms;
+        if (!c->hb_recv_ms && B.cfg.idle_timeout_ms && !c->paused_on &&
+            now - last > B.cfg.idle_timeout_ms) {
+            snprintf(why, sizeof why, "idle for %" PRId64 " ms without "
+                     "heart-beats (idle-timeout-ms)", now - last);
+            log_msg(LOG_INFO, "conn %" PRIu64 " (%s): closed: %s", c->serial,
+                    c->peer, why);
+            conn_close(c, why);
+            continue;
+        }
         /* Spec: be tolerant; twice the interval allows for network delay. */
         if (c->hb_recv_ms && now - c->last_rx_ms > 2 * c->hb_recv_ms) {
             snprintf(why, sizeof why, "no data or heart-beat from the client "

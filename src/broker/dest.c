@@ -197,16 +197,52 @@ void dest_unref(dest *d)
     gc_check(d);
 }
 
-void dest_reserve(dest *d, size_t n) { d->bytes += n; }
+void mem_add(size_t n)
+{
+    B.mem_used += n;
+    if (!B.mem_over && B.mem_used >= B.cfg.max_memory) {
+        B.mem_over = true;
+        log_msg(LOG_WARN, "memory: %zu bytes held for clients, at "
+                "--max-memory %zu: pausing producers until it drops",
+                B.mem_used, B.cfg.max_memory);
+    }
+}
+
+static void queue_resume(dest *d)
+{
+    if (!q_empty(&d->paused) && !d->in_resume) {
+        d->in_resume = true;
+        q_push_back(&B.resume_dests, &d->resume_link);
+    }
+}
+
+void mem_sub(size_t n)
+{
+    B.mem_used -= n;
+    /* Resume below 7/8 of the ceiling, so producers do not flap. */
+    if (B.mem_over && B.mem_used < B.cfg.max_memory - B.cfg.max_memory / 8) {
+        B.mem_over = false;
+        log_msg(LOG_INFO, "memory: %zu bytes held for clients, below "
+                "--max-memory again: producers resume", B.mem_used);
+        for (qlink *l = B.dests.next; l != &B.dests; l = l->next)
+            queue_resume(container_of(l, dest, link));
+    }
+}
+
+bool mem_full(void) { return B.mem_over; }
+
+void dest_reserve(dest *d, size_t n)
+{
+    d->bytes += n;
+    mem_add(n);
+}
 
 void dest_release(dest *d, size_t n)
 {
     d->bytes -= n;
-    if (d->bytes < B.cfg.max_dest_bytes && !q_empty(&d->paused) &&
-        !d->in_resume) {
-        d->in_resume = true;
-        q_push_back(&B.resume_dests, &d->resume_link);
-    }
+    mem_sub(n);
+    if (d->bytes < B.cfg.max_dest_bytes && !B.mem_over)
+        queue_resume(d);
     gc_check(d);
 }
 
@@ -236,7 +272,8 @@ size_t dests_resume(void)
         dest *d = container_of(B.resume_dests.next, dest, resume_link);
         q_remove(&d->resume_link);
         d->in_resume = false;
-        while (!q_empty(&d->paused) && d->bytes < B.cfg.max_dest_bytes) {
+        while (!q_empty(&d->paused) && d->bytes < B.cfg.max_dest_bytes &&
+               !B.mem_over) {
             conn *c = container_of(d->paused.next, conn, plink);
             dest_unpause(c);
             conn_process_input(c); /* may pause it again */
@@ -396,7 +433,9 @@ entry *entry_add(box *b, msg *m)
     q_push_back(&b->pending[m->priority], &e->link);
     b->npending++;
     b->nentries++;
-    dest_reserve(b->d, m->size);
+    /* Each entry counts, so a topic fanned out to many subscriptions
+     * weighs what it costs. */
+    dest_reserve(b->d, m->size + sizeof *e);
     box_kick(b);
     return e;
 }
@@ -405,7 +444,7 @@ void entry_free(entry *e)
 {
     box *b = e->b;
     b->nentries--;
-    dest_release(b->d, e->m->size);
+    dest_release(b->d, e->m->size + sizeof *e);
     msg_unref(e->m);
     free(e);
 }
@@ -459,6 +498,10 @@ static void entry_undeliver(entry *e)
     s->nunacked--;
     s->c->nunacked--;
     idmap_del(&s->c->acks, e->tag);
+    char mid[96];
+    entry_message_id(e, mid, sizeof mid);
+    if (idmap_get(&s->c->mids, str_key(mid)) == e)
+        idmap_del(&s->c->mids, str_key(mid));
     e->s = NULL;
     e->tag = 0;
 }
@@ -558,6 +601,9 @@ static void deliver(entry *e, sub *s)
     s->nunacked++;
     c->nunacked++;
     idmap_put(&c->acks, e->tag, e);
+    char mid[96];
+    entry_message_id(e, mid, sizeof mid);
+    idmap_put(&c->mids, str_key(mid), e); /* the newest, if one is twice */
     conn_write_message(c, s, e);
     if (entry_stored(e) && !e->marked) {
         /* Persist "delivered once" without waiting, so after a failover

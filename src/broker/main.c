@@ -8,6 +8,10 @@ int main(int argc, char **argv)
 {
     config cfg;
     int rc = config_load(&cfg, argc, argv);
+    if (rc == CONFIG_HASH_PASSWORD) {
+        config_free(&cfg);
+        return auth_hash_password();
+    }
     if (rc != CONFIG_OK) {
         config_free(&cfg);
         return rc == CONFIG_EXIT_OK ? 0 : 2;

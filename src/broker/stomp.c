@@ -83,6 +83,8 @@ static int best_version(const char *list)
     return best;
 }
 
+static void connect_finish(conn *c);
+
 static void on_connect(conn *c, const frame *f)
 {
     const char *accept = frame_get(f, "accept-version");
@@ -123,12 +125,66 @@ static void on_connect(conn *c, const frame *f)
     const char *cid = frame_get(f, "client-id");
     if (cid && *cid)
         c->client_id = xstrdup(cid);
+    c->connect_accept = accept != NULL;
+    const char *login = frame_get(f, "login");
+    if (auth_enabled() && login && *login) {
+        /* The slow hash runs on the verifier thread; nothing more is read
+         * from this connection until it answers (stomp_connect_done). */
+        op *o = op_new(OP_AUTH, c, NULL);
+        const char *pass = frame_get(f, "passcode");
+        if (auth_submit(login, pass ? pass : "", o)) {
+            c->inflight--;
+            free(o);
+            conn_error(c, NULL, "server busy",
+                       "too many logins are being checked right now; try "
+                       "again in a moment");
+            return;
+        }
+        c->user = xstrndup(login, 128);
+        c->authenticating = true;
+        return;
+    }
+    if (auth_enabled() && !B.cfg.allow_anonymous) {
+        conn_error(c, NULL, "authentication required",
+                   "this broker requires the login and passcode headers on "
+                   "CONNECT");
+        return;
+    }
+    connect_finish(c);
+    return;
+bad_hb:
+    conn_error(c, NULL, "invalid heart-beat",
+               "heart-beat '%.64s' is not two non-negative numbers 'cx,cy'",
+               hb);
+}
+
+void stomp_connect_done(conn *c, int rc)
+{
+    c->authenticating = false;
+    if (rc) {
+        log_msg(LOG_WARN, "conn %" PRIu64 " (%s): login as '%s' refused%s",
+                c->serial, c->peer, c->user,
+                rc == MQS_ECLOSED ? " (shutting down)" : "");
+        free(c->user);
+        c->user = NULL;
+        /* Unknown user or wrong passcode: the same answer for both. */
+        conn_error(c, NULL, "authentication failed",
+                   "wrong login or passcode");
+        return;
+    }
+    connect_finish(c);
+    conn_process_input(c); /* frames the client pipelined behind CONNECT */
+}
+
+static void connect_finish(conn *c)
+{
     c->state = CS_OPEN;
+    int version = c->version;
 
     /* CONNECTED is never escaped (1.0 compatibility). */
     char tmp[64];
     frame_begin(&c->out, "CONNECTED");
-    if (accept) {
+    if (c->connect_accept) {
         snprintf(tmp, sizeof tmp, "1.%d", version - 10);
         frame_put(&c->out, STOMP_10, "version", tmp);
     }
@@ -140,17 +196,15 @@ static void on_connect(conn *c, const frame *f)
     frame_put(&c->out, STOMP_10, "server", "mqbroker/" MQBROKER_VERSION);
     snprintf(tmp, sizeof tmp, "%" PRId64 "-%" PRIu64, B.token, c->serial);
     frame_put(&c->out, STOMP_10, "session", tmp);
+    if (B.cfg.advertise) /* validated: nothing in it needs escaping */
+        frame_put(&c->out, STOMP_10, "mq-brokers", B.cfg.advertise);
     frame_end(&c->out, NULL, 0, false);
     conn_out_changed(c);
     log_msg(LOG_DEBUG, "conn %" PRIu64 " (%s): connected, STOMP 1.%d, "
-            "client-id %s, heart-beat send %" PRId64 " ms / expect %" PRId64
-            " ms", c->serial, c->peer, version - 10,
-            c->client_id ? c->client_id : "-", c->hb_send_ms, c->hb_recv_ms);
-    return;
-bad_hb:
-    conn_error(c, NULL, "invalid heart-beat",
-               "heart-beat '%.64s' is not two non-negative numbers 'cx,cy'",
-               hb);
+            "user %s, client-id %s, heart-beat send %" PRId64 " ms / expect "
+            "%" PRId64 " ms", c->serial, c->peer, version - 10,
+            c->user ? c->user : "-", c->client_id ? c->client_id : "-",
+            c->hb_send_ms, c->hb_recv_ms);
 }
 
 /* ------------------------------------------------------------------------
@@ -213,14 +267,49 @@ static stx *frame_txn(conn *c, const frame *f, bool *bad)
     return x;
 }
 
-/* Producer flow control: stop reading from a connection whose destination
- * holds too much. A connection with unacked messages is left alone: it
- * may be the consumer that would drain it. */
-static void maybe_pause(conn *c, dest *d)
+/* Does c hold messages of d delivered and unacked? */
+static bool consumes_from(conn *c, const dest *d)
 {
-    if (c->state == CS_OPEN && d->bytes >= B.cfg.max_dest_bytes &&
-        c->nunacked == 0 && !c->paused_on)
+    for (qlink *l = c->subs.next; l != &c->subs; l = l->next) {
+        const sub *s = container_of(l, sub, clink);
+        if (s->b && s->b->d == d && s->nunacked)
+            return true;
+    }
+    return false;
+}
+
+/* Producer flow control: stop reading from a connection whose destination
+ * holds too much. One that holds messages of that same destination
+ * unacked is not paused (its ACKs, behind its SENDs, would never be read:
+ * a deadlock); it may go on to twice the limit, then it is cut. */
+void maybe_pause(conn *c, dest *d)
+{
+    if (c->state != CS_OPEN || c->paused_on ||
+        (d->bytes < B.cfg.max_dest_bytes && !mem_full()))
+        return;
+    if (!consumes_from(c, d)) {
         dest_pause(d, c);
+        return;
+    }
+    if (d->bytes >= 2 * B.cfg.max_dest_bytes)
+        conn_error(c, NULL, "destination full",
+                   "%.300s holds %zu bytes, twice max-dest-bytes, and this "
+                   "connection keeps some of its messages unacked: ack them "
+                   "before sending more", d->name, d->bytes);
+    else if (B.mem_used >= B.cfg.max_memory + B.cfg.max_memory / 4)
+        conn_error(c, NULL, "broker memory full",
+                   "the broker holds %zu bytes for clients, over "
+                   "max-memory, and this connection keeps messages of "
+                   "%.300s unacked: ack them before sending more",
+                   B.mem_used, d->name);
+}
+
+static void deny(conn *c, const char *receipt, unsigned right,
+                 const char *dn)
+{
+    conn_error(c, receipt, "access denied",
+               "user '%.128s' has no %s right on %.300s (see --acl)",
+               c->user ? c->user : "anonymous", auth_right_name(right), dn);
 }
 
 static bool wants_store(const msg *m, const dest *d)
@@ -239,6 +328,10 @@ static void on_send(conn *c, const frame *f)
     if (why) {
         conn_error(c, receipt, "invalid destination", "'%.300s': %s", dn,
                    why);
+        return;
+    }
+    if (!auth_allowed(c->user, AUTH_WRITE, dn)) {
+        deny(c, receipt, AUTH_WRITE, dn);
         return;
     }
     bool bad;
@@ -284,11 +377,12 @@ static void on_send(conn *c, const frame *f)
     dest *d = dest_get(dn, true);
 
     if (x) {
-        if (x->bytes + m->size > B.cfg.max_dest_bytes) {
+        if (c->txn_bytes + m->size + sizeof(txitem) > B.cfg.max_dest_bytes) {
             msg_unref(m);
             conn_error(c, receipt, "transaction too large",
-                       "transaction '%.128s' would hold more than %zu bytes "
-                       "(max-dest-bytes)", x->name, B.cfg.max_dest_bytes);
+                       "the open transactions of this connection would hold "
+                       "more than %zu bytes (max-dest-bytes)",
+                       B.cfg.max_dest_bytes);
             return;
         }
         txitem *it = xcalloc(1, sizeof *it);
@@ -296,7 +390,11 @@ static void on_send(conn *c, const frame *f)
         it->m = m; /* takes our reference */
         it->d = d;
         dest_ref(d);
-        x->bytes += m->size;
+        x->bytes += m->size + sizeof *it;
+        c->txn_bytes += m->size + sizeof *it;
+        mem_add(m->size + sizeof *it);
+        if (mem_full() && !c->paused_on)
+            dest_pause(d, c); /* resumed when memory is back */
         q_push_back(&x->items, &it->link);
         receipt_now(c, f);
         return;
@@ -308,9 +406,42 @@ static void on_send(conn *c, const frame *f)
         maybe_pause(c, d);
         return;
     }
+    /* A replay of a SEND this master already holds: answer, do not store
+     * it again (audit.c). Only stored, non-transacted sends are audited:
+     * a transaction is not replayed (its COMMIT fails over as rolled
+     * back), a non-persistent message does not outlive a failover. */
+    const char *producer = frame_get(f, AUDIT_HDR_PRODUCER);
+    uint64_t pseq = 0;
+    op *orig = NULL;
+    if (audit_ids(producer, frame_get(f, AUDIT_HDR_SEQ), &pseq)) {
+        int a = audit_check(producer, pseq, &orig);
+        if (a != AUDIT_NEW) {
+            msg_unref(m);
+            log_msg(LOG_DEBUG, "conn %" PRIu64 ": SEND %s seq %" PRIu64
+                    " already held: not stored again", c->serial, producer,
+                    pseq);
+            if (a == AUDIT_DUP) {
+                receipt_now(c, f);
+                return;
+            }
+            /* The original's write is still running: this receipt
+             * follows its outcome. */
+            op *dup = op_new(OP_DUP, c, ticket_add(c, receipt, "SEND"));
+            dup->next_dup = orig->dups;
+            orig->dups = dup;
+            return;
+        }
+    } else {
+        producer = NULL;
+    }
     /* Delivered once stored: consumers then ack by its store id, and
      * never see a message the store refused. */
     op *o = op_new(OP_SEND, c, ticket_add(c, receipt, "SEND"));
+    if (producer) {
+        o->producer = xstrdup(producer);
+        o->pseq = pseq;
+        audit_inflight(producer, o);
+    }
     o->m = m;
     o->d = d;
     dest_ref(d);
@@ -329,14 +460,24 @@ static void on_send(conn *c, const frame *f)
  * SUBSCRIBE / UNSUBSCRIBE
  * ---------------------------------------------------------------------- */
 
+/* By id in constant time; the list walk only when two ids share a key. */
 static sub *find_sub(conn *c, const char *id)
 {
+    sub *s = idmap_get(&c->sub_ids, str_key(id));
+    if (!s || !strcmp(s->id, id))
+        return s;
     for (qlink *l = c->subs.next; l != &c->subs; l = l->next) {
-        sub *s = container_of(l, sub, clink);
+        s = container_of(l, sub, clink);
         if (!strcmp(s->id, id))
             return s;
     }
     return NULL;
+}
+
+static void sub_forget(conn *c, sub *s)
+{
+    if (idmap_get(&c->sub_ids, str_key(s->id)) == s)
+        idmap_del(&c->sub_ids, str_key(s->id));
 }
 
 static const char *durable_name(const frame *f)
@@ -347,14 +488,21 @@ static const char *durable_name(const frame *f)
     return n && *n ? n : NULL;
 }
 
+/* client-id:name, and with logins user/client-id:name: a durable
+ * subscription belongs to the user that made it, so another user reusing
+ * the client-id gets a subscription of their own, never this one. */
 static char *full_durable_name(const conn *c, const char *name)
 {
-    size_t a = strlen(c->client_id), b = strlen(name);
-    char *s = xmalloc(a + b + 2);
-    memcpy(s, c->client_id, a);
-    s[a] = ':';
-    memcpy(s + a + 1, name, b + 1);
-    return s;
+    buf b = {0};
+    if (c->user) {
+        buf_adds(&b, c->user);
+        buf_addc(&b, '/');
+    }
+    buf_adds(&b, c->client_id);
+    buf_addc(&b, ':');
+    buf_adds(&b, name);
+    buf_addc(&b, '\0');
+    return b.p;
 }
 
 static void on_subscribe(conn *c, const frame *f)
@@ -370,6 +518,10 @@ static void on_subscribe(conn *c, const frame *f)
                    why);
         return;
     }
+    if (!auth_allowed(c->user, AUTH_READ, dn)) {
+        deny(c, receipt, AUTH_READ, dn);
+        return;
+    }
     const char *id = frame_get(f, "id");
     if (!id || !*id) {
         if (c->version >= STOMP_11) {
@@ -377,6 +529,12 @@ static void on_subscribe(conn *c, const frame *f)
             return;
         }
         id = dn; /* STOMP 1.0: id is optional */
+    }
+    if (c->nsubs >= B.cfg.max_subscriptions) {
+        conn_error(c, receipt, "too many subscriptions",
+                   "this connection already holds %zu subscriptions "
+                   "(max-subscriptions)", c->nsubs);
+        return;
     }
     if (find_sub(c, id)) {
         conn_error(c, receipt, "duplicate subscription id",
@@ -464,6 +622,8 @@ static void on_subscribe(conn *c, const frame *f)
     q_init(&s->unacked);
     q_push_back(&c->subs, &s->clink);
     c->nsubs++;
+    if (!idmap_get(&c->sub_ids, str_key(s->id)))
+        idmap_put(&c->sub_ids, str_key(s->id), s);
     sub_attach(s, b);
     receipt_now(c, f);
 }
@@ -498,6 +658,7 @@ static void on_unsubscribe(conn *c, const frame *f)
         /* Read before detaching: a live topic box dies with its sub. */
         bool durable = b->type == BOX_DURABLE;
         q_remove(&s->clink);
+        sub_forget(c, s);
         c->nsubs--;
         sub_detach(s);
         free(s->id);
@@ -532,6 +693,11 @@ static void on_unsubscribe(conn *c, const frame *f)
  * ACK / NACK
  * ---------------------------------------------------------------------- */
 
+/* The delivered message an ACK/NACK names, in constant time: by the
+ * numeric `id` (the MESSAGE's ack header), else by message-id through
+ * c->mids. Only when the same message-id was delivered to two
+ * subscriptions of this connection and the frame names the other one is
+ * that subscription's unacked list (at most its prefetch) walked. */
 static entry *find_entry(conn *c, const frame *f)
 {
     const char *id = frame_get(f, "id");
@@ -550,19 +716,27 @@ static entry *find_entry(conn *c, const frame *f)
         return NULL;
     const char *sid = frame_get(f, "subscription");
     char idbuf[96];
-    for (qlink *l = c->subs.next; l != &c->subs; l = l->next) {
-        sub *s = container_of(l, sub, clink);
-        if (sid && strcmp(sid, s->id))
-            continue;
-        for (qlink *k = s->unacked.next; k != &s->unacked; k = k->next) {
-            entry *e = container_of(k, entry, link);
-            entry_message_id(e, idbuf, sizeof idbuf);
-            if (!strcmp(idbuf, mid))
-                return e;
-        }
+    entry *e = idmap_get(&c->mids, str_key(mid));
+    if (!e)
+        return NULL;
+    entry_message_id(e, idbuf, sizeof idbuf);
+    if (strcmp(idbuf, mid))
+        return NULL;
+    if (!sid || !strcmp(e->s->id, sid))
+        return e;
+    sub *s = find_sub(c, sid);
+    if (!s)
+        return NULL;
+    for (qlink *k = s->unacked.next; k != &s->unacked; k = k->next) {
+        e = container_of(k, entry, link);
+        entry_message_id(e, idbuf, sizeof idbuf);
+        if (!strcmp(idbuf, mid))
+            return e;
     }
     return NULL;
 }
+
+static bool dead_letter(conn *c, entry *e, const char *receipt);
 
 static void txn_add_ref(stx *x, txkind kind, const entry *e)
 {
@@ -570,6 +744,19 @@ static void txn_add_ref(stx *x, txkind kind, const entry *e)
     it->kind = kind;
     it->tag = e->tag;
     q_push_back(&x->items, &it->link);
+    x->bytes += sizeof *it;
+}
+
+/* ACK/NACK items count against the connection's transaction bytes too
+ * (a cumulative ACK adds one per message it covers). */
+static bool txn_room(conn *c, size_t items, const char *receipt)
+{
+    if (c->txn_bytes + items * sizeof(txitem) <= B.cfg.max_dest_bytes)
+        return true;
+    conn_error(c, receipt, "transaction too large",
+               "the open transactions of this connection would hold more "
+               "than %zu bytes (max-dest-bytes)", B.cfg.max_dest_bytes);
+    return false;
 }
 
 static void on_ack(conn *c, const frame *f, bool nack)
@@ -599,6 +786,17 @@ static void on_ack(conn *c, const frame *f, bool nack)
      * subscription too. */
     bool cumulative = !nack && s->ack == ACK_CLIENT;
     if (x) {
+        size_t before = x->bytes, n = 1;
+        if (cumulative) {
+            n = 0;
+            for (qlink *l = s->unacked.next; l != &s->unacked; l = l->next) {
+                n++;
+                if (container_of(l, entry, link) == e)
+                    break;
+            }
+        }
+        if (!txn_room(c, n, receipt))
+            return;
         if (cumulative) {
             for (qlink *l = s->unacked.next; l != &s->unacked; l = l->next) {
                 entry *k = container_of(l, entry, link);
@@ -609,10 +807,15 @@ static void on_ack(conn *c, const frame *f, bool nack)
         } else {
             txn_add_ref(x, nack ? TX_NACK : TX_ACK, e);
         }
+        c->txn_bytes += x->bytes - before;
+        mem_add(x->bytes - before);
         receipt_now(c, f);
         return;
     }
     if (nack) {
+        if (++e->nacks > B.cfg.max_redeliveries && B.cfg.max_redeliveries &&
+            dead_letter(c, e, receipt))
+            return;
         if (entry_stored(e)) {
             op *o = op_new(OP_ACK, c, ticket_add(c, receipt, "NACK"));
             o->pending = 1;
@@ -681,6 +884,8 @@ void txn_apply(conn *c, stx *x, const int64_t *ids, size_t n_ids,
             if (it->stored)
                 it->m->id = k < n_ids ? ids[k++] : 0;
             dest_publish(it->d, it->m, snapshot);
+            if (live) /* a COMMIT fills destinations like SENDs do */
+                maybe_pause(c, it->d);
             continue;
         }
         /* The connection's deliveries died with it (back in their boxes). */
@@ -689,6 +894,9 @@ void txn_apply(conn *c, stx *x, const int64_t *ids, size_t n_ids,
             continue;
         if (it->kind == TX_ACK) {
             entry_consume(e); /* its store ack committed with the txn */
+        } else if (++e->nacks > B.cfg.max_redeliveries &&
+                   B.cfg.max_redeliveries && dead_letter(c, e, NULL)) {
+            continue;
         } else {
             int rc = entry_stored(e) ? mqs_nack_async(B.store, e->m->id,
                                                       entry_sub_id(e), NULL,
@@ -738,21 +946,10 @@ static void txn_done_cb(void *ud, int rc, const int64_t *ids, size_t n_ids,
     op_complete(o, rc, errmsg);
 }
 
-static void on_commit(conn *c, const frame *f)
+/* Build the store transaction of x and commit it; its receipt (or ERROR)
+ * goes out once the store answered. Takes x. */
+static void txn_commit(conn *c, stx *x, const char *receipt)
 {
-    const char *receipt = receipt_of(f);
-    const char *name = need(c, f, "transaction");
-    if (!name)
-        return;
-    stx *x = find_txn(c, name);
-    if (!x) {
-        conn_error(c, receipt, "unknown transaction",
-                   "COMMIT of transaction '%.128s', which was not begun on "
-                   "this connection", name);
-        return;
-    }
-    q_remove(&x->link);
-    c->ntxns--;
     /* The store transaction is built now, so which topics have durable
      * subscriptions is decided at the same moment as the snapshot. */
     mqs_txn *t = NULL;
@@ -789,7 +986,8 @@ static void on_commit(conn *c, const frame *f)
     if (!t) {
         txn_apply(c, x, NULL, 0, 0);
         txn_free(x);
-        receipt_now(c, f);
+        if (receipt && c->state == CS_OPEN)
+            ticket_done(c, ticket_add(c, receipt, "COMMIT"), 0, NULL);
         return;
     }
     op *o = op_new(OP_TXN, c, ticket_add(c, receipt, "COMMIT"));
@@ -799,6 +997,77 @@ static void on_commit(conn *c, const frame *f)
     rc = mqs_txn_commit_async(t, txn_done_cb, o);
     if (rc)
         op_complete(o, rc, mqs_errmsg(B.store));
+}
+
+static void on_commit(conn *c, const frame *f)
+{
+    const char *receipt = receipt_of(f);
+    const char *name = need(c, f, "transaction");
+    if (!name)
+        return;
+    stx *x = find_txn(c, name);
+    if (!x) {
+        conn_error(c, receipt, "unknown transaction",
+                   "COMMIT of transaction '%.128s', which was not begun on "
+                   "this connection", name);
+        return;
+    }
+    q_remove(&x->link);
+    c->ntxns--;
+    c->txn_bytes -= x->bytes;
+    mem_sub(x->bytes);
+    txn_commit(c, x, receipt);
+}
+
+/* A delivered message NACKed more than --max-redeliveries times: a copy
+ * goes to /queue/<dlq-prefix><name> and the original is acked, in one
+ * store transaction (both or neither), like a client's transaction. The
+ * copy keeps the headers and adds mq-original-destination and
+ * mq-dlq-reason. A message that cannot be dead-lettered (a name too long
+ * for the DLQ) is redelivered as before, with a warning. */
+static bool dead_letter(conn *c, entry *e, const char *receipt)
+{
+    dest *src = e->b->d;
+    const char *base = src->store_name;
+    char name[512];
+    int n = snprintf(name, sizeof name, "/queue/%s%s", B.cfg.dlq_prefix,
+                     base);
+    mqs_kind kind;
+    if (n < 0 || (size_t)n >= sizeof name || dest_check(name, &kind)) {
+        log_msg(LOG_WARN, "conn %" PRIu64 ": message from %s NACKed %u "
+                "times, but its dead-letter queue name is not valid; "
+                "redelivering it", c->serial, src->name, e->nacks);
+        return false;
+    }
+    buf h = {0};
+    buf_add(&h, e->m->hdrs, e->m->hdrs_len);
+    static const char k1[] = "mq-original-destination", k2[] = "mq-dlq-reason";
+    char reason[96];
+    snprintf(reason, sizeof reason, "NACKed %u times (max-redeliveries %zu)",
+             e->nacks, B.cfg.max_redeliveries);
+    buf_add(&h, k1, sizeof k1);
+    buf_add(&h, src->name, strlen(src->name) + 1);
+    buf_add(&h, k2, sizeof k2);
+    buf_add(&h, reason, strlen(reason) + 1);
+    msg *m = msg_new(h.p, h.len, e->m->body, e->m->body_len);
+    buf_free(&h);
+    m->persistent = e->m->persistent;
+    m->priority = e->m->priority;
+    m->expires_ms = e->m->expires_ms;
+    stx *x = xcalloc(1, sizeof *x);
+    x->name = xstrdup("(dead-letter)");
+    q_init(&x->items);
+    txitem *it = xcalloc(1, sizeof *it);
+    it->kind = TX_SEND;
+    it->m = m;
+    it->d = dest_get(name, true);
+    dest_ref(it->d);
+    q_push_back(&x->items, &it->link);
+    txn_add_ref(x, TX_ACK, e);
+    log_msg(LOG_INFO, "conn %" PRIu64 ": message from %s %s; moving it to %s",
+            c->serial, src->name, reason, name);
+    txn_commit(c, x, receipt);
+    return true;
 }
 
 static void on_abort(conn *c, const frame *f)
@@ -815,6 +1084,8 @@ static void on_abort(conn *c, const frame *f)
     }
     q_remove(&x->link);
     c->ntxns--;
+    c->txn_bytes -= x->bytes;
+    mem_sub(x->bytes);
     txn_free(x);
     receipt_now(c, f);
 }

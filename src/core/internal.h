@@ -130,6 +130,9 @@ MQS_INTERNAL void mqs__sleep_ms(int64_t ms);
 MQS_INTERNAL int mqs__load_backend(const char *scheme, const mqs_backend **out);
 
 /* ---- URIs (uri.c) ---- */
+/* True when a password may be cut short by an unencoded / ? or # (see
+ * uri.c): such a URI is refused, and masked generously. */
+MQS_INTERNAL bool mqs__uri_ambiguous_password(const char *uri);
 MQS_INTERNAL int mqs__uri_parse(const char *uri, const mqs_backend *be,
                                 mqs_parsed_uri *out);
 MQS_INTERNAL void mqs__uri_free(mqs_parsed_uri *u);

@@ -52,42 +52,91 @@ int mqs__uri_scheme(const char *uri, char *buf, size_t buflen)
     return 0;
 }
 
-/* Masked copy: the password of the userinfo part and any `password=` query
- * value become "***". Returns NULL on OOM. */
+/* A query key that names a secret: password=, sslpassword=, passcode=,
+ * pwd=, secret=, token=..., compared after percent-decoding (libpq decodes
+ * keys, so `pass%77ord=` is a password too). */
+static bool secret_key(const char *k, size_t n)
+{
+    char key[64];
+    size_t m = 0;
+    for (size_t i = 0; i < n && m + 1 < sizeof key; i++) {
+        if (k[i] == '%' && i + 2 < n && isxdigit((unsigned char)k[i + 1]) &&
+            isxdigit((unsigned char)k[i + 2])) {
+            char hex[3] = {k[i + 1], k[i + 2], '\0'};
+            key[m++] = (char)tolower((int)strtol(hex, NULL, 16));
+            i += 2;
+        } else {
+            key[m++] = (char)tolower((unsigned char)k[i]);
+        }
+    }
+    key[m] = '\0';
+    static const char *const words[] = {"pass", "pwd", "secret", "token"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strstr(key, words[i]))
+            return true;
+    return false;
+}
+
+/* Where the password of uri sits: [*from, *to), or false when none.
+ * Normally the userinfo ends at the last '@' before the first '/', '?' or
+ * '#' after "://". A password holding an unencoded '/', '?' or '#' cuts
+ * that short, leaving its tail and the '@' further on: then everything
+ * from the first ':' after "://" to the last '@' of the whole URI is
+ * taken as the password (more than needed, never less), and *ambiguous
+ * is set so that opening refuses the URI. */
+static bool find_password(const char *uri, const char **from, const char **to,
+                          bool *ambiguous)
+{
+    *ambiguous = false;
+    const char *a = strstr(uri, "://");
+    if (!a)
+        return false;
+    a += 3;
+    const char *end = a + strcspn(a, "/?#");
+    const char *at = NULL;
+    for (const char *p = a; p < end; p++)
+        if (*p == '@')
+            at = p;
+    if (!at) {
+        const char *colon = memchr(a, ':', (size_t)(end - a));
+        const char *last = strrchr(end, '@');
+        if (!colon || !last)
+            return false;
+        *ambiguous = true;
+        *from = colon + 1;
+        *to = last;
+        return true;
+    }
+    const char *colon = memchr(a, ':', (size_t)(at - a));
+    if (!colon)
+        return false;
+    *from = colon + 1;
+    *to = at;
+    return true;
+}
+
+bool mqs__uri_ambiguous_password(const char *uri)
+{
+    const char *f, *t;
+    bool amb;
+    return find_password(uri, &f, &t, &amb) && amb;
+}
+
+/* Masked copy: the password (see find_password) and the value of every
+ * secret query key become "***". Returns NULL on OOM. */
 static char *mask_dup(const char *uri)
 {
     sbuf b = {0};
-    const char *q = strchr(uri, '?');
-    size_t base_len = q ? (size_t)(q - uri) : strlen(uri);
-    const char *auth = strstr(uri, "://");
-    if (auth && (size_t)(auth - uri) < base_len) {
-        auth += 3;
-        const char *end = auth;
-        while (end < uri + base_len && *end != '/')
-            end++;
-        /* The last '@' ends the userinfo: a password may contain '@' only
-         * percent-encoded, but be generous. */
-        const char *at = NULL;
-        for (const char *p = auth; p < end; p++)
-            if (*p == '@')
-                at = p;
-        const char *colon = NULL;
-        if (at)
-            for (const char *p = auth; p < at; p++)
-                if (*p == ':') {
-                    colon = p;
-                    break;
-                }
-        if (colon) {
-            sb_addn(&b, uri, (size_t)(colon - uri) + 1);
-            sb_add(&b, "***");
-            sb_addn(&b, at, (size_t)(uri + base_len - at));
-        } else {
-            sb_addn(&b, uri, base_len);
-        }
-    } else {
-        sb_addn(&b, uri, base_len);
+    const char *from, *to;
+    bool amb;
+    const char *rest = uri;
+    if (find_password(uri, &from, &to, &amb)) {
+        sb_addn(&b, uri, (size_t)(from - uri));
+        sb_add(&b, "***");
+        rest = to;
     }
+    const char *q = strchr(rest, '?');
+    sb_addn(&b, rest, q ? (size_t)(q - rest) : strlen(rest));
     if (q) {
         const char *p = q + 1;
         sb_add(&b, "?");
@@ -95,13 +144,16 @@ static char *mask_dup(const char *uri)
         while (*p) {
             const char *amp = strchr(p, '&');
             size_t len = amp ? (size_t)(amp - p) : strlen(p);
+            const char *eq = memchr(p, '=', len);
             if (!first)
                 sb_add(&b, "&");
             first = false;
-            if (len >= 9 && strncasecmp(p, "password=", 9) == 0)
-                sb_add(&b, "password=***");
-            else
+            if (eq && secret_key(p, (size_t)(eq - p))) {
+                sb_addn(&b, p, (size_t)(eq - p) + 1);
+                sb_add(&b, "***");
+            } else {
                 sb_addn(&b, p, len);
+            }
             p += len;
             if (*p == '&')
                 p++;
@@ -312,6 +364,17 @@ int mqs__uri_parse(const char *uri, const mqs_backend *be, mqs_parsed_uri *out)
                           "URI %s has no scheme: expected e.g. "
                           "sqlite:///path/store.db, postgresql://host/db or "
                           "mysql://host/db",
+                          out->masked);
+        mqs__uri_free(out);
+        return rc;
+    }
+    if (mqs__uri_ambiguous_password(uri)) {
+        int rc = mqs__err(NULL, MQS_EINVAL,
+                          "URI %s: an '@' after the host part. If it ends "
+                          "the user:password, the password holds an "
+                          "unencoded '/', '?' or '#': percent-encode them "
+                          "(%%2F, %%3F, %%23). If it is in an option value, "
+                          "write it as %%40",
                           out->masked);
         mqs__uri_free(out);
         return rc;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #ifndef MQS_CLI_VERSION
@@ -78,6 +79,19 @@ static int failf(const char *cmd, const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     return EXIT_FAIL;
+}
+
+/* Names come from clients: a control byte must not reach the terminal
+ * (the table shows '?'; --json escapes them exactly). buf may be s. */
+static const char *printable(const char *s, char *buf, size_t n)
+{
+    size_t i = 0;
+    for (; s[i] && i + 1 < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        buf[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    buf[i] = '\0';
+    return buf;
 }
 
 static void json_str(FILE *f, const char *s)
@@ -145,9 +159,31 @@ static const char *scheme_of(const char *uri, char *buf, size_t n)
     return buf;
 }
 
+/* Only init and migrate may bring a store into being. The others inspect
+ * or change an existing one: on SQLite they open with create=no, so a
+ * mistyped path is an error, not a new empty database file. Returns the
+ * mqs_open_nomigrate() code. */
+static int open_uri(const char *cmd, const char *uri, mqs_store **s)
+{
+    char buf[16];
+    const char *scheme = scheme_of(uri, buf, sizeof buf);
+    char *with = NULL;
+    if (strcmp(cmd, "init") && strcmp(cmd, "migrate") &&
+        !strcasecmp(scheme, "sqlite")) {
+        size_t n = strlen(uri) + sizeof "&create=no";
+        with = malloc(n);
+        if (!with)
+            return MQS_ENOMEM;
+        snprintf(with, n, "%s%screate=no", uri, strchr(uri, '?') ? "&" : "?");
+    }
+    int rc = mqs_open_nomigrate(with ? with : uri, NULL, s);
+    free(with);
+    return rc;
+}
+
 static int open_store(const char *cmd, const char *uri, mqs_store **s)
 {
-    int rc = mqs_open_nomigrate(uri, NULL, s);
+    int rc = open_uri(cmd, uri, s);
     if (rc != 0)
         return fail(cmd, NULL, rc);
     return EXIT_OK;
@@ -260,7 +296,7 @@ static int cmd_status(cmdline *cl)
     int db = 0, lib = 0, rc, ret;
     char scheme[64];
 
-    rc = mqs_open_nomigrate(cl->pos[0], NULL, &s);
+    rc = open_uri(cl->cmd, cl->pos[0], &s);
     if (rc == MQS_ESCHEMA) {
         /* The core refuses to open a schema it does not know, even without
          * migrating: say what can be said, then why. */
@@ -418,9 +454,11 @@ static void stats_table(const char *uri, const dest_rows *r, int64_t now)
             snprintf(sub, sizeof sub, "-");
         if (d->pending > 0 && d->oldest_ms > 0)
             fmt_age(age, sizeof age, now - d->oldest_ms);
+        char dn[600];
         printf("%-5s  %-*s  %-*s  %12" PRIu64 "  %8s\n",
-               d->kind == MQS_TOPIC ? "topic" : "queue", wd, d->dest, ws, sub,
-               d->pending, age);
+               d->kind == MQS_TOPIC ? "topic" : "queue", wd,
+               printable(d->dest, dn, sizeof dn), ws,
+               printable(sub, sub, sizeof sub), d->pending, age);
         total += d->pending;
     }
     printf("%-5s  %-*s  %-*s  %12" PRIu64 "\n", "", wd, "total", ws, "", total);

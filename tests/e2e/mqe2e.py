@@ -671,7 +671,7 @@ class Env:
         if pend is None:
             return None
         name = dest.split("/", 2)[2] if dest.count("/") >= 2 else dest
-        return sum(v for k, v in pend.items() if k.split("#")[0].endswith(name))
+        return sum(v for k, v in pend.items() if k.split("#")[0] in (name, dest))
 
     def expect_store_pending(self, dest, want, when, timeout=3.0):
         """The store must hold `want` pending messages for dest (polled for

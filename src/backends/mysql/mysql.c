@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <time.h>
 
@@ -612,11 +613,17 @@ static const mqs_be_option my_options[] = {
     {"tls_ca", "", "CA certificate file (PEM) for verify_ca / verify_identity"},
     {"tls_cert", "", "client certificate file (PEM), for servers requiring one"},
     {"tls_key", "", "private key file (PEM) of tls_cert"},
+    {"option_file", "",
+     "a MySQL option file (my.cnf syntax) read before connecting: keeps the "
+     "password out of the URI, e.g. '[client]' then 'password=...' (mode "
+     "0600)"},
+    {"option_group", "client", "the group of option_file to read"},
 };
 #define MY_N_OPTIONS (sizeof my_options / sizeof my_options[0])
 
 typedef struct my_uri {
     char *user, *password, *host, *db, *socket, *tls_ca, *tls_cert, *tls_key;
+    char *option_file, *option_group;
     unsigned port;
     unsigned connect_timeout, read_timeout, write_timeout;
     int tls;
@@ -632,6 +639,8 @@ static void my_uri_free(my_uri *u)
     free(u->tls_ca);
     free(u->tls_cert);
     free(u->tls_key);
+    free(u->option_file);
+    free(u->option_group);
 }
 
 static int my_hexval(char ch)
@@ -816,6 +825,14 @@ static int my_uri_parse(const char *uri, const char *masked, my_uri *u,
             free(u->tls_key);
             u->tls_key = v;
             v = NULL;
+        } else if (strcmp(k, "option_file") == 0) {
+            free(u->option_file);
+            u->option_file = v;
+            v = NULL;
+        } else if (strcmp(k, "option_group") == 0) {
+            free(u->option_group);
+            u->option_group = v;
+            v = NULL;
         } else if (strcmp(k, "connect_timeout") == 0) {
             if (my_uint_opt(k, v, 1, 3600, &u->connect_timeout))
                 rc = MY_URI_ERR("mysql: URI %s: connect_timeout=%s: expected "
@@ -840,7 +857,8 @@ static int my_uri_parse(const char *uri, const char *masked, my_uri *u,
         } else {
             rc = MY_URI_ERR("mysql: URI %s: unknown option '%s' (mysql options: "
                             "socket, connect_timeout, read_timeout, write_timeout, "
-                            "tls, tls_ca, tls_cert, tls_key)",
+                            "tls, tls_ca, tls_cert, tls_key, option_file, "
+                            "option_group)",
                             masked, k);
         }
         free(k);
@@ -849,6 +867,11 @@ static int my_uri_parse(const char *uri, const char *masked, my_uri *u,
             return rc;
         o = *oend ? oend + 1 : oend;
     }
+    /* The client library skips an unreadable option file in silence: the
+     * password would then just be missing. Say why instead. */
+    if (u->option_file && access(u->option_file, R_OK) != 0)
+        return MY_URI_ERR("mysql: URI %s: option_file '%s': %s", masked,
+                          u->option_file, strerror(errno));
     if (u->tls == MY_TLS_VERIFY_CA && !(u->tls_ca && *u->tls_ca))
         return MY_URI_ERR("mysql: URI %s: tls=verify_ca needs tls_ca=/path/to/ca.pem",
                           masked);
@@ -884,6 +907,13 @@ static int my_set_options(MYSQL *db, const my_uri *u, const char *role)
     my_flag_t off = 0, on = 1;
     int bad = 0;
 
+    /* First: what the URI says below overrides the file. */
+    if (my_nz(u->option_file)) {
+        bad |= mysql_options(db, MYSQL_READ_DEFAULT_FILE, u->option_file);
+        bad |= mysql_options(db, MYSQL_READ_DEFAULT_GROUP,
+                             my_nz(u->option_group) ? u->option_group
+                                                    : "client");
+    }
     t = u->connect_timeout;
     bad |= mysql_options(db, MYSQL_OPT_CONNECT_TIMEOUT, &t);
     if (u->read_timeout) {

@@ -107,6 +107,11 @@ struct mqs_be_conn {
     int sess_pending;                 /* an alive check is still unanswered */
     int direct;                       /* 1 direct, -1 via a pooler, 0 unknown */
     int pooled_pid;                   /* server pid seen through the pooler */
+    int session_pooler;               /* pooler=session: the URI goes through
+                                         a pooler that pins one server
+                                         session to this client */
+    int pinned_pid;                   /* that session's pg_backend_pid(),
+                                         once asked (0 before) */
     int inflight;                     /* an async statement is unanswered */
     PGresult *pend;                   /* its first result, once it came */
     char fatal[256];                  /* why the server ended the session */
@@ -170,6 +175,12 @@ static const mqs_be_option pg_options[] = {
     {"target_session_attrs", "any",
      "any|read-write|primary|... ; with several hosts, read-write makes "
      "reconnects find the new primary after a failover (libpq)"},
+    {"pooler", "none",
+     "none|session (mqstore, not passed to libpq): session says the URI "
+     "goes through a pooler that keeps each client on one server session "
+     "while it is connected (pgbouncer pool_mode=session), so "
+     "crash_detect=on can use that session; none: a pooler is detected and "
+     "the crash detector turned off"},
 };
 
 /* Defaults mqstore applies when neither the URI nor the environment sets
@@ -1155,6 +1166,63 @@ static void pg_conn_clean(char *dst, size_t size, const char *msg)
     pg_oneline(dst, size, tmp);
 }
 
+/* The URI without its pooler= parameter (mqstore's, unknown to libpq),
+ * into *out (malloc'd); *session = 1 for pooler=session. A bad value:
+ * MQS_EINVAL with the message in err. */
+static int pg_take_pooler(const char *uri, const char *masked, char **out,
+                          int *session, char *err, size_t errlen)
+{
+    *out = NULL;
+    *session = 0;
+    size_t n = strlen(uri);
+    char *u = malloc(n + 1);
+    if (!u) {
+        snprintf(err, errlen, "postgresql: out of memory");
+        return MQS_ENOMEM;
+    }
+    const char *q = strchr(uri, '?');
+    size_t base = q ? (size_t)(q - uri) : n;
+    memcpy(u, uri, base);
+    size_t k = base;
+    int first = 1;
+    for (const char *p = q; p && *p;) {
+        p++; /* past '?' or '&' */
+        size_t len = strcspn(p, "&");
+        if (len >= 7 && !strncmp(p, "pooler=", 7)) {
+            if (len == 7 + 4 && !strncmp(p + 7, "none", 4)) {
+                *session = 0;
+            } else if (len == 7 + 7 && !strncmp(p + 7, "session", 7)) {
+                *session = 1;
+            } else {
+                snprintf(err, errlen,
+                         "postgresql %s: bad value '%.*s' for option "
+                         "pooler: expected none or session",
+                         masked, (int)(len - 7 < 64 ? len - 7 : 64), p + 7);
+                free(u);
+                return MQS_EINVAL;
+            }
+        } else if (len > 0) {
+            u[k++] = first ? '?' : '&';
+            memcpy(u + k, p, len);
+            k += len;
+            first = 0;
+        }
+        p += len;
+    }
+    u[k] = '\0';
+    *out = u;
+    return 0;
+}
+
+/* libpq copied it at connect; it holds the password. */
+static void pg_uri_free(char *uri)
+{
+    if (uri) {
+        explicit_bzero(uri, strlen(uri));
+        free(uri);
+    }
+}
+
 static int pg_conn_open(const mqs_be_open_args *a, mqs_be_conn **out,
                         char *err, size_t errlen)
 {
@@ -1176,9 +1244,13 @@ static int pg_conn_open(const mqs_be_open_args *a, mqs_be_conn **out,
     }
     pg_secrets_from_uri(c->secrets, a->uri);
 
-    int rc = 0;
+    char *uri = NULL; /* a->uri without pooler= */
+    int rc = pg_take_pooler(a->uri, c->masked, &uri, &c->session_pooler,
+                            c->err, sizeof c->err);
+    if (rc)
+        goto fail;
     char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(a->uri, &perr);
+    PQconninfoOption *opts = PQconninfoParse(uri, &perr);
     if (!opts) {
         char m[512];
         pg_oneline(m, sizeof m, perr ? perr : "out of memory");
@@ -1196,7 +1268,7 @@ static int pg_conn_open(const mqs_be_open_args *a, mqs_be_conn **out,
     snprintf(app, sizeof app, "mqstore-%s", a->role ? a->role : "client");
     int n = 0;
     kw[n] = "dbname"; /* expanded: the whole URI */
-    val[n++] = a->uri;
+    val[n++] = uri;
     kw[n] = "fallback_application_name";
     val[n++] = app;
     for (size_t i = 0; i < PG_N_DEFAULTS; i++) {
@@ -1296,10 +1368,12 @@ static int pg_conn_open(const mqs_be_open_args *a, mqs_be_conn **out,
         rc = MQS_EIO;
         goto fail;
     }
+    pg_uri_free(uri);
     *out = c;
     return 0;
 
 fail:
+    pg_uri_free(uri);
     snprintf(err, errlen, "%s", c->err);
     PQfinish(c->pg);
     pg_secrets_free(c->secrets);
@@ -2273,7 +2347,11 @@ static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
  * follows the client nor ends with it. session_lock detects a pooler (the
  * backend pid libpq got at connect is not pg_backend_pid()) and refuses with
  * MQS_EINVAL: use crash_detect=off there (takeover after a crash then takes
- * up to a lease). Everything else here is pooler-safe.
+ * up to a lease). Everything else here is pooler-safe. A session pooler
+ * (pgbouncer pool_mode=session) pins one server session per client and
+ * frees its advisory locks when the client goes (DISCARD ALL), so the
+ * detector works there once the URI says pooler=session: the lock is taken
+ * in the pinned session, and each statement checks it still runs there.
  * ------------------------------------------------------------------------- */
 
 /* How long acquire waits behind a row lock on mqs_lock (a write of the
@@ -2815,6 +2893,18 @@ static void pg_session_forget(mqs_be_conn *c)
 
 static int pg_pooled(mqs_be_conn *c)
 {
+    if (c->session_pooler) {
+        pg_set_err(c,
+                   "postgresql %s: pooler=session, but this connection's "
+                   "statements ran in server session %d and then in %d: the "
+                   "pooler does not keep a client on one server session "
+                   "(pgbouncer pool_mode=transaction or statement?), so a "
+                   "session-level advisory lock cannot tell that a node "
+                   "died. Use pool_mode=session, or drop pooler=session and "
+                   "add crash_detect=off to the URI.",
+                   c->masked, c->pinned_pid, c->pooled_pid);
+        return MQS_EINVAL;
+    }
     pg_set_err(c,
                "postgresql %s: crash_detect=on needs a direct connection to "
                "PostgreSQL, but this one goes through a connection pooler or "
@@ -2827,6 +2917,27 @@ static int pg_pooled(mqs_be_conn *c)
                "lease_ms after a crash), or connect directly.",
                c->masked, PQbackendPID(c->pg), c->pooled_pid);
     return MQS_EINVAL;
+}
+
+/* pooler=session: the server session this client is pinned to. libpq's
+ * BackendKeyData pid is the pooler's own, so ask the server. */
+static int pg_pinned(mqs_be_conn *c, const char *what)
+{
+    PGresult *r;
+    int rc = pg_ask(c, what, "SELECT pg_catalog.pg_backend_pid()", 0, NULL,
+                    NULL, PG_REPLY_WAIT_MS, &r);
+    if (rc)
+        return rc;
+    int64_t pid = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        rc = pg_fail(c, r, what);
+    else if (PQntuples(r) != 1 || pg_get_int(r, 0, 0, &pid) || pid <= 0 ||
+             pid > INT32_MAX)
+        rc = pg_bad_result(c, what);
+    PQclear(r);
+    if (!rc)
+        c->pinned_pid = (int)pid;
+    return rc;
 }
 
 /* This session holds the lock: is it still alive and holding it? */
@@ -2913,9 +3024,19 @@ static int pg_session_lock(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
         return pg_pooled(c);
     if ((rc = pg_lock_ready(c, what, 0)))
         return rc;
+    /* The session the lock must be taken in: this client's own, or with
+     * pooler=session the server session the pooler pinned it to. Every
+     * statement below checks it still runs there, so a pooler that moves
+     * the client between sessions is caught, not trusted. */
+    int own = PQbackendPID(c->pg);
+    if (c->session_pooler) {
+        if (!c->pinned_pid && (rc = pg_pinned(c, what)))
+            return rc;
+        own = c->pinned_pid;
+    }
 
     char pid[16], timeout[24];
-    snprintf(pid, sizeof pid, "%d", PQbackendPID(c->pg));
+    snprintf(pid, sizeof pid, "%d", own);
     /* lock_timeout 0 = no limit; INT32_MAX ms is its largest value. */
     snprintf(timeout, sizeof timeout, "%lld",
              (long long)(wait_ms < 0 ? 0 : wait_ms > INT32_MAX ? INT32_MAX
@@ -2937,8 +3058,7 @@ static int pg_session_lock(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
             int64_t srv = 0, got = 0;
             int done = PQresultStatus(r) != PGRES_TUPLES_OK ||
                        PQntuples(r) != 1 || pg_get_int(r, 0, 0, &srv) ||
-                       pg_get_int(r, 0, 1, &got) || got ||
-                       srv != PQbackendPID(c->pg);
+                       pg_get_int(r, 0, 1, &got) || got || srv != own;
             int64_t left = end - pg_mono_ms();
             if (done || left <= 0)
                 break; /* r is read below */
@@ -2969,7 +3089,7 @@ static int pg_session_lock(mqs_be_conn *c, const char *cluster, int64_t wait_ms,
     } else if (PQntuples(r) != 1 || pg_get_int(r, 0, 0, &srv) ||
                pg_get_int(r, 0, 1, &got)) {
         rc = pg_bad_result(c, what);
-    } else if (srv != PQbackendPID(c->pg)) {
+    } else if (srv != own) {
         c->direct = -1;
         c->pooled_pid = (int)srv;
         rc = pg_pooled(c);

@@ -310,12 +310,17 @@ static const mqs_be_option sqlite_options[] = {
      "wal|delete: wal lets readers (recovery cursors) run beside the writer; "
      "delete uses a rollback journal (for file systems without shared "
      "memory, e.g. NFS)"},
+    {"create", "yes",
+     "yes|no: yes creates a missing database file (mode 0600: it holds "
+     "messages); no fails with MQS_ENOTFOUND instead (the mqstore CLI's "
+     "inspecting commands use it, so a typo never leaves a new file)"},
 };
 
 struct sqlite_cfg {
     const char *synchronous; /* pragma value */
     int busy_ms;
     int wal;
+    int create;
 };
 
 /* ---------------------------------------------------------------------------
@@ -616,6 +621,15 @@ static int sqlite_set_option(struct sqlite_cfg *cfg, const char *masked,
         cfg->busy_ms = (int)v;
         return 0;
     }
+    if (!strcmp(key, "create")) {
+        if (!strcasecmp(val, "yes"))
+            cfg->create = 1;
+        else if (!strcasecmp(val, "no"))
+            cfg->create = 0;
+        else
+            return sqlite_bad_value(err, errlen, masked, key, val, "yes, no");
+        return 0;
+    }
     if (!strcmp(key, "journal_mode")) {
         if (!strcasecmp(val, "wal"))
             cfg->wal = 1;
@@ -628,7 +642,7 @@ static int sqlite_set_option(struct sqlite_cfg *cfg, const char *masked,
     }
     snprintf(err, errlen,
              "sqlite: unknown option '%s' in %s: the sqlite backend's options "
-             "are synchronous, busy_timeout, journal_mode",
+             "are synchronous, busy_timeout, journal_mode, create",
              key, masked);
     return MQS_EINVAL;
 }
@@ -643,6 +657,7 @@ static int sqlite_parse_uri(const char *uri, const char *masked,
     cfg->synchronous = "FULL";
     cfg->busy_ms = 5000;
     cfg->wal = 1;
+    cfg->create = 1;
     if (strncasecmp(uri, "sqlite:", 7) != 0) {
         snprintf(err, errlen,
                  "sqlite: URI %s does not start with sqlite: (expected "
@@ -708,7 +723,7 @@ static int sqlite_parse_uri(const char *uri, const char *masked,
         return MQS_EINVAL;
     }
 
-    int seen[3] = {0, 0, 0};
+    int seen[4] = {0, 0, 0, 0};
     const char *q = p[plen] == '?' ? p + plen + 1 : NULL;
     while (q && *q) {
         size_t len = strcspn(q, "&");
@@ -736,6 +751,7 @@ static int sqlite_parse_uri(const char *uri, const char *masked,
                 rc = sqlite_set_option(cfg, masked, key, val, err, errlen);
                 int k = !strcmp(key, "synchronous")    ? 0
                         : !strcmp(key, "busy_timeout") ? 1
+                        : !strcmp(key, "create")       ? 3
                                                        : 2;
                 if (rc == 0 && seen[k]++) {
                     snprintf(err, errlen,
@@ -794,6 +810,38 @@ static int sqlite_check_file(const char *path, char *err, size_t errlen)
                  path);
         return MQS_EIO;
     }
+    return 0;
+}
+
+/* A missing database file: with create, make it empty and 0600 (SQLite
+ * would make it 0644, and its -wal and -shm files copy the database's
+ * mode: they all hold messages). O_EXCL: of two processes starting on a
+ * new store at once, one creates it and both open it. Without create, a
+ * missing file is an error and nothing is made. */
+static int sqlite_create_file(const char *path, int create, char *err,
+                              size_t errlen)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0)
+        return 0;
+    if (!create) {
+        snprintf(err, errlen,
+                 "sqlite: no database file '%s' (create=no: nothing was "
+                 "created; check the path, or create the store with "
+                 "'mqstore init URI')",
+                 path);
+        return MQS_ENOTFOUND;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                  0600);
+    if (fd >= 0) {
+        int ok = fchmod(fd, 0600) == 0; /* whatever the umask */
+        close(fd);
+        (void)ok;
+    }
+    /* EEXIST: created by a process starting beside us. Anything else
+     * (a missing directory, no permission) is reported by SQLite's open
+     * with its hints. */
     return 0;
 }
 
@@ -984,6 +1032,8 @@ static int sqlite_conn_open(const mqs_be_open_args *args, mqs_be_conn **out,
     if (rc)
         return rc;
     rc = sqlite_check_file(path, err, errlen);
+    if (rc == 0)
+        rc = sqlite_create_file(path, cfg.create, err, errlen);
     if (rc) {
         free(path);
         return rc;
@@ -1050,6 +1100,18 @@ static int sqlite_conn_open(const mqs_be_open_args *args, mqs_be_conn **out,
     src = sqlite3_prepare_v2(c->db, mode_sql, -1, &st, NULL);
     if (src == SQLITE_OK)
         src = sqlite3_step(st);
+    /* Two processes opening a new store at once both switch it to WAL:
+     * SQLite answers BUSY at once rather than wait (waiting while holding
+     * its read lock could deadlock), so retry, with the lock dropped,
+     * for up to busy_timeout. */
+    int64_t until = sqlite_mono_ms() + cfg.busy_ms;
+    while (((src & 0xff) == SQLITE_BUSY || (src & 0xff) == SQLITE_LOCKED) &&
+           sqlite_mono_ms() < until) {
+        sqlite3_reset(st);
+        struct timespec pause = {0, 5 * 1000000L};
+        nanosleep(&pause, NULL);
+        src = sqlite3_step(st);
+    }
     if (src != SQLITE_ROW) {
         rc = sqlite_fail(c, src, cfg.wal ? "setting journal_mode=wal"
                                          : "setting journal_mode=delete");

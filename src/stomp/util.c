@@ -303,11 +303,17 @@ void log_msg(int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);
-    /* One line per event, even when a message carries newlines. */
+    /* One line per event, even when a message carries newlines, and no
+     * terminal control from client-chosen text (destination names,
+     * logins): other control bytes become '?'. */
     size_t len = strlen(line);
-    for (size_t i = 0; i < len; i++)
-        if (line[i] == '\n' || line[i] == '\r')
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)line[i];
+        if (ch == '\n' || ch == '\r')
             line[i] = ' ';
+        else if (ch < 0x20 || ch == 0x7f)
+            line[i] = '?';
+    }
     line[len++] = '\n';
     /* One write keeps lines whole when library threads log too. */
     fwrite(line, 1, len, stderr);

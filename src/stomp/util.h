@@ -1,7 +1,7 @@
-/* util.h - small building blocks of mqbroker: intrusive lists, byte
- * buffers, an integer map, clocks, UTF-8 validation and logging. */
-#ifndef MQBROKER_UTIL_H
-#define MQBROKER_UTIL_H
+/* util.h - small building blocks of mqbroker and libmqclient: intrusive
+ * lists, byte buffers, an integer map, clocks, UTF-8 validation, logging. */
+#ifndef STOMP_UTIL_H
+#define STOMP_UTIL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -34,7 +34,8 @@ static inline void q_remove(qlink *n)
 }
 
 /* Allocation failure is fatal: the broker bounds its memory by flow
- * control, so running out means the host is out, not a client. */
+ * control, so running out means the host is out, not a client. (libmqclient
+ * inherits this: its allocations are bounded by its windows and limits.) */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);

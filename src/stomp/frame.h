@@ -1,7 +1,8 @@
 /* frame.h - STOMP frames: an incremental parser with limits, and an
- * encoder. No sockets here, so the unit tests drive it with bytes. */
-#ifndef MQBROKER_FRAME_H
-#define MQBROKER_FRAME_H
+ * encoder. No sockets here, so the unit tests drive it with bytes. Shared
+ * by mqbroker and libmqclient (the stomp_proto library). */
+#ifndef STOMP_FRAME_H
+#define STOMP_FRAME_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -629,6 +629,104 @@ static void test_nack_async(void **state)
     tu_list_free(&l);
 }
 
+/* Producer marks: per producer the highest sequence ever marked, kept
+ * across sessions, listed, pruned by age; bad arguments refused. */
+struct marks_seen {
+    char p1[64], p2[64];
+    int64_t s1, s2;
+    int n, stop_after;
+};
+
+static int collect_marks(void *ud, const char *producer, int64_t seq)
+{
+    struct marks_seen *m = ud;
+    m->n++;
+    if (!strcmp(producer, m->p1))
+        m->s1 = seq;
+    else if (!strcmp(producer, m->p2))
+        m->s2 = seq;
+    return m->stop_after && m->n >= m->stop_after;
+}
+
+static void test_producer_marks(void **state)
+{
+    mqs_store *s = *state;
+    struct marks_seen m = {0};
+    tu_name(m.p1, sizeof m.p1, "prodA");
+    tu_name(m.p2, sizeof m.p2, "prodB");
+    struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0,
+                       0};
+    TU_OK(mqs_mark_async(s, m.p1, 5, waiter_done, &w), s);
+    TU_OK(mqs_mark_async(s, m.p1, 3, waiter_done, &w), s); /* never down */
+    TU_OK(mqs_mark_async(s, m.p2, 7, waiter_done, &w), s);
+    TU_OK(mqs_mark_async(s, m.p2, 9, NULL, NULL), s);
+    /* An async ack queued after them commits no earlier than they do. */
+    char q[128];
+    tu_name(q, sizeof q, "marks");
+    mqs_msg msg = tu_msg(MQS_QUEUE, q, "x", 1, 4);
+    int64_t id = 0;
+    TU_OK(mqs_enqueue(s, &msg, &id), s);
+    TU_OK(mqs_ack_async(s, id, 0, waiter_done, &w), s);
+    pthread_mutex_lock(&w.mu);
+    for (int i = 0; i < 1000 && w.done < 4; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
+    }
+    int done = w.done, failed = w.failed;
+    pthread_mutex_unlock(&w.mu);
+    assert_int_equal(done, 4);
+    assert_int_equal(failed, 0);
+    TU_OK(mqs_mark_foreach(s, collect_marks, &m), s);
+    assert_int_equal(m.s1, 5);
+    assert_int_equal(m.s2, 9);
+    assert_true(m.n >= 2);
+
+    /* Kept by the database: a new store handle sees them. */
+    mqs_store *s2 = tu_open();
+    struct marks_seen m2 = {0};
+    memcpy(m2.p1, m.p1, sizeof m.p1);
+    memcpy(m2.p2, m.p2, sizeof m.p2);
+    TU_OK(mqs_mark_foreach(s2, collect_marks, &m2), s2);
+    assert_int_equal(m2.s1, 5);
+    assert_int_equal(m2.s2, 9);
+    /* A non-zero return stops the walk, and is not an error. */
+    struct marks_seen one = {.stop_after = 1};
+    TU_OK(mqs_mark_foreach(s2, collect_marks, &one), s2);
+    assert_int_equal(one.n, 1);
+    mqs_close(s2);
+
+    assert_int_equal(mqs_mark_async(s, "", 1, NULL, NULL), MQS_EINVAL);
+    assert_int_equal(mqs_mark_async(s, m.p1, 0, NULL, NULL), MQS_EINVAL);
+    assert_int_equal(mqs_mark_async(s, NULL, 1, NULL, NULL), MQS_EINVAL);
+    char longp[200];
+    memset(longp, 'p', 129);
+    longp[129] = '\0';
+    assert_int_equal(mqs_mark_async(s, longp, 1, NULL, NULL), MQS_EINVAL);
+    assert_int_equal(mqs_mark_foreach(s, NULL, NULL), MQS_EINVAL);
+
+    /* Pruning: nothing is older than a minute ago; everything is older
+     * than a minute from now. */
+    uint64_t removed = 99;
+    TU_OK(mqs_mark_prune(s, tu_now_ms() - 60000, &removed), s);
+    struct marks_seen m3 = {0};
+    memcpy(m3.p1, m.p1, sizeof m.p1);
+    memcpy(m3.p2, m.p2, sizeof m.p2);
+    TU_OK(mqs_mark_foreach(s, collect_marks, &m3), s);
+    assert_int_equal(m3.s1, 5);
+    TU_OK(mqs_mark_prune(s, tu_now_ms() + 60000, &removed), s);
+    assert_true(removed >= 2);
+    struct marks_seen m4 = {0};
+    memcpy(m4.p1, m.p1, sizeof m.p1);
+    TU_OK(mqs_mark_foreach(s, collect_marks, &m4), s);
+    assert_int_equal(m4.s1, 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_roundtrip),    T(test_empty_and_binary), T(test_large_body),
@@ -636,6 +734,6 @@ static const struct CMUnitTest tests[] = {
     T(test_ids_increasing), T(test_expiry),         T(test_dest_names),
     T(test_ack_removes),
     T(test_ack_idempotent), T(test_ack_many),       T(test_nack),
-    T(test_ack_async),      T(test_nack_async),
+    T(test_ack_async),      T(test_nack_async),     T(test_producer_marks),
 };
 TU_GROUP(tu_group_messages, "messages", tests);

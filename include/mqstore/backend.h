@@ -45,6 +45,8 @@
  *        while the lease stands; msg_insert and msg_ack take n rows (the
  *        singular members are gone); mqs_be_lock.wait_ms. Modules built for
  *        1.x are refused (rebuild them).
+ *   2.1  producer marks: mark_put, mark_list, mark_prune (optional, all
+ *        three or none; schema migration 003).
  */
 #ifndef MQSTORE_BACKEND_H
 #define MQSTORE_BACKEND_H
@@ -60,7 +62,7 @@ extern "C" {
 
 #define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
 #define MQS_BACKEND_ABI_MAJOR 2 /* bumped on incompatible change */
-#define MQS_BACKEND_ABI_MINOR 0 /* bumped when members are appended */
+#define MQS_BACKEND_ABI_MINOR 1 /* bumped when members are appended */
 
 /* The one symbol a module exports. */
 #define MQS_BACKEND_ENTRY mqs_backend_entry
@@ -162,6 +164,10 @@ typedef struct mqs_be_dest {
     int64_t oldest_ms;
 } mqs_be_dest;
 typedef int (*mqs_be_dest_cb)(void *ud, const mqs_be_dest *d);
+
+/* One producer mark for mark_list; producer is valid for the call. A
+ * nonzero return stops the walk and is returned by mark_list. */
+typedef int (*mqs_be_mark_cb)(void *ud, const char *producer, int64_t seq);
 
 /* The exclusive lock of one cluster (ABI 1.1). One row per cluster name:
  * holder node id, fencing token (+1 on every acquire, never reset), lease
@@ -360,6 +366,23 @@ typedef struct mqs_backend {
                         int64_t *session_id);
     /* Give it up. Not holding it is not an error. */
     int (*session_unlock)(mqs_be_conn *c, const char *cluster);
+
+    /* ---- producer marks (2.1; optional: all three or none; NULL: the
+     * core answers MQS_ENOTSUP) ----
+     * The highest sequence number (a client's mq-seq) the store knows a
+     * producer (mq-producer, 1..128 bytes) reached, kept so that a broker
+     * taking over can drop a replay of a message that was stored and
+     * already consumed. One row per producer, schema migration 003. */
+    /* Inside the caller's write transaction: the mark of producer becomes
+     * max(seq, its mark) and updated_ms = now_ms. May be deferred to
+     * txn_commit; producer stays valid until then. */
+    int (*mark_put)(mqs_be_conn *c, const char *producer, int64_t seq,
+                    int64_t now_ms);
+    /* Every mark, in any order (a read; autocommit or a snapshot). */
+    int (*mark_list)(mqs_be_conn *c, mqs_be_mark_cb cb, void *ud);
+    /* Inside the caller's write transaction: delete the marks whose
+     * updated_ms is below before_ms; *removed counts them. */
+    int (*mark_prune)(mqs_be_conn *c, int64_t before_ms, uint64_t *removed);
 } mqs_backend;
 
 /* Whether table be has an optional member that a later 2.x minor may have

@@ -198,6 +198,26 @@ MQS_API int mqs_nack_async(mqs_store *s, int64_t id, int64_t sub_id,
                            mqs_done_fn done, void *ud);
 
 /* ---------------------------------------------------------------------------
+ * Producer marks: per producer (a client's id, 1..128 bytes, e.g. the
+ * mq-producer header) the highest sequence number (mq-seq, >= 1) the store
+ * knows it reached. A broker marks a message's producer when it acks it, so
+ * that after a failover a client's replay of a message that was stored and
+ * consumed is recognized. The mark only grows. MQS_ENOTSUP if the backend
+ * has no marks.
+ * ------------------------------------------------------------------------- */
+/* Queue "mark(producer) = max(mark, seq)" with the writes; like
+ * mqs_ack_async, it commits no later than the writes queued after it. */
+MQS_API int mqs_mark_async(mqs_store *s, const char *producer, int64_t seq,
+                           mqs_done_fn done, void *ud);
+/* Every mark; a non-zero return from fn stops early (then 0 is returned).
+ * producer is valid for the call. */
+typedef int (*mqs_mark_fn)(void *ud, const char *producer, int64_t seq);
+MQS_API int mqs_mark_foreach(mqs_store *s, mqs_mark_fn fn, void *ud);
+/* Delete the marks not updated since older_than_ms (Unix ms). */
+MQS_API int mqs_mark_prune(mqs_store *s, int64_t older_than_ms,
+                           uint64_t *removed);
+
+/* ---------------------------------------------------------------------------
  * Transactions: a client transaction buffers enqueues and acks in memory
  * (nothing reaches the database before commit) and commits them atomically
  * across destinations. Rollback leaves no trace.

@@ -20,6 +20,7 @@
  * once, never a loss). All of it runs on the loop thread. */
 #include "broker.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -157,9 +158,10 @@ void audit_done(const char *producer, uint64_t seq, op *o, int rc)
         p->hwm = seq - 1;
 }
 
-void audit_note_hdrs(const char *h, size_t n)
+/* The ids in a stored header blob ("name\0value\0"...), if valid. */
+static const char *hdr_ids(const char *h, size_t n, uint64_t *seq)
 {
-    const char *producer = NULL, *seq = NULL;
+    const char *producer = NULL, *sq = NULL;
     for (size_t i = 0; i < n;) {
         const char *name = h + i;
         size_t nl = strlen(name);
@@ -167,15 +169,79 @@ void audit_note_hdrs(const char *h, size_t n)
         if (!strcmp(name, AUDIT_HDR_PRODUCER))
             producer = val;
         else if (!strcmp(name, AUDIT_HDR_SEQ))
-            seq = val;
+            sq = val;
         i += nl + strlen(val) + 2;
     }
+    return audit_ids(producer, sq, seq) ? producer : NULL;
+}
+
+static void note(const char *producer, uint64_t v)
+{
+    paudit *p = lookup(producer, true);
+    if (p && v > p->hwm)
+        p->hwm = v;
+}
+
+void audit_note_hdrs(const char *h, size_t n)
+{
     uint64_t v;
-    if (audit_ids(producer, seq, &v)) {
-        paudit *p = lookup(producer, true);
-        if (p && v > p->hwm)
-            p->hwm = v;
+    const char *producer = hdr_ids(h, n, &v);
+    if (producer)
+        note(producer, v);
+}
+
+static void mark_logged(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    if (rc && rc != MQS_EFENCED)
+        log_msg(LOG_WARN, "store: producer mark failed (%s): %s",
+                mqs_errname(rc), errmsg ? errmsg : "");
+}
+
+/* Marks are written when a message is acked, not when it is stored: a
+ * replay of a message still in the store is recognized by its own
+ * headers at takeover; only a consumed one needs the mark. Queued before
+ * the ack, the mark commits in the same group or earlier, never after. */
+void audit_mark(const msg *m)
+{
+    uint64_t v;
+    const char *producer = hdr_ids(m->hdrs, m->hdrs_len, &v);
+    if (!producer || B.cfg.producer_audit == 0 || v > INT64_MAX)
+        return;
+    int rc = mqs_mark_async(B.store, producer, (int64_t)v, mark_logged, NULL);
+    if (rc && rc != MQS_ENOTSUP)
+        broker_log_store_failure("producer mark", rc);
+}
+
+static int load_mark(void *ud, const char *producer, int64_t seq)
+{
+    size_t *n = ud;
+    uint64_t v;
+    char sq[24];
+    snprintf(sq, sizeof sq, "%lld", (long long)seq);
+    if (audit_ids(producer, sq, &v)) {
+        note(producer, v);
+        (*n)++;
     }
+    return 0;
+}
+
+#define MARK_KEEP_MS (7LL * 24 * 3600 * 1000)
+
+void audit_load_marks(void)
+{
+    if (B.cfg.producer_audit == 0)
+        return;
+    uint64_t pruned = 0;
+    int rc = mqs_mark_prune(B.store, wall_ms() - MARK_KEEP_MS, &pruned);
+    if (rc && rc != MQS_ENOTSUP)
+        broker_log_store_failure("producer mark prune", rc);
+    size_t n = 0;
+    rc = mqs_mark_foreach(B.store, load_mark, &n);
+    if (rc && rc != MQS_ENOTSUP)
+        broker_log_store_failure("producer mark load", rc);
+    if (n || pruned)
+        log_msg(LOG_INFO, "recovery: %zu producer marks loaded, %llu older "
+                "than 7 days pruned", n, (unsigned long long)pruned);
 }
 
 size_t audit_count(void) { return A.n; }

@@ -476,6 +476,7 @@ static void on_master(int64_t token)
     B.master = true;
     int64_t t0 = mono_ms();
     size_t n = 0;
+    audit_load_marks(); /* consumed messages' ids; recover() adds the rest */
     int rc = recover(&n);
     if (rc) {
         log_msg(LOG_ERROR, "recovery from the store failed (%s): %s; "

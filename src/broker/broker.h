@@ -348,6 +348,11 @@ void audit_done(const char *producer, uint64_t seq, op *o, int rc);
 /* Recovery: a stored message's header blob ("name\0value\0"...). */
 void audit_note_hdrs(const char *hdrs, size_t len);
 void audit_clear(void); /* a new term starts from the store */
+/* m (stored, being acked) carries ids: queue the store's producer mark,
+ * so its replay is recognized after a failover though its row is gone. */
+void audit_mark(const msg *m);
+/* Takeover: load the store's marks (and prune those idle for a week). */
+void audit_load_marks(void);
 size_t audit_count(void);
 
 /* auth.c: users, passwords (verified off the loop thread) and rights. */

@@ -485,6 +485,8 @@ typedef int (*ref_async_fn)(mqs_store *, int64_t, int64_t, mqs_done_fn,
 /* An ack or nack nobody waits for; failures are logged. */
 static void submit_logged(ref_async_fn fn, const entry *e, const char *what)
 {
+    if (fn == mqs_ack_async)
+        audit_mark(e->m); /* queued first: commits no later than the ack */
     int rc = fn(B.store, e->m->id, entry_sub_id(e), log_store_cb,
                 (void *)(uintptr_t)what); /* read back as const */
     if (rc)
@@ -522,6 +524,7 @@ void entry_ack(entry *e, op *o)
         if (!o) {
             submit_logged(mqs_ack_async, e, "ack");
         } else {
+            audit_mark(e->m);
             int rc = mqs_ack_async(B.store, e->m->id, entry_sub_id(e),
                                    op_done_cb, o);
             if (rc)

@@ -973,6 +973,7 @@ static void txn_commit(conn *c, stx *x, const char *receipt)
                 continue;
             if (!t && (rc = mqs_txn_begin(B.store, &t)))
                 break;
+            audit_mark(e->m); /* commits before (or with) the txn */
             rc = mqs_txn_ack(t, e->m->id, entry_sub_id(e));
         }
     }

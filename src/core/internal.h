@@ -146,7 +146,9 @@ typedef enum op_kind {
     OP_NACK,
     OP_SUB_CREATE,
     OP_SUB_REMOVE,
-    OP_PURGE
+    OP_PURGE,
+    OP_MARK,      /* name = producer, id = seq */
+    OP_MARK_PRUNE /* id = before_ms; count = removed */
 } op_kind;
 
 typedef struct mqs_op {

@@ -103,6 +103,13 @@ static int validate(const mqs_backend *be, const char *path)
                         "%s (backend %s): %d of the 6 lock_* callbacks are "
                         "set; a backend has all of them (HA) or none",
                         path, be->name, n_lock);
+    int n_mark = MQS_BE_HAS(be, mark_put) + MQS_BE_HAS(be, mark_list) +
+                 MQS_BE_HAS(be, mark_prune);
+    if (n_mark != 0 && n_mark != 3)
+        return mqs__err(NULL, MQS_ENOMODULE,
+                        "%s (backend %s): %d of the 3 mark_* callbacks are "
+                        "set; a backend has all of them or none",
+                        path, be->name, n_mark);
     if (!be->session_lock != !be->session_unlock)
         return mqs__err(NULL, MQS_ENOMODULE,
                         "%s (backend %s): session_lock and session_unlock "

@@ -321,6 +321,94 @@ int mqs_nack_async(mqs_store *s, int64_t id, int64_t sub_id, mqs_done_fn done,
 }
 
 /* ------------------------------------------------------------------------
+ * Producer marks
+ * ---------------------------------------------------------------------- */
+
+static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
+                  const char *name, mqs_op *res);
+
+static int marks_supported(mqs_store *s)
+{
+    if (MQS_BE_HAS(s->be, mark_put))
+        return 0;
+    return mqs__err(s, MQS_ENOTSUP, "the %s backend keeps no producer marks",
+                    s->be->name);
+}
+
+int mqs_mark_async(mqs_store *s, const char *producer, int64_t seq,
+                   mqs_done_fn done, void *ud)
+{
+    CHECK_STORE(s);
+    int rc;
+    if ((rc = marks_supported(s)))
+        return rc;
+    size_t n = producer ? strlen(producer) : 0;
+    if (n == 0 || n > 128 || seq < 1)
+        return mqs__err(s, MQS_EINVAL, "mqs_mark_async: producer must be 1 "
+                        "to 128 bytes and seq >= 1 (got %zu bytes, seq %lld)",
+                        n, (long long)seq);
+    mqs_request *r = mqs__req_new();
+    mqs_op *op = r ? mqs__req_add(r, OP_MARK) : NULL;
+    if (!op || !(op->name = mqs__strdup(producer))) {
+        mqs__req_free(r);
+        return oom(s);
+    }
+    op->id = seq;
+    r->cb = done;
+    r->ud = ud;
+    return mqs__submit_async(s, r);
+}
+
+typedef struct mark_ctx {
+    mqs_mark_fn fn;
+    void *ud;
+    int stopped;
+} mark_ctx;
+
+static int mark_adapter(void *ud, const char *producer, int64_t seq)
+{
+    mark_ctx *x = ud;
+    if (x->fn(x->ud, producer, seq)) {
+        x->stopped = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static int do_mark_list(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    int rc = s->be->mark_list(c, mark_adapter, arg);
+    return ((mark_ctx *)arg)->stopped ? 0 : rc;
+}
+
+int mqs_mark_foreach(mqs_store *s, mqs_mark_fn fn, void *ud)
+{
+    CHECK_STORE(s);
+    int rc;
+    if ((rc = marks_supported(s)))
+        return rc;
+    if (!fn)
+        return mqs__err(s, MQS_EINVAL, "mqs_mark_foreach: fn is NULL");
+    mark_ctx x = {fn, ud, 0};
+    return mqs__with_reader(s, do_mark_list, &x);
+}
+
+int mqs_mark_prune(mqs_store *s, int64_t older_than_ms, uint64_t *removed)
+{
+    CHECK_STORE(s);
+    int rc;
+    if (removed)
+        *removed = 0;
+    if ((rc = marks_supported(s)))
+        return rc;
+    mqs_op op = {.kind = OP_MARK_PRUNE, .id = older_than_ms}, res = {0};
+    rc = run_op(s, &op, NULL, NULL, &res);
+    if (removed && rc == 0)
+        *removed = res.count;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
  * Transactions: a request built up in memory and submitted at commit.
  * ---------------------------------------------------------------------- */
 

@@ -375,6 +375,10 @@ static int run_one(txn_ctx *t, mqs_op *op)
         return be->sub_create(t->c, dest_id, op->name, &op->sub_id);
     case OP_SUB_REMOVE:
         return be->sub_remove(t->c, op->sub_id);
+    case OP_MARK: /* mqs_mark_async checked MQS_BE_HAS */
+        return be->mark_put(t->c, op->name, op->id, mqs__now_ms());
+    case OP_MARK_PRUNE:
+        return be->mark_prune(t->c, op->id, &op->count);
     case OP_PURGE:
         if (op->dest) {
             rc = resolve(t, op->dkind, op->dest, 0, &dest_id);

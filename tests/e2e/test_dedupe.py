@@ -8,6 +8,9 @@ the same mq-producer and mq-seq headers. The broker must:
     new connection, and a pipelined burst of copies);
   - still drop it after kill -9 of the master: the standby rebuilds what
     it holds from the stored messages' headers;
+  - drop, after kill -9, a replay of a message that was stored, delivered
+    and acked (its row is gone): acking wrote the producer's mark to the
+    store, which the new master loads;
   - store a SEND whose mq-seq is new, and one without the headers;
   - treat malformed ids (mq-seq 0, junk, over 128-byte producer) as no ids:
     stored, never an error;
@@ -97,6 +100,22 @@ def main(env):
               "long-producer", "long-producer-again", "no-ids"]
     env.expect_store_pending(dest, len(want_a), "after the copies")
 
+    # Stored, delivered and acked before the kill: only the mark is left.
+    consumed = env.dest("queue", "consumed")
+    prod_c = "pc-" + env.run_id
+    pc = env.client(a.port, "producer-c")
+    for i in range(1, 4):
+        send(pc, consumed, f"c{i}", prod_c, i)
+    pc.disconnect()
+    cc = env.client(a.port, "consumer-c")
+    cc.subscribe(consumed, "s1", ack="client-individual")
+    for i in range(1, 4):
+        m = cc.recv_message(timeout=10)
+        e.check(m is not None, f"consumed message c{i} not delivered")
+        cc.ack(m)  # with a receipt: the ack (and the mark) committed
+    cc.disconnect()
+    env.expect_store_pending(consumed, 0, "after acking c1..c3")
+
     # Kill the master: the standby must know seq 1..6 are held.
     a.kill9()
     b.wait_master()
@@ -104,7 +123,13 @@ def main(env):
     for i in range(1, 7):
         send(p3, dest, f"m{i}-replay", prod, i)
     send(p3, dest, "m7", prod, 7)
+    for i in range(1, 4):  # replays of consumed messages
+        send(p3, consumed, f"c{i}-replay", prod_c, i)
+    send(p3, consumed, "c4", prod_c, 4)
     p3.disconnect()
+    got_c = bodies(env, b.port, consumed, "consumer-c@b", 1)
+    e.check(got_c == ["c4"], f"after failover the consumed queue got {got_c}: replays of "
+                             f"acked messages were stored again (want only c4)")
     got = bodies(env, b.port, dest, "consumer@b", len(want_a) + 1)
     want = want_a + ["m7"]
     e.check(sorted(got) == sorted(want),

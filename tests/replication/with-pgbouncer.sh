@@ -105,16 +105,37 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' INT TERM
 
-(cd / && as_owner pgbouncer -d -q "$d/pgbouncer.ini") || {
-    tail -n 20 "$d/pgbouncer.log" >&2 || true
-    die "pgbouncer did not start"
-}
-i=0
-until [ -f "$d/pgbouncer.pid" ] && ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || die "pgbouncer does not listen on 127.0.0.1:$port"
-    sleep 0.05
+# The port is in the kernel's ephemeral range (32768-60999), so a client
+# socket may hold it as its local port for a moment and pgbouncer's bind
+# fails: then try the same port + 100, + 200.
+started=0
+for try in 0 1 2; do
+    if [ "$try" -gt 0 ]; then
+        port=$((port + 100))
+        sed -i "s/^listen_port = .*/listen_port = $port/" "$d/pgbouncer.ini"
+        log "retrying on 127.0.0.1:$port"
+    fi
+    rm -f "$d/pgbouncer.pid"
+    (cd / && as_owner pgbouncer -d -q "$d/pgbouncer.ini") || {
+        tail -n 5 "$d/pgbouncer.log" >&2 || true
+        continue
+    }
+    i=0
+    until [ -f "$d/pgbouncer.pid" ] && ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; do
+        i=$((i + 1))
+        [ $i -lt 200 ] || break
+        sleep 0.05
+    done
+    if [ $i -lt 200 ]; then
+        started=1
+        break
+    fi
+    tail -n 5 "$d/pgbouncer.log" >&2 || true
+    [ -f "$d/pgbouncer.pid" ] && kill "$(cat "$d/pgbouncer.pid")" 2>/dev/null || true
+    sleep 0.2
 done
+[ $started = 1 ] || die "pgbouncer does not listen on 127.0.0.1 (last port $port); its log is above"
+
 log "pgbouncer ($mode pooling) on 127.0.0.1:$port in front of 127.0.0.1:$pgport"
 
 puri="postgresql://$userinfo@127.0.0.1:$port/$db"

@@ -2059,6 +2059,73 @@ static int my_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb, 
     return rc;
 }
 
+/* ---------------------------------------------------------------------------
+ * Producer marks (ABI 2.1). The producer goes in as a hex literal: no
+ * quoting to get wrong, whatever bytes it holds.
+ * ------------------------------------------------------------------------- */
+static void my_hex(char *out, const char *s)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (; *s; s++) {
+        *out++ = hx[(unsigned char)*s >> 4];
+        *out++ = hx[(unsigned char)*s & 15];
+    }
+    *out = '\0';
+}
+
+static int my_mark_put(mqs_be_conn *c, const char *producer, int64_t seq,
+                       int64_t now_ms)
+{
+    char hex[2 * 128 + 1], sql[512];
+    MY_CHECK_CONN(c);
+    if (strlen(producer) > 128)
+        return MQS_EINVAL;
+    my_hex(hex, producer);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO mqs_producer_mark (producer, seq, updated_ms) "
+             "VALUES (X'%s', %" PRId64 ", %" PRId64 ") ON DUPLICATE KEY "
+             "UPDATE seq = GREATEST(seq, VALUES(seq)), "
+             "updated_ms = VALUES(updated_ms)",
+             hex, seq, now_ms);
+    return my_exec(c, "recording a producer mark", sql, NULL);
+}
+
+static int my_mark_list(mqs_be_conn *c, mqs_be_mark_cb cb, void *ud)
+{
+    static const char q[] = "SELECT producer, seq FROM mqs_producer_mark";
+    MY_CHECK_CONN(c);
+    if (mysql_real_query(c->db, q, sizeof q - 1))
+        return my_fail_db(c, "listing producer marks", 0);
+    MYSQL_RES *res = mysql_use_result(c->db);
+    if (!res)
+        return my_fail_db(c, "listing producer marks", 0);
+    MYSQL_ROW row;
+    int stopped = 0;
+    while (!stopped && (row = mysql_fetch_row(res))) {
+        unsigned long *len = mysql_fetch_lengths(res);
+        char p[129];
+        size_t n = len && len[0] < sizeof p ? len[0] : 0;
+        memcpy(p, row[0] ? row[0] : "", n);
+        p[n] = '\0';
+        stopped = cb(ud, p, my_i64(row[1]));
+    }
+    int rc = 0;
+    if (!stopped && mysql_errno(c->db))
+        rc = my_fail_db(c, "listing producer marks", 0);
+    mysql_free_result(res);
+    return rc ? rc : stopped;
+}
+
+static int my_mark_prune(mqs_be_conn *c, int64_t before_ms, uint64_t *removed)
+{
+    char sql[128];
+    MY_CHECK_CONN(c);
+    snprintf(sql, sizeof sql,
+             "DELETE FROM mqs_producer_mark WHERE updated_ms < %" PRId64,
+             before_ms);
+    return my_exec(c, "pruning producer marks", sql, removed);
+}
+
 static int my_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 {
     static const char q[] =
@@ -2877,6 +2944,9 @@ static const mqs_backend my_backend = {
     .lock_fence = my_lock_fence,
     .session_lock = my_session_lock,
     .session_unlock = my_session_unlock,
+    .mark_put = my_mark_put,
+    .mark_list = my_mark_list,
+    .mark_prune = my_mark_prune,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *MQS_BACKEND_ENTRY(void)

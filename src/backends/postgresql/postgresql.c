@@ -2291,6 +2291,66 @@ static const char SQL_DEST_LIST[] =
     "ON s.id IS NOT NULL "
     "ORDER BY d.id, COALESCE(s.id, 0)";
 
+/* ---------------------------------------------------------------------------
+ * Producer marks (ABI 2.1)
+ * ------------------------------------------------------------------------- */
+static int pg_mark_put(mqs_be_conn *c, const char *producer, int64_t seq,
+                       int64_t now_ms)
+{
+    char sq[24], now[24];
+    snprintf(sq, sizeof sq, "%lld", (long long)seq);
+    snprintf(now, sizeof now, "%lld", (long long)now_ms);
+    const Oid types[3] = {PG_OID_TEXT, PG_OID_INT8, PG_OID_INT8};
+    const char *vals[3] = {producer, sq, now};
+    const pg_stmt st = {"INSERT INTO mqs_producer_mark (producer, seq, "
+                        "updated_ms) VALUES ($1, $2, $3) ON CONFLICT "
+                        "(producer) DO UPDATE SET seq = GREATEST("
+                        "mqs_producer_mark.seq, EXCLUDED.seq), "
+                        "updated_ms = EXCLUDED.updated_ms",
+                        3, types, vals, NULL, NULL};
+    /* Queued for the transaction's next round trip, like the acks. */
+    return pg_defer(c, "producer mark (mqs_producer_mark)", &st, NULL, NULL);
+}
+
+static int pg_mark_list(mqs_be_conn *c, mqs_be_mark_cb cb, void *ud)
+{
+    const char *what = "producer mark list (mqs_producer_mark)";
+    PGresult *r;
+    int rc = pg_run1(c, what, "SELECT producer, seq FROM mqs_producer_mark",
+                     0, NULL, NULL, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r), stop = 0;
+    for (int i = 0; i < n && !stop; i++) {
+        int64_t seq;
+        if (pg_get_int(r, i, 1, &seq)) {
+            rc = pg_bad_result(c, what);
+            break;
+        }
+        stop = cb(ud, PQgetvalue(r, i, 0), seq);
+    }
+    PQclear(r);
+    return rc ? rc : stop;
+}
+
+static int pg_mark_prune(mqs_be_conn *c, int64_t before_ms, uint64_t *removed)
+{
+    char b[24];
+    snprintf(b, sizeof b, "%lld", (long long)before_ms);
+    const Oid types[1] = {PG_OID_INT8};
+    const char *vals[1] = {b};
+    PGresult *r;
+    int rc = pg_run1(c, "producer mark prune (mqs_producer_mark)",
+                     "DELETE FROM mqs_producer_mark WHERE updated_ms < $1", 1,
+                     types, vals, &r);
+    if (rc)
+        return rc;
+    if (removed)
+        *removed = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
 static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 {
     const char *what = "destination list (mqs_dest, mqs_sub)";
@@ -3198,6 +3258,9 @@ static const mqs_backend pg_backend = {
     .lock_fence = pg_lock_fence,
     .session_lock = pg_session_lock,
     .session_unlock = pg_session_unlock,
+    .mark_put = pg_mark_put,
+    .mark_list = pg_mark_list,
+    .mark_prune = pg_mark_prune,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *

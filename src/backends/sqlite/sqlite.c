@@ -95,6 +95,9 @@ enum sqlite_stmt_id {
     ST_LOCK_RENEW,
     ST_LOCK_RELEASE,
     ST_LOCK_FORCE,
+    ST_MARK_PUT,
+    ST_MARK_LIST,
+    ST_MARK_PRUNE,
     ST_COUNT
 };
 
@@ -111,6 +114,15 @@ static const struct {
     [ST_BEGIN] = {"BEGIN IMMEDIATE", "BEGIN IMMEDIATE"},
     [ST_COMMIT] = {"COMMIT", "COMMIT"},
     [ST_ROLLBACK] = {"ROLLBACK", "ROLLBACK"},
+    [ST_MARK_PUT] = {"producer mark",
+                     "INSERT INTO mqs_producer_mark (producer, seq, updated_ms) "
+                     "VALUES (?1, ?2, ?3) ON CONFLICT (producer) DO UPDATE SET "
+                     "seq = max(seq, excluded.seq), "
+                     "updated_ms = excluded.updated_ms"},
+    [ST_MARK_LIST] = {"producer mark list",
+                      "SELECT producer, seq FROM mqs_producer_mark"},
+    [ST_MARK_PRUNE] = {"producer mark prune",
+                       "DELETE FROM mqs_producer_mark WHERE updated_ms < ?1"},
     [ST_META_SET] = {"recording the schema version in mqs_meta",
                      "INSERT INTO mqs_meta (key, value) "
                      "VALUES ('schema_version', ?1) "
@@ -1660,6 +1672,59 @@ static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 }
 
 /* ---------------------------------------------------------------------------
+ * Producer marks (ABI 2.1)
+ * ------------------------------------------------------------------------- */
+static int sqlite_mark_put(mqs_be_conn *c, const char *producer, int64_t seq,
+                           int64_t now_ms)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite_get(c, ST_MARK_PUT, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, producer, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, now_ms);
+    return sqlite_run(c, st, ST_MARK_PUT, NULL);
+}
+
+static int sqlite_mark_list(mqs_be_conn *c, mqs_be_mark_cb cb, void *ud)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite_get(c, ST_MARK_LIST, &st);
+    if (rc)
+        return rc;
+    int stop = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        stop = cb(ud, (const char *)sqlite3_column_text(st, 0),
+                  sqlite3_column_int64(st, 1));
+        if (stop)
+            break;
+    }
+    if (!stop && rc != SQLITE_DONE) {
+        int ret = sqlite_fail(c, rc, sqlite_sql[ST_MARK_LIST].name);
+        sqlite3_reset(st);
+        return ret;
+    }
+    sqlite3_reset(st);
+    return stop;
+}
+
+static int sqlite_mark_prune(mqs_be_conn *c, int64_t before_ms,
+                             uint64_t *removed)
+{
+    sqlite3_stmt *st;
+    int64_t n = 0;
+    int rc = sqlite_get(c, ST_MARK_PRUNE, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, before_ms);
+    rc = sqlite_run(c, st, ST_MARK_PRUNE, &n);
+    if (removed)
+        *removed = rc ? 0 : (uint64_t)n;
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
  * Exclusive lock (ABI 2.0)
  *
  * Fencing without writing. SQLite has one write lock per database file,
@@ -2502,6 +2567,9 @@ static const mqs_backend sqlite_backend = {
     .lock_fence = sqlite_lock_fence,
     .session_lock = sqlite_session_lock,
     .session_unlock = sqlite_session_unlock,
+    .mark_put = sqlite_mark_put,
+    .mark_list = sqlite_mark_list,
+    .mark_prune = sqlite_mark_prune,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *

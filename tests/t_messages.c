@@ -541,6 +541,27 @@ static void waiter_done(void *ud, int rc, int64_t id, const char *errmsg)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Wait (up to 10 s) for n completions; returns how many came, *failed
+ * how many of them failed. */
+static int waiter_wait(struct waiter *w, int n, int *failed)
+{
+    pthread_mutex_lock(&w->mu);
+    for (int i = 0; i < 1000 && w->done < n; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    int done = w->done;
+    *failed = w->failed;
+    pthread_mutex_unlock(&w->mu);
+    return done;
+}
+
 static void test_ack_async(void **state)
 {
     mqs_store *s = *state;
@@ -556,19 +577,7 @@ static void test_ack_async(void **state)
     TU_OK(mqs_ack_async(s, ids[0], 0, waiter_done, &w), s);
     TU_OK(mqs_ack_async(s, ids[2], 0, waiter_done, &w), s);
     TU_OK(mqs_ack_async(s, ids[3], 0, NULL, NULL), s);
-    pthread_mutex_lock(&w.mu);
-    for (int i = 0; i < 1000 && w.done < 2; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
-    }
-    int done = w.done, failed = w.failed;
-    pthread_mutex_unlock(&w.mu);
+    int failed = 0, done = waiter_wait(&w, 2, &failed);
     assert_int_equal(done, 2);
     assert_int_equal(failed, 0);
     /* the un-awaited ack lands soon after */
@@ -603,19 +612,7 @@ static void test_nack_async(void **state)
     TU_OK(mqs_nack_async(s, a, 0, NULL, NULL), s);
     TU_OK(mqs_nack_async(s, b, 0, waiter_done, &w), s);
     TU_OK(mqs_nack_async(s, (int64_t)1 << 60, 0, waiter_done, &w), s);
-    pthread_mutex_lock(&w.mu);
-    for (int i = 0; i < 1000 && w.done < 3; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
-    }
-    int done = w.done, failed = w.failed;
-    pthread_mutex_unlock(&w.mu);
+    int failed = 0, done = waiter_wait(&w, 3, &failed);
     assert_int_equal(done, 3);
     assert_int_equal(failed, 0);
     /* the un-awaited nack was submitted before the last awaited one, and
@@ -667,19 +664,7 @@ static void test_producer_marks(void **state)
     int64_t id = 0;
     TU_OK(mqs_enqueue(s, &msg, &id), s);
     TU_OK(mqs_ack_async(s, id, 0, waiter_done, &w), s);
-    pthread_mutex_lock(&w.mu);
-    for (int i = 0; i < 1000 && w.done < 4; i++) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
-    }
-    int done = w.done, failed = w.failed;
-    pthread_mutex_unlock(&w.mu);
+    int failed = 0, done = waiter_wait(&w, 4, &failed);
     assert_int_equal(done, 4);
     assert_int_equal(failed, 0);
     TU_OK(mqs_mark_foreach(s, collect_marks, &m), s);

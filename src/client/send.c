@@ -496,15 +496,29 @@ out:
     return rc;
 }
 
-int mqc__commit_locked(mqc_conn *c, const char *txid, const char *what)
+/* Take transaction txid off the connection for COMMIT or ABORT; *lost
+ * when the broker no longer has it (a failover since BEGIN). NULL (and the
+ * error recorded) when the id is unknown. */
+static mqc_txn *txn_take(mqc_conn *c, const char *txid, const char *what,
+                         bool *lost)
 {
     mqc_txn *t = txn_find(c, txid);
-    if (!t)
-        return mqc__err(c, MQC_EINVAL, "%s: unknown transaction '%s' (not "
-                        "from mqc_begin, or already committed/aborted)", what,
-                        txid);
-    bool lost = t->lost || t->gen != c->gen || c->state != C_CONNECTED;
+    if (!t) {
+        mqc__err(c, MQC_EINVAL, "%s: unknown transaction '%s' (not from "
+                 "mqc_begin, or already committed/aborted)", what, txid);
+        return NULL;
+    }
+    *lost = t->lost || t->gen != c->gen || c->state != C_CONNECTED;
     q_remove(&t->link);
+    return t;
+}
+
+int mqc__commit_locked(mqc_conn *c, const char *txid, const char *what)
+{
+    bool lost;
+    mqc_txn *t = txn_take(c, txid, what, &lost);
+    if (!t)
+        return MQC_EINVAL;
     if (lost) {
         int rc = mqc__err(c, MQC_EROLLEDBACK,
                           "%s: transaction %s was lost: the connection failed "
@@ -539,13 +553,10 @@ int mqc_commit(mqc_conn *c, const char *txid)
 
 int mqc__abort_locked(mqc_conn *c, const char *txid, const char *what)
 {
-    mqc_txn *t = txn_find(c, txid);
+    bool lost;
+    mqc_txn *t = txn_take(c, txid, what, &lost);
     if (!t)
-        return mqc__err(c, MQC_EINVAL, "%s: unknown transaction '%s' (not "
-                        "from mqc_begin, or already committed/aborted)", what,
-                        txid);
-    bool lost = t->lost || t->gen != c->gen || c->state != C_CONNECTED;
-    q_remove(&t->link);
+        return MQC_EINVAL;
     if (!lost) {
         buf b = {0};
         frame_begin(&b, "ABORT");

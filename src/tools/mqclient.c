@@ -737,6 +737,26 @@ static void on_sent(void *ud, int status, const char *msg)
     tracker_done(g_tracker, (uint64_t)(uintptr_t)ud, status, msg);
 }
 
+/* End of send and bench: close (which completes anything pending, so no
+ * callback runs after it), free, and the exit code: the first error, a
+ * give-up, an unconfirmed send, an interrupt, in that order. */
+static int send_finish(mqc_conn *c, tracker *t, char *body, const common *co,
+                       int exit_rc, uint64_t conf, uint64_t sent,
+                       bool interrupted)
+{
+    mqc_close(c);
+    g_tracker = NULL;
+    tracker_free(t);
+    free(body);
+    if (exit_rc != EXIT_OK)
+        return exit_rc;
+    if (co->gave_up)
+        return EXIT_CONNECT;
+    if (conf != sent)
+        return EXIT_FAIL;
+    return interrupted ? EXIT_INTR : EXIT_OK;
+}
+
 /* ------------------------------------------------------------------------
  * send
  * ---------------------------------------------------------------------- */
@@ -1021,17 +1041,7 @@ static int cmd_send(int argc, char **argv)
         printf("%s\n", interrupted ? " (interrupted)" : "");
     }
     fflush(stdout);
-    mqc_close(c); /* completes anything pending: no callback after this */
-    g_tracker = NULL;
-    tracker_free(&t);
-    free(body);
-    if (exit_rc != EXIT_OK)
-        return exit_rc;
-    if (co.gave_up)
-        return EXIT_CONNECT;
-    if (conf != sent)
-        return EXIT_FAIL;
-    return interrupted ? EXIT_INTR : EXIT_OK;
+    return send_finish(c, &t, body, &co, exit_rc, conf, sent, interrupted);
 }
 
 /* ------------------------------------------------------------------------
@@ -1500,17 +1510,7 @@ static int cmd_bench(int argc, char **argv)
     }
     fflush(stdout);
     free(lat);
-    mqc_close(c);
-    g_tracker = NULL;
-    tracker_free(&t);
-    free(body);
-    if (exit_rc != EXIT_OK)
-        return exit_rc;
-    if (co.gave_up)
-        return EXIT_CONNECT;
-    if (conf != sent)
-        return EXIT_FAIL;
-    return interrupted ? EXIT_INTR : EXIT_OK;
+    return send_finish(c, &t, body, &co, exit_rc, conf, sent, interrupted);
 }
 
 /* ------------------------------------------------------------------------

@@ -823,6 +823,28 @@ static void g_pushed_list(void **state)
     mqh_broker_kill9(&B);
 }
 
+/* g_pushed_mqbroker and g_reconnect_to: start A advertising adv (A and B),
+ * open a client on a failover URI that lists A only (plus opts), and see
+ * it connect to A. */
+static mqc_conn *g_advertising_a(mqh_broker *A, const char *name, int pa,
+                                 const char *adv, const char *opts,
+                                 mqh_rec *rec, const char *tag)
+{
+    mqh_broker_init(A, name, pa);
+    mqh_broker_arg(A, "--advertise");
+    mqh_broker_arg(A, adv);
+    CHECK(mqh_broker_start(A, 30000) == 0, "A did not start");
+    char uri[512];
+    snprintf(uri, sizeof uri,
+             "failover:(tcp://127.0.0.1:%d)?randomize=false&timeout=3000&%s",
+             pa, opts);
+    mqh_rec_init(rec, tag);
+    mqc_conn *c = open_conn(uri, rec);
+    CHECK_RC_C(c, mqc_wait_connected(c, 5000), 0);
+    expect_broker(c, pa, "the client");
+    return c;
+}
+
 /* The same with mqbroker's own --advertise: A tells the client about B
  * (mq-brokers), then dies; B was never in the URI. */
 static void g_pushed_mqbroker(void **state)
@@ -836,19 +858,13 @@ static void g_pushed_mqbroker(void **state)
     CHECK(mqh_broker_start(&B, 30000) == 0, "B did not start");
     for (int supported = 1; supported >= 0; supported--) {
         mqh_broker A;
-        mqh_broker_init(&A, supported ? "gpA1" : "gpA0", pa);
-        mqh_broker_arg(&A, "--advertise");
-        mqh_broker_arg(&A, adv);
-        CHECK(mqh_broker_start(&A, 30000) == 0, "A did not start");
-        snprintf(uri, sizeof uri,
-                 "failover:(tcp://127.0.0.1:%d)?randomize=false&timeout=3000"
-                 "&updateURIsSupported=%s",
-                 pa, supported ? "true" : "false");
         static mqh_rec rec;
-        mqh_rec_init(&rec, supported ? "g-advertise" : "g-advertise-off");
-        mqc_conn *c = open_conn(uri, &rec);
-        CHECK_RC_C(c, mqc_wait_connected(c, 5000), 0);
-        expect_broker(c, pa, "the client");
+        snprintf(uri, sizeof uri, "updateURIsSupported=%s",
+                 supported ? "true" : "false");
+        mqc_conn *c = g_advertising_a(&A, supported ? "gpA1" : "gpA0", pa,
+                                      adv, uri, &rec,
+                                      supported ? "g-advertise"
+                                                : "g-advertise-off");
         mqh_sleep_ms(100);
         mqh_broker_kill9(&A);
         if (supported) {
@@ -886,19 +902,14 @@ static void g_reconnect_to(void **state)
     CHECK(mqh_broker_start(&B, 30000) == 0, "B did not start");
     for (int supported = 1; supported >= 0; supported--) {
         mqh_broker A;
-        mqh_broker_init(&A, supported ? "grA1" : "grA0", pa);
-        mqh_broker_arg(&A, "--advertise");
-        mqh_broker_arg(&A, adv);
-        CHECK(mqh_broker_start(&A, 30000) == 0, "A did not start");
-        snprintf(uri, sizeof uri,
-                 "failover:(tcp://127.0.0.1:%d)?randomize=false&timeout=3000"
-                 "&updateURIsSupported=false&reconnectSupported=%s",
-                 pa, supported ? "true" : "false");
         static mqh_rec rec;
-        mqh_rec_init(&rec, supported ? "g-reconnect-to" : "g-reconnect-to-off");
-        mqc_conn *c = open_conn(uri, &rec);
-        CHECK_RC_C(c, mqc_wait_connected(c, 5000), 0);
-        expect_broker(c, pa, "the client");
+        snprintf(uri, sizeof uri,
+                 "updateURIsSupported=false&reconnectSupported=%s",
+                 supported ? "true" : "false");
+        mqc_conn *c = g_advertising_a(&A, supported ? "grA1" : "grA0", pa,
+                                      adv, uri, &rec,
+                                      supported ? "g-reconnect-to"
+                                                : "g-reconnect-to-off");
         CHECK(mqh_broker_stop(&A) == 0, "A did not stop cleanly");
         if (supported) {
             CHECK(mqh_rec_wait(&rec, MQH_EV_RESUMED, 1, 10000),

@@ -411,6 +411,22 @@ class StompClient:
         return out
 
 
+def read_until(sock, needle, timeout=5.0):
+    """Bytes read from a raw socket until needle appears, EOF, an error or
+    timeout seconds; returns what was read."""
+    sock.settimeout(timeout)
+    data, end = b"", time.monotonic() + timeout
+    try:
+        while needle not in data and time.monotonic() < end:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
 def connect_client(port, name, headers=None, timeout=DEFAULT_TIMEOUT):
     c = StompClient(port, name=name, timeout=timeout)
     try:

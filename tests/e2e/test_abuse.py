@@ -154,16 +154,7 @@ def half_close(env, port):
     s.sendall(e.encode_frame("SEND", {"destination": env.dest("queue", "half"),
                                       "persistent": "true", "receipt": "r-half"}, b"x"))
     s.shutdown(socket.SHUT_WR)
-    s.settimeout(5)
-    data = b""
-    try:
-        while b"r-half" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
+    data = e.read_until(s, b"r-half")
     s.close()
     e.check(b"RECEIPT" in data and b"r-half" in data,
             f"half-closed client got {data[:200]!r}, no RECEIPT")
@@ -203,16 +194,7 @@ def paused_producer(env):
     msgs = cons.drain(quiet=1.0, max_total=20.0)
     stop.set()
     t.join(5)
-    s.settimeout(5)
-    data = b""
-    try:
-        while b"receipt-id:last" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
+    data = e.read_until(s, b"receipt-id:last")
     s.close()
     cons.close()
     e.check(b"receipt-id:last" in data,

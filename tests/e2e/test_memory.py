@@ -120,15 +120,7 @@ def global_ceiling(env, results):
         s_.settimeout(20)
         s_.sendall(e.encode_frame("SEND", {"destination": qs[i], "receipt": f"last{i}"},
                                   b"last"))
-        data, end = b"", time.monotonic() + 20
-        while f"receipt-id:last{i}".encode() not in data and time.monotonic() < end:
-            try:
-                chunk = s_.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = e.read_until(s_, f"receipt-id:last{i}".encode(), 20)
         e.check(f"receipt-id:last{i}".encode() in data,
                 f"f: producer {i} never resumed (no RECEIPT after the drain)")
         s_.close()

@@ -23,6 +23,9 @@
  *   R <token> <mono>               about to release (stops believing)
  *   L <token> <mono> <reason>      on_lost
  *   F <token> <mono> <rc>          a write failed with MQS_EFENCED
+ *   U <mono> <rc>                  a write's outcome is unknown (the
+ *                                  database went away during COMMIT); the
+ *                                  node goes on writing
  *   X <mono> <rc> <message>        any other failure
  * Exit: 0 done, 3 fenced, 4 other failure.
  */
@@ -151,6 +154,14 @@ int main(int argc, char **argv)
                          .priority = MQS_PRIORITY_DEFAULT};
             int64_t id = 0;
             rc = mqs_enqueue(s, &m, &id);
+            if (rc == MQS_EUNKNOWN) {
+                /* The database went away during COMMIT (a restart): the
+                 * message may or may not be stored. A real producer
+                 * resends; the node notes it and goes on, as the master
+                 * it still is. */
+                logf_("U %lld %d", mono_ms(), rc);
+                continue;
+            }
             if (rc == MQS_EFENCED) {
                 logf_("F %lld %lld %d", (long long)token, mono_ms(), rc);
                 status = 3;
@@ -166,6 +177,10 @@ int main(int argc, char **argv)
             if (ack_every > 0 && seq % ack_every == 0) {
                 logf_("P %lld %lld", (long long)id, mono_ms());
                 rc = mqs_ack(s, id, 0);
+                if (rc == MQS_EUNKNOWN) { /* as above: acks are idempotent */
+                    logf_("U %lld %d", mono_ms(), rc);
+                    continue;
+                }
                 if (rc == MQS_EFENCED) {
                     logf_("F %lld %lld %d", (long long)token, mono_ms(), rc);
                     status = 3;

@@ -1071,7 +1071,8 @@ typedef struct i_ctx {
     atomic_int borrowed_now, max_borrowed, errors, sent;
     atomic_int stop;
     int port;
-    int max_open, max_borrowed_pool, max_established;
+    atomic_int max_open, max_borrowed_pool; /* from mqc_pool_counts */
+    int max_established;                    /* sampler only */
     char first_err[256];
     atomic_int have_err;
 } i_ctx;
@@ -1086,6 +1087,13 @@ static void i_err(i_ctx *x, const char *what, int rc, const char *msg)
                  mqc_errname(rc), msg);
 }
 
+static void i_max(atomic_int *m, int v)
+{
+    int prev = atomic_load(m);
+    while (v > prev && !atomic_compare_exchange_weak(m, &prev, v)) {
+    }
+}
+
 static void *i_worker(void *arg)
 {
     i_ctx *x = arg;
@@ -1097,9 +1105,13 @@ static void *i_worker(void *arg)
             continue;
         }
         int now = atomic_fetch_add(&x->borrowed_now, 1) + 1;
-        int prev = atomic_load(&x->max_borrowed);
-        while (now > prev && !atomic_compare_exchange_weak(&x->max_borrowed, &prev, now)) {
-        }
+        i_max(&x->max_borrowed, now);
+        /* The pool's own counts, seen by every borrower: a sampler thread
+         * alone may not get the CPU before a fast run is over. */
+        int open = 0, borrowed = 0;
+        mqc_pool_counts(x->pool, &open, &borrowed);
+        i_max(&x->max_open, open);
+        i_max(&x->max_borrowed_pool, borrowed);
         char body[32];
         int n = snprintf(body, sizeof body, "i-%d", atomic_fetch_add(&x->sent, 1));
         rc = mqc_send(c, x->dest, body, (size_t)n, NULL);
@@ -1118,10 +1130,8 @@ static void *i_sampler(void *arg)
         int open = 0, borrowed = 0;
         mqc_pool_counts(x->pool, &open, &borrowed);
         int est = mqh_count_established(x->port);
-        if (open > x->max_open)
-            x->max_open = open;
-        if (borrowed > x->max_borrowed_pool)
-            x->max_borrowed_pool = borrowed;
+        i_max(&x->max_open, open);
+        i_max(&x->max_borrowed_pool, borrowed);
         if (est > x->max_established)
             x->max_established = est;
         mqh_sleep_ms(5);
@@ -1170,18 +1180,28 @@ static void i_pool(void **state)
     mqc_pool_counts(x.pool, &open, &borrowed);
     mqh_log("pool: max open %d, max borrowed %d (pool) / %d (threads), max "
             "TCP connections at the broker %d (incl. the consumer); now open %d "
-            "borrowed %d; errors %d", x.max_open, x.max_borrowed_pool,
+            "borrowed %d; errors %d", atomic_load(&x.max_open),
+            atomic_load(&x.max_borrowed_pool),
             atomic_load(&x.max_borrowed), x.max_established, open, borrowed,
             atomic_load(&x.errors));
     CHECK(atomic_load(&x.errors) == 0, "%d errors, first: %s",
           atomic_load(&x.errors), x.first_err);
-    CHECK(x.max_open <= I_MAX && x.max_borrowed_pool <= I_MAX &&
+    CHECK(atomic_load(&x.max_open) <= I_MAX &&
+              atomic_load(&x.max_borrowed_pool) <= I_MAX &&
           atomic_load(&x.max_borrowed) <= I_MAX,
-          "more than %d connections: open %d borrowed %d/%d", I_MAX, x.max_open,
-          x.max_borrowed_pool, atomic_load(&x.max_borrowed));
-    CHECK(x.max_established <= I_MAX + 1, "%d TCP connections at the broker "
-          "(max %d pooled + 1 consumer)", x.max_established, I_MAX);
-    CHECK(x.max_open >= 2, "the pool never had 2 connections open with %d "
+          "more than %d connections: open %d borrowed %d/%d", I_MAX,
+          atomic_load(&x.max_open),
+          atomic_load(&x.max_borrowed_pool), atomic_load(&x.max_borrowed));
+    /* The exact bound at the broker is its own --max-connections 101: a
+     * 102nd concurrent connection would be refused and show as an error
+     * above. /proc/net/tcp is sampled without the pool's lock and can
+     * catch one socket of a connection being replaced still ESTABLISHED
+     * (seen once in CI under load): one more is tolerated there. */
+    CHECK(x.max_established <= I_MAX + 2, "%d TCP connections at the broker "
+          "(max %d pooled + 1 consumer, +1 sampling slack)",
+          x.max_established, I_MAX);
+    CHECK(atomic_load(&x.max_open) >= 2, "the pool never had 2 connections "
+          "open with %d "
           "threads", I_THREADS);
     CHECK(borrowed == 0, "%d connections still borrowed", borrowed);
     mqc_pool_close(x.pool);

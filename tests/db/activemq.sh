@@ -302,7 +302,13 @@ start() {
     printf '%s\n' "$pid" >"$d/pid"
     while :; do
         if ! broker_pid "$name" >/dev/null; then
-            fail_start "$d" "instance $name (pid $pid) exited during start-up (logs above)"
+            # Right after the fork the child may not have exec'd java yet
+            # (its cmdline is still this shell's): a live, non-zombie pid
+            # gets 10 s to become the broker before it counts as gone.
+            st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+            if [ -z "$st" ] || [ "$st" = Z ] || [ $(($(date +%s) - t0)) -ge 10 ]; then
+                fail_start "$d" "instance $name (pid $pid) exited during start-up (logs above)"
+            fi
         fi
         if stomp_ready "$port"; then
             break

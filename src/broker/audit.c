@@ -203,9 +203,11 @@ static void mark_logged(void *ud, int rc, int64_t id, const char *errmsg)
  * the ack, the mark commits in the same group or earlier, never after. */
 void audit_mark(const msg *m)
 {
+    if (B.cfg.producer_audit == 0) /* off: no header scan per ack */
+        return;
     uint64_t v;
     const char *producer = hdr_ids(m->hdrs, m->hdrs_len, &v);
-    if (!producer || B.cfg.producer_audit == 0 || v > INT64_MAX)
+    if (!producer || v > INT64_MAX)
         return;
     int rc = mqs_mark_async(B.store, producer, (int64_t)v, mark_logged, NULL);
     if (rc && rc != MQS_ENOTSUP)

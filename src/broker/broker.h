@@ -64,6 +64,7 @@ typedef struct entry {
     uint64_t tag; /* its ack id on that connection */
     bool redelivered;
     bool marked; /* "delivered once" already persisted */
+    uint64_t mid_key; /* str_key(message-id) in s->c->mids, while delivered */
     uint32_t nacks; /* NACKs so far (from the store's count at recovery) */
 } entry;
 

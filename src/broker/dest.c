@@ -500,10 +500,8 @@ static void entry_undeliver(entry *e)
     s->nunacked--;
     s->c->nunacked--;
     idmap_del(&s->c->acks, e->tag);
-    char mid[96];
-    entry_message_id(e, mid, sizeof mid);
-    if (idmap_get(&s->c->mids, str_key(mid)) == e)
-        idmap_del(&s->c->mids, str_key(mid));
+    if (idmap_get(&s->c->mids, e->mid_key) == e)
+        idmap_del(&s->c->mids, e->mid_key);
     e->s = NULL;
     e->tag = 0;
 }
@@ -606,7 +604,8 @@ static void deliver(entry *e, sub *s)
     idmap_put(&c->acks, e->tag, e);
     char mid[96];
     entry_message_id(e, mid, sizeof mid);
-    idmap_put(&c->mids, str_key(mid), e); /* the newest, if one is twice */
+    e->mid_key = str_key(mid); /* kept: undeliver needs no new string */
+    idmap_put(&c->mids, e->mid_key, e); /* the newest, if one is twice */
     conn_write_message(c, s, e);
     if (entry_stored(e) && !e->marked) {
         /* Persist "delivered once" without waiting, so after a failover

@@ -967,6 +967,85 @@ static void test_inflight_after_lost(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * 4b. PostgreSQL: the server ends the writer's session while the fence's
+ *     guard waits (a restart, pg_terminate_backend). That is a lost
+ *     connection before COMMIT ran, not a fence: the write is retried and
+ *     stored once, and the master keeps its lock. (It used to be taken for
+ *     a fence: a database restart within the lease deposed the master.)
+ * ---------------------------------------------------------------------- */
+
+static void test_guard_session_ended(void **state)
+{
+    (void)state;
+    if (!is_pg()) {
+        print_message("  PostgreSQL's pipelined guard only\n");
+        return;
+    }
+    char dest[128], cluster[128];
+    fx_name(dest, sizeof dest, "guardend");
+    fx_name(cluster, sizeof cluster, "gecl");
+    char *uri = uri_with("cluster=%s&node_id=fx-ge-master&lease_ms=20000&"
+                         "renew_ms=2000", cluster);
+    mqs_store *s = open_store(uri);
+    const char body[] = "the guard's session ended";
+    mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
+    static ha_watch w;
+    ha_watch_init(&w);
+    mqs_lock_cbs cbs = ha_cbs(&w);
+    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
+    FX_OK(mqs_enqueue(s, &m, NULL), s); /* the destination exists */
+
+    /* The guard reads mqs_lock: an exclusive table lock holds it there. */
+    fx_admin *a = fx_admin_open();
+    fx_admin_must(a, "BEGIN");
+    fx_admin_must(a, "LOCK TABLE mqs_lock IN ACCESS EXCLUSIVE MODE");
+    static done_track d;
+    done_init(&d);
+    int erc = mqs_enqueue_async(s, &m, done_cb, &d);
+    if (erc) {
+        admin_try(a, "ROLLBACK");
+        fail_msg("mqs_enqueue_async: %s: %s", rcname(erc), mqs_errmsg(s));
+    }
+    fx_admin *k = fx_admin_open();
+    int64_t killed = 0, t0 = fx_mono_ms();
+    while (!killed && fx_mono_ms() < t0 + 10000) {
+        fx_sleep_ms(20);
+        killed = fx_admin_must_i64(
+            k, "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+               "FROM pg_stat_activity WHERE datname = current_database() "
+               "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
+               "AND query LIKE '%mqstore fence: node%'");
+    }
+    fx_admin_close(k);
+    admin_try(a, "ROLLBACK");
+    verdict v = {{0}};
+    if (!killed)
+        vfail(&v, "the write never waited in the guard (10 s)");
+    int hung = done_wait(&d, 1, 20000) != 0;
+    fx_sleep_ms(300); /* an on_lost would be delivered by now */
+    int64_t lost = ha_lost_at(&w);
+    int64_t rows = count_rows(a, dest);
+    fx_admin_close(a);
+    print_message("  guard's session ended: the write completed with %s %s; "
+                  "on_lost %s; rows %lld (expected 2)\n",
+                  hung ? "(nothing)" : rcname(d.first_rc), d.first_err,
+                  lost ? w.reason : "not delivered", (long long)rows);
+    if (hung)
+        vfail(&v, "the write never completed (20 s)");
+    else if (d.first_rc != 0)
+        vfail(&v, "the write failed with %s; a session the server ended "
+                  "before COMMIT is retried", rcname(d.first_rc));
+    if (lost)
+        vfail(&v, "the master was deposed (%s)", w.reason);
+    if (rows != 2)
+        vfail(&v, "%lld row(s) stored, expected 2", (long long)rows);
+    (void)mqs_lock_release(s);
+    mqs_close(s);
+    free(uri);
+    verdict_end(&v);
+}
+
+/* ------------------------------------------------------------------------
  * 5-7. The open-transaction run: 4 producers for MQSTORE_FENCE_SECONDS
  * while another session keeps a transaction open; a trigger counts the
  * UPDATEs of mqs_lock; a standby waits all along.
@@ -1118,6 +1197,52 @@ static void run_abort(fx_admin *a, const char *sfx, const char *what,
     fail_msg("%s: %s", what, msg);
 }
 
+/* Rates of a finished run: msg/s over its first and last win seconds. */
+static void run_rates(run_ctx *r, int secs, int *win_out, double *f_rate,
+                      double *l_rate, uint64_t *total_out, char *per_s,
+                      size_t per_len)
+{
+    int win = secs >= 10 ? 5 : (secs / 2 > 0 ? secs / 2 : 1);
+    uint64_t first = 0, last = 0, total = 0;
+    for (int i = 0; i < secs; i++) {
+        uint64_t b = atomic_load(&r->bucket[i]);
+        total += b;
+        if (i < win)
+            first += b;
+        if (i >= secs - win)
+            last += b;
+    }
+    per_s[0] = '\0';
+    for (int i = 0; i < secs && strlen(per_s) < per_len - 16; i++)
+        snprintf(per_s + strlen(per_s), per_len - strlen(per_s), "%s%llu",
+                 i ? " " : "", (unsigned long long)atomic_load(&r->bucket[i]));
+    *win_out = win;
+    *f_rate = (double)first / win;
+    *l_rate = (double)last / win;
+    *total_out = total;
+}
+
+/* 4 producers on dest for secs; returns nonzero if one hung. */
+static int run_producers(run_ctx *r, mqs_store *M, const char *dest, int secs)
+{
+    pthread_mutex_destroy(&r->mu);
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    r->s = M;
+    r->dest = dest;
+    r->t0 = fx_mono_ms();
+    r->t_end = r->t0 + (int64_t)secs * 1000;
+    static bthread pt[4];
+    for (int i = 0; i < 4; i++)
+        bthread_start(&pt[i], producer_main, r);
+    int hung = 0;
+    for (int i = 0; i < 4; i++)
+        if (bthread_join(&pt[i], (int64_t)secs * 1000 + 30000 -
+                                     (fx_mono_ms() - r->t0)) != 0)
+            hung = 1;
+    return hung;
+}
+
 static void test_open_txn_run(void **state)
 {
     (void)state;
@@ -1188,20 +1313,8 @@ static void test_open_txn_run(void **state)
     int64_t upd0 = trigger_count(a, sfx);
 
     static run_ctx r;
-    memset(&r, 0, sizeof r);
     pthread_mutex_init(&r.mu, NULL);
-    r.s = M;
-    r.dest = dest;
-    r.t0 = fx_mono_ms();
-    r.t_end = r.t0 + (int64_t)secs * 1000;
-    static bthread pt[4];
-    for (int i = 0; i < 4; i++)
-        bthread_start(&pt[i], producer_main, &r);
-    int hung = 0;
-    for (int i = 0; i < 4; i++)
-        if (bthread_join(&pt[i], (int64_t)secs * 1000 + 30000 -
-                                     (fx_mono_ms() - r.t0)) != 0)
-            hung = 1;
+    int hung = run_producers(&r, M, dest, secs);
     int64_t ran_ms = fx_mono_ms() - r.t0;
     int64_t upd1 = trigger_count(a, sfx);
     fx_sleep_ms(1500); /* PostgreSQL flushes session stats about every 1 s */
@@ -1219,21 +1332,11 @@ static void test_open_txn_run(void **state)
     fx_admin_close(a);
 
     /* 5. throughput */
-    int win = secs >= 10 ? 5 : (secs / 2 > 0 ? secs / 2 : 1);
-    uint64_t first = 0, last = 0, total = 0;
-    for (int i = 0; i < secs; i++) {
-        uint64_t b = atomic_load(&r.bucket[i]);
-        total += b;
-        if (i < win)
-            first += b;
-        if (i >= secs - win)
-            last += b;
-    }
-    double f_rate = (double)first / win, l_rate = (double)last / win;
-    char per_s[1024] = "";
-    for (int i = 0; i < secs && strlen(per_s) < sizeof per_s - 16; i++)
-        snprintf(per_s + strlen(per_s), sizeof per_s - strlen(per_s), "%s%llu",
-                 i ? " " : "", (unsigned long long)atomic_load(&r.bucket[i]));
+    int win;
+    double f_rate, l_rate;
+    uint64_t total;
+    char per_s[1024];
+    run_rates(&r, secs, &win, &f_rate, &l_rate, &total, per_s, sizeof per_s);
     print_message("  %d s, 4 producers, 1 KiB, a transaction open elsewhere: "
                   "%llu messages; first %d s %.0f msg/s, last %d s %.0f "
                   "msg/s (%.0f %%); per second: %s\n",
@@ -1252,16 +1355,43 @@ static void test_open_txn_run(void **state)
      * server; cause not found yet, see issue 9's note), and SQLite's
      * seconds swing 2x on this 2-core machine (79 % once in CI): printed,
      * not asserted, for those two. */
-    if (first == 0)
+    /* On PostgreSQL a decay is then checked against a control: the same
+     * run again without the open transaction. The machine and the growing
+     * table slow both (one CI run: 65 %, per second 6.1k for 10 s, then
+     * 2.6-4.4k); only a decay the open transaction adds (what the old lock
+     * row did) fails: more than 15 points below the control's. */
+    if (f_rate <= 0)
         vfail(&v, "no message was stored in the first %d s", win);
     else if (l_rate < 0.8 * f_rate && !is_pg())
         print_message("  NOT ASSERTED on this backend: last %d s %.0f msg/s "
                       "is %.0f %% of the first %d s\n",
                       win, l_rate, 100.0 * l_rate / f_rate, win);
-    else if (l_rate < 0.8 * f_rate)
-        vfail(&v, "throughput decayed: last %d s %.0f msg/s < 80 %% of the "
-                  "first %d s %.0f msg/s",
-              win, l_rate, win, f_rate);
+    else if (l_rate < 0.8 * f_rate && !hung) {
+        char cdest[128], cper[1024];
+        fx_name(cdest, sizeof cdest, "runctl");
+        static run_ctx rc;
+        pthread_mutex_init(&rc.mu, NULL);
+        int chung = run_producers(&rc, M, cdest, secs);
+        int cwin;
+        double cf, cl;
+        uint64_t ctotal;
+        run_rates(&rc, secs, &cwin, &cf, &cl, &ctotal, cper, sizeof cper);
+        double ratio = l_rate / f_rate, cratio = cf > 0 ? cl / cf : 0;
+        print_message("  control, no open transaction: %llu messages; first "
+                      "%d s %.0f msg/s, last %d s %.0f msg/s (%.0f %%); per "
+                      "second: %s\n",
+                      (unsigned long long)ctotal, cwin, cf, cwin, cl,
+                      100.0 * cratio, cper);
+        if (mqs_purge(M, MQS_QUEUE, cdest, NULL) != 0)
+            print_message("  note: purge: %s\n", mqs_errmsg(M));
+        if (chung || cf <= 0)
+            vfail(&v, "the control run failed (hung or stored nothing)");
+        else if (ratio < cratio - 0.15)
+            vfail(&v, "throughput decayed with a transaction open: last %d "
+                      "s %.0f msg/s is %.0f %% of the first %d s, against "
+                      "%.0f %% in the same run without it",
+                  win, l_rate, 100.0 * ratio, win, 100.0 * cratio);
+    }
 
     /* 6. UPDATEs of the lock row */
     int64_t upd = upd1 - upd0, upd_max = ran_ms / RUN_RENEW + 5;
@@ -1406,6 +1536,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_acquire_after_cursor),
         cmocka_unit_test(test_renew_backpressure),
         cmocka_unit_test(test_inflight_after_lost),
+        cmocka_unit_test(test_guard_session_ended),
         cmocka_unit_test(test_open_txn_run),
     };
     if (getenv("MQSTORE_TEST_FILTER"))

@@ -954,11 +954,19 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             PQclear(r); /* skipped after the first failure */
         } else if (!pg_ok(r)) {
             if (!rc) {
-                if (kd == PG_IT_GUARD) {
-                    const char *m =
-                        PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+                const char *gm =
+                    kd == PG_IT_GUARD
+                        ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)
+                        : NULL;
+                /* Only the guard's own cast error is a fence. Anything
+                 * else at its position (the server shutting down, a
+                 * cancel, a lost connection) is that error: it proves the
+                 * COMMIT after it never ran, so the write is retried, and
+                 * a master is not deposed by a database restart. */
+                if (kd == PG_IT_GUARD && gm &&
+                    strstr(gm, "mqstore fence:") != NULL) {
                     char why[700];
-                    pg_oneline(why, sizeof why, m ? m : "fenced");
+                    pg_oneline(why, sizeof why, gm);
                     /* The server wraps it: invalid input syntax for type
                      * integer: "mqstore fence: ...". Keep the inside. */
                     char *q = strchr(why, '"'), *e = strrchr(why, '"');
@@ -972,9 +980,12 @@ static int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                 } else if (kd == PG_IT_COMMIT) {
                     rc = pg_fail(c, r, "COMMIT (write transaction)");
                 } else {
-                    rc = pg_fail(c, r, kd == PG_IT_BEGIN ? "BEGIN"
-                                       : kd == PG_IT_DEFER ? c->dq[di].what
-                                                           : what);
+                    rc = pg_fail(c, r,
+                                 kd == PG_IT_BEGIN   ? "BEGIN"
+                                 : kd == PG_IT_GUARD ? "the fence's check "
+                                                       "before COMMIT"
+                                 : kd == PG_IT_DEFER ? c->dq[di].what
+                                                     : what);
                 }
                 err_kd = kd;
             }

@@ -61,7 +61,7 @@ static void remove_tmpdir(void)
 static const tu_group *const groups[] = {
     &tu_group_api,      &tu_group_messages,   &tu_group_topics,
     &tu_group_txn,      &tu_group_recovery,   &tu_group_concurrency,
-    &tu_group_sqlite,
+    &tu_group_sqlite,   &tu_group_paging,
 };
 
 int main(int argc, char **argv)

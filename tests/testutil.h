@@ -128,6 +128,7 @@ extern const tu_group tu_group_txn;
 extern const tu_group tu_group_recovery;
 extern const tu_group tu_group_concurrency;
 extern const tu_group tu_group_sqlite;
+extern const tu_group tu_group_paging;
 
 #define TU_GROUP(var, label, arr)                                              \
     const tu_group var = {label, arr, sizeof(arr) / sizeof((arr)[0])}

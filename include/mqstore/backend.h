@@ -62,7 +62,7 @@ extern "C" {
 
 #define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
 #define MQS_BACKEND_ABI_MAJOR 2 /* bumped on incompatible change */
-#define MQS_BACKEND_ABI_MINOR 1 /* bumped when members are appended */
+#define MQS_BACKEND_ABI_MINOR 2 /* bumped when members are appended */
 
 /* The one symbol a module exports. */
 #define MQS_BACKEND_ENTRY mqs_backend_entry
@@ -383,6 +383,13 @@ typedef struct mqs_backend {
     /* Inside the caller's write transaction: delete the marks whose
      * updated_ms is below before_ms; *removed counts them. */
     int (*mark_prune)(mqs_be_conn *c, int64_t before_ms, uint64_t *removed);
+
+    /* ---- listing without counting (ABI 2.2; optional) ---- */
+    /* The rows of dest_list, same order, with pending = 0 and oldest_ms =
+     * 0, read from the destination and subscription tables only: its cost
+     * must not depend on the number of messages. Absent: the core uses
+     * dest_list. */
+    int (*dest_names)(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud);
 } mqs_backend;
 
 /* Whether table be has an optional member that a later 2.x minor may have

@@ -218,6 +218,36 @@ MQS_API int mqs_mark_prune(mqs_store *s, int64_t older_than_ms,
                            uint64_t *removed);
 
 /* ---------------------------------------------------------------------------
+ * Event loops: completions on the caller's thread, submits that never block.
+ *
+ * By default an async call's done callback runs on the store's writer
+ * thread, and an async submit waits while more than max_pending_bytes are
+ * queued. A single-threaded event loop wants neither: after
+ * mqs_completion_fd() the store
+ *  - queues every completion of an async call (enqueue, ack, nack, mark,
+ *    txn commit, sub create/remove) instead of running it, and makes the
+ *    returned descriptor readable (it is an eventfd: poll it for POLLIN);
+ *  - runs them on the thread that calls mqs_completions_run(), in the order
+ *    they completed (per store, the order of submission), so a callback may
+ *    make any call, synchronous ones included;
+ *  - refuses an async submit that would wait for room with MQS_EBUSY (the
+ *    request is not queued, done is not called): retry after the descriptor
+ *    fires again (every completed batch frees room).
+ * Synchronous calls still block: an event loop must not make them (the
+ * broker's rule). The lock callbacks (on_master, on_lost) stay on library
+ * threads. Not reversible for the life of the handle.
+ * ------------------------------------------------------------------------- */
+/* Switch s to caller-run completions (idempotent) and return the
+ * descriptor, or a negative MQS_E*. The descriptor is the store's: do not
+ * close it (mqs_close does). Any thread. */
+MQS_API int mqs_completion_fd(mqs_store *s);
+/* Run up to max queued completions (0 = every one queued now) on this
+ * thread; returns how many ran (>= 0) or a negative MQS_E*. The descriptor
+ * is re-armed while some are left. One thread at a time per store. At
+ * mqs_close the completions still queued are run by the closing thread. */
+MQS_API int mqs_completions_run(mqs_store *s, size_t max);
+
+/* ---------------------------------------------------------------------------
  * Transactions: a client transaction buffers enqueues and acks in memory
  * (nothing reaches the database before commit) and commits them atomically
  * across destinations. Rollback leaves no trace.
@@ -260,6 +290,16 @@ MQS_API int mqs_sub_lookup(mqs_store *s, const char *topic, const char *name,
                            int64_t *sub_id);
 /* Remove a subscription and everything pending for it. */
 MQS_API int mqs_sub_remove(mqs_store *s, int64_t sub_id);
+/* Async create: returns once queued; done (may be NULL) gets the outcome
+ * with the subscription's id as its id argument. Name errors are returned at
+ * once (done is not called). With mqs_completion_fd: MQS_EBUSY, never a
+ * wait. */
+MQS_API int mqs_sub_create_async(mqs_store *s, const char *topic,
+                                 const char *name, mqs_done_fn done,
+                                 void *ud);
+/* Async remove: done (may be NULL) gets the outcome (id argument 0). */
+MQS_API int mqs_sub_remove_async(mqs_store *s, int64_t sub_id,
+                                 mqs_done_fn done, void *ud);
 
 /* ---------------------------------------------------------------------------
  * Recovery: stream the unconsumed messages in delivery order (priority
@@ -284,6 +324,18 @@ MQS_API int mqs_cursor_open(mqs_store *s, const mqs_cursor_opts *opts,
 /* Next message: returns 1 and sets *m (owned by the cursor, valid until the
  * next call), 0 at the end, or a negative MQS_E*. */
 MQS_API int mqs_cursor_next(mqs_cursor *c, const mqs_message **m);
+/* Position a cursor that covers exactly one queue or one subscription
+ * (opts->dest set; for a topic opts->sub_name too) strictly after
+ * (after_priority, after_id) in delivery order: the next mqs_cursor_next()
+ * returns the first message with a lower priority, or the same priority
+ * and a higher id. For reading a destination in pages across separate
+ * cursors: remember the last message's (priority, id), open, seek, read.
+ * after_priority 0..MQS_PRIORITY_MAX, after_id >= 0. Before the first
+ * mqs_cursor_next() only; MQS_EINVAL on a cursor over several targets,
+ * MQS_ESTATE once reading started. The page query starts at that key in
+ * the index, so rows before it (consumed ones too) are never visited. */
+MQS_API int mqs_cursor_seek(mqs_cursor *c, int after_priority,
+                            int64_t after_id);
 /* Free the cursor. NULL is a no-op. */
 MQS_API void mqs_cursor_close(mqs_cursor *c);
 
@@ -329,6 +381,14 @@ typedef struct mqs_dest_info {
  * returns 0). */
 typedef int (*mqs_dest_fn)(void *ud, const mqs_dest_info *d);
 MQS_API int mqs_dest_foreach(mqs_store *s, mqs_dest_fn fn, void *ud);
+/* Like mqs_dest_foreach, without counting: the same rows (every queue and
+ * durable subscription, and each topic without one), with pending =
+ * MQS_PENDING_UNKNOWN and oldest_ms = 0. Its cost depends on the number of
+ * destinations and subscriptions only, never on the backlog (backends
+ * before ABI 2.2 fall back to the counting list). mqs_cursor_open lists
+ * its targets this way. */
+#define MQS_PENDING_UNKNOWN UINT64_MAX
+MQS_API int mqs_dest_names(mqs_store *s, mqs_dest_fn fn, void *ud);
 
 /* Schema version this library writes, and the one in the database. */
 MQS_API int mqs_schema_version(mqs_store *s, int *db_version,

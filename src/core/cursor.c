@@ -32,6 +32,7 @@ struct mqs_cursor {
     int after_priority;
     int64_t after_id;
     bool target_done;
+    bool started; /* mqs_cursor_next was called */
 
     row *rows;
     size_t n_rows, pos;
@@ -88,9 +89,11 @@ static int collect(void *ud, const mqs_be_dest *d)
     return 0;
 }
 
+/* Names only: counting every pending message first (dest_list) would make
+ * opening a cursor cost as much as reading the whole backlog. */
 static int do_list(mqs_store *s, mqs_be_conn *conn, void *arg)
 {
-    return s->be->dest_list(conn, collect, arg);
+    return mqs__be_dest_names(s, conn, collect, arg);
 }
 
 /* ---- pages ---- */
@@ -198,6 +201,7 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
     if (!c || !m)
         return mqs__err(c ? c->s : NULL, MQS_EINVAL,
                         "mqs_cursor_next: NULL argument");
+    c->started = true;
     for (;;) {
         while (c->pos < c->n_rows) {
             row *w = &c->rows[c->pos++];
@@ -262,6 +266,31 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
             c->after_id = c->rows[c->n_rows - 1].r.id;
         }
     }
+}
+
+int mqs_cursor_seek(mqs_cursor *c, int after_priority, int64_t after_id)
+{
+    if (!c)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_cursor_seek: cursor is NULL");
+    if (c->started)
+        return mqs__err(c->s, MQS_ESTATE, "mqs_cursor_seek: the cursor was "
+                        "read already; seek right after mqs_cursor_open");
+    if (c->n_t > 1)
+        return mqs__err(c->s, MQS_EINVAL, "mqs_cursor_seek: the cursor "
+                        "covers %zu queues or subscriptions; open it on one "
+                        "(opts->dest, and opts->sub_name for a topic)",
+                        c->n_t);
+    if (after_priority < 0 || after_priority > MQS_PRIORITY_MAX ||
+        after_id < 0)
+        return mqs__err(c->s, MQS_EINVAL, "mqs_cursor_seek: position "
+                        "(priority %d, id %lld) is out of range (priority "
+                        "0..%d, id >= 0)", after_priority,
+                        (long long)after_id, MQS_PRIORITY_MAX);
+    /* The keyset page condition does the rest: the first page starts at
+     * this key in the (priority, id) order. */
+    c->after_priority = after_priority;
+    c->after_id = after_id;
+    return 0;
 }
 
 void mqs_cursor_close(mqs_cursor *c)

@@ -139,6 +139,10 @@ MQS_INTERNAL void mqs__uri_free(mqs_parsed_uri *u);
 /* Scheme of uri into buf (lower-cased); MQS_EINVAL if there is none. */
 MQS_INTERNAL int mqs__uri_scheme(const char *uri, char *buf, size_t buflen);
 
+/* dest_names when the module has it (ABI 2.2), else dest_list (store.c). */
+MQS_INTERNAL int mqs__be_dest_names(mqs_store *s, mqs_be_conn *c,
+                                    mqs_be_dest_cb cb, void *ud);
+
 /* ---- write requests (writer.c) ---- */
 typedef enum op_kind {
     OP_ENQ,
@@ -216,6 +220,12 @@ struct mqs_store {
     bool writer_running;
     pthread_t writer;
     mqs_request **batch; /* the writer's batch array, batch_max long */
+    /* Caller-run completions (mqs_completion_fd): once cfd_on, finished
+     * async requests wait in done_head..done_tail (under mu) and cfd (an
+     * eventfd) is made readable; async submits refuse instead of waiting. */
+    bool cfd_on;
+    int cfd;
+    mqs_request *done_head, *done_tail;
     mqs_be_conn *wconn; /* owned by the writer thread once started */
 
     mqs_pool pool;
@@ -299,6 +309,9 @@ MQS_INTERNAL int mqs__submit_wait(mqs_store *s, mqs_request *r);
 MQS_INTERNAL int mqs__submit_async(mqs_store *s, mqs_request *r);
 MQS_INTERNAL int mqs__writer_start(mqs_store *s);
 MQS_INTERNAL void mqs__writer_stop(mqs_store *s);
+/* mqs_close, after the writer stopped: run the completions still queued
+ * for the caller (mqs_completion_fd) and close the descriptor. */
+MQS_INTERNAL void mqs__completions_close(mqs_store *s);
 
 MQS_INTERNAL int64_t mqs__cache_get(mqs_store *s, mqs_kind kind,
                                     const char *name);

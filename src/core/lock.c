@@ -593,10 +593,18 @@ static int standby_session(mqs_store *s, mqs_be_conn **c, int64_t wait_ms,
     if (!*c && mqs__conn_open(s, "lock", c) != 0)
         return MQS_ECONN;
     int rc = s->be->session_lock(*c, s->uri.cfg.cluster, wait_ms, sid);
-    if (rc && rc != MQS_EBUSY && rc != MQS_ECONN && rc != MQS_ETIMEDOUT) {
-        /* e.g. a transaction pooler: session locks cannot work here. Say
-         * so once and fall back to the lease alone, instead of opening a
-         * connection on every poll. */
+    if (rc == MQS_EINVAL) {
+        /* The configuration cannot work, e.g. crash_detect=on through a
+         * transaction pooler (where a session lock proves nothing): the
+         * backend's message says how to fix the URI. Refused, not worked
+         * around: the operator asked for a crash detector and would
+         * otherwise get takeovers a lease slower without knowing. */
+        mqs__err(s, rc, "%s", s->be->conn_errmsg(*c));
+    } else if (rc && rc != MQS_EBUSY && rc != MQS_ECONN &&
+               rc != MQS_ETIMEDOUT) {
+        /* Anything else the detector cannot get past: say so once and
+         * fall back to the lease alone, instead of opening a connection
+         * on every poll. */
         mqs__log(s, MQS_LOG_WARN, "crash detector disabled for this store, "
                  "the lease alone decides: %s", s->be->conn_errmsg(*c));
         pthread_mutex_lock(&s->ha_mu);
@@ -640,7 +648,13 @@ static int acq_poll(acq_run *r)
     mqs_store *s = r->s;
     const mqs_config *cfg = r->cfg;
     r->sid = 0;
-    r->got = has_session(s) && standby_session(s, &r->sc, 0, &r->sid) == 0;
+    r->got = false;
+    if (has_session(s)) {
+        int src = standby_session(s, &r->sc, 0, &r->sid);
+        if (src == MQS_EINVAL)
+            return src; /* acq_decide gives up with its message */
+        r->got = src == 0;
+    }
     r->a = (acq_arg){{cfg->cluster, cfg->node_id, 0, cfg->lease_ms, r->got,
                       r->got ? r->sid : 0, acquire_wait(s)},
                      {{0}, 0, 0, 0, 0}};

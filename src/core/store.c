@@ -150,6 +150,7 @@ void mqs_close(mqs_store *s)
     if (!s)
         return;
     mqs__writer_stop(s); /* drains the queue first */
+    mqs__completions_close(s);
     mqs__lock_shutdown(s); /* then hands the lock over, if held */
     if (s->wconn)
         s->be->conn_close(s->wconn);
@@ -501,24 +502,34 @@ static int check_name(mqs_store *s, const char *what, const char *name)
 /* One-op request, run and freed; returns the op's result via *res. The
  * request owns copies of dest and name (either may be NULL): the caller's
  * strings stay const. */
-static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
-                  const char *name, mqs_op *res)
+/* A request of one op like tmpl, with dest and name copied; NULL when out
+ * of memory. */
+static mqs_request *op_request(const mqs_op *tmpl, const char *dest,
+                               const char *name)
 {
     mqs_request *r = mqs__req_new();
-    if (!r)
-        return oom(s);
-    mqs_op *op = mqs__req_add(r, tmpl->kind);
+    mqs_op *op = r ? mqs__req_add(r, tmpl->kind) : NULL;
     if (!op) {
         mqs__req_free(r);
-        return oom(s);
+        return NULL;
     }
     *op = *tmpl;
     op->dest = mqs__strdup(dest);
     op->name = mqs__strdup(name);
     if ((dest && !op->dest) || (name && !op->name)) {
         mqs__req_free(r);
-        return oom(s);
+        return NULL;
     }
+    return r;
+}
+
+static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
+                  const char *name, mqs_op *res)
+{
+    mqs_request *r = op_request(tmpl, dest, name);
+    if (!r)
+        return oom(s);
+    mqs_op *op = &r->ops[0];
     int rc = mqs__submit_wait(s, r);
     if (res) {
         res->sub_id = op->sub_id;
@@ -551,6 +562,42 @@ int mqs_sub_remove(mqs_store *s, int64_t sub_id)
                         (long long)sub_id);
     mqs_op op = {.kind = OP_SUB_REMOVE, .sub_id = sub_id};
     return run_op(s, &op, NULL, NULL, NULL);
+}
+
+/* An async request of one op (names copied); done gets its outcome. */
+static int submit_op_async(mqs_store *s, const mqs_op *tmpl,
+                           const char *dest, const char *name,
+                           mqs_done_fn done, void *ud)
+{
+    mqs_request *r = op_request(tmpl, dest, name);
+    if (!r)
+        return oom(s);
+    r->cb = done;
+    r->ud = ud;
+    return mqs__submit_async(s, r);
+}
+
+int mqs_sub_create_async(mqs_store *s, const char *topic, const char *name,
+                         mqs_done_fn done, void *ud)
+{
+    CHECK_STORE(s);
+    int rc;
+    if ((rc = check_name(s, "topic", topic)) ||
+        (rc = check_name(s, "subscription", name)))
+        return rc;
+    mqs_op op = {.kind = OP_SUB_CREATE};
+    return submit_op_async(s, &op, topic, name, done, ud);
+}
+
+int mqs_sub_remove_async(mqs_store *s, int64_t sub_id, mqs_done_fn done,
+                         void *ud)
+{
+    CHECK_STORE(s);
+    if (sub_id <= 0)
+        return mqs__err(s, MQS_EINVAL, "subscription id %lld is not valid",
+                        (long long)sub_id);
+    mqs_op op = {.kind = OP_SUB_REMOVE, .sub_id = sub_id};
+    return submit_op_async(s, &op, NULL, NULL, done, ud);
 }
 
 int mqs_purge(mqs_store *s, mqs_kind kind, const char *dest,
@@ -681,6 +728,36 @@ int mqs_dest_foreach(mqs_store *s, mqs_dest_fn fn, void *ud)
         return mqs__err(s, MQS_EINVAL, "mqs_dest_foreach: fn is NULL");
     dest_ctx x = {fn, ud};
     return mqs__with_reader(s, do_dest_list, &x);
+}
+
+int mqs__be_dest_names(mqs_store *s, mqs_be_conn *c, mqs_be_dest_cb cb,
+                       void *ud)
+{
+    if (MQS_BE_HAS(s->be, dest_names))
+        return s->be->dest_names(c, cb, ud);
+    return s->be->dest_list(c, cb, ud); /* a module before ABI 2.2 */
+}
+
+static int names_adapter(void *ud, const mqs_be_dest *d)
+{
+    dest_ctx *x = ud;
+    mqs_dest_info i = {d->kind, d->name, d->sub_id, d->sub_name,
+                       MQS_PENDING_UNKNOWN, 0};
+    return x->fn(x->ud, &i);
+}
+
+static int do_dest_names(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    return mqs__be_dest_names(s, c, names_adapter, arg);
+}
+
+int mqs_dest_names(mqs_store *s, mqs_dest_fn fn, void *ud)
+{
+    CHECK_STORE(s);
+    if (!fn)
+        return mqs__err(s, MQS_EINVAL, "mqs_dest_names: fn is NULL");
+    dest_ctx x = {fn, ud};
+    return mqs__with_reader(s, do_dest_names, &x);
 }
 
 int mqs_schema_version(mqs_store *s, int *db_version, int *lib_version)

@@ -1,9 +1,13 @@
 /* writer.c - the write path: requests, group commit, connection pool,
  * reconnects, destination cache. See docs/architecture.md "Write path". */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -598,34 +602,138 @@ static void txn_complete(mqs_request *r)
         free(ids);
 }
 
+/* Run an async request's callback and free it. The id handed to done:
+ * the message's for an enqueue, the subscription's for a create. */
+static void run_completion(mqs_request *r)
+{
+    if (r->cb) {
+        int64_t id = 0;
+        if (r->n_ops && r->ops[0].kind == OP_ENQ)
+            id = r->ops[0].id;
+        else if (r->n_ops && r->ops[0].kind == OP_SUB_CREATE)
+            id = r->rc ? 0 : r->ops[0].sub_id;
+        r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
+    }
+    if (r->tcb)
+        txn_complete(r);
+    mqs__req_free(r);
+}
+
+static void cfd_signal(mqs_store *s)
+{
+    uint64_t one = 1;
+    /* EAGAIN only at a counter near 2^64: readable anyway. */
+    if (write(s->cfd, &one, sizeof one) < 0 && errno != EAGAIN)
+        mqs__log(s, MQS_LOG_ERROR, "completion descriptor: write failed: %s",
+                 strerror(errno));
+}
+
 static void complete(mqs_store *s, mqs_request **reqs, size_t n)
 {
     /* Async callbacks run outside the lock, in submission order; their
-     * requests are freed here, so the slots are cleared for the loop below. */
-    for (size_t i = 0; i < n; i++) {
-        mqs_request *r = reqs[i];
-        if (r->async) {
-            if (r->cb) {
-                int64_t id = r->n_ops && r->ops[0].kind == OP_ENQ
-                                 ? r->ops[0].id
-                                 : 0;
-                r->cb(r->ud, r->rc, id, r->rc ? r->errmsg : "");
-            }
-            if (r->tcb)
-                txn_complete(r);
-            mqs__req_free(r);
+     * requests are freed here, so the slots are cleared for the loop below.
+     * With caller-run completions they are queued instead (below). cfd_on
+     * is read under mu: it is set under mu by mqs_completion_fd. */
+    pthread_mutex_lock(&s->mu);
+    bool defer = s->cfd_on;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < n && !defer; i++) {
+        if (reqs[i]->async) {
+            run_completion(reqs[i]);
             reqs[i] = NULL;
         }
     }
     /* A sync request belongs to its waiting caller, which frees it as soon
      * as `done` is seen: touch nothing after the signal. */
+    bool queued = false;
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < n; i++)
-        if (reqs[i]) {
-            reqs[i]->done = true;
-            pthread_cond_signal(&reqs[i]->cv);
+    for (size_t i = 0; i < n; i++) {
+        mqs_request *r = reqs[i];
+        if (!r)
+            continue;
+        if (r->async) {
+            r->next = NULL;
+            if (s->done_tail)
+                s->done_tail->next = r;
+            else
+                s->done_head = r;
+            s->done_tail = r;
+            queued = true;
+        } else {
+            r->done = true;
+            pthread_cond_signal(&r->cv);
         }
+    }
     pthread_mutex_unlock(&s->mu);
+    if (queued)
+        cfd_signal(s);
+}
+
+int mqs_completion_fd(mqs_store *s)
+{
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL, "mqs_completion_fd: store is NULL");
+    pthread_mutex_lock(&s->mu);
+    if (!s->cfd_on) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            pthread_mutex_unlock(&s->mu);
+            return mqs__err(s, MQS_EIO, "mqs_completion_fd: eventfd: %s",
+                            strerror(e));
+        }
+        s->cfd = fd;
+        s->cfd_on = true;
+        /* Submitters waiting for room now get MQS_EBUSY instead. */
+        pthread_cond_broadcast(&s->cv_space);
+    }
+    int fd = s->cfd;
+    pthread_mutex_unlock(&s->mu);
+    return fd;
+}
+
+int mqs_completions_run(mqs_store *s, size_t max)
+{
+    if (!s)
+        return mqs__err(NULL, MQS_EINVAL,
+                        "mqs_completions_run: store is NULL");
+    pthread_mutex_lock(&s->mu);
+    bool on = s->cfd_on;
+    pthread_mutex_unlock(&s->mu);
+    if (!on)
+        return mqs__err(s, MQS_ESTATE, "mqs_completions_run: completions "
+                        "run on the writer thread; call mqs_completion_fd() "
+                        "first");
+    /* Reset the counter first: a completion queued from here on makes the
+     * descriptor readable again, so none is left without a wake-up. */
+    uint64_t v;
+    if (read(s->cfd, &v, sizeof v) < 0 && errno != EAGAIN)
+        return mqs__err(s, MQS_EIO, "completion descriptor: read failed: %s",
+                        strerror(errno));
+    int ran = 0;
+    for (;;) {
+        if (max && (size_t)ran >= max)
+            break;
+        pthread_mutex_lock(&s->mu);
+        mqs_request *r = s->done_head;
+        if (r) {
+            s->done_head = r->next;
+            if (!s->done_head)
+                s->done_tail = NULL;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!r)
+            break;
+        run_completion(r);
+        if (ran < INT32_MAX)
+            ran++;
+    }
+    pthread_mutex_lock(&s->mu);
+    bool left = s->done_head != NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (left)
+        cfd_signal(s); /* stopped at max: come back */
+    return ran;
 }
 
 static void *writer_main(void *arg)
@@ -714,6 +822,17 @@ void mqs__writer_stop(mqs_store *s)
     s->writer_running = false;
 }
 
+void mqs__completions_close(mqs_store *s)
+{
+    if (!s->cfd_on)
+        return;
+    /* The writer is gone: what it completed is still owed to callers. */
+    while (mqs_completions_run(s, 0) > 0)
+        ;
+    close(s->cfd);
+    s->cfd_on = false;
+}
+
 static void enqueue_locked(mqs_store *s, mqs_request *r)
 {
     r->next = NULL;
@@ -794,12 +913,27 @@ int mqs__submit_async(mqs_store *s, mqs_request *r)
         return refuse_newer(s);
     }
     /* Back-pressure waits for the writer to drain the queue, so never on
-     * the writer itself (a callback submitting more work). */
+     * the writer itself (a callback submitting more work), and never for
+     * an event loop (caller-run completions): it gets MQS_EBUSY. */
     bool wait = !on_writer(s);
     pthread_mutex_lock(&s->mu);
     while (wait && !s->stop && s->q_bytes > 0 &&
-           s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes)
+           s->q_bytes + r->bytes > s->uri.cfg.max_pending_bytes) {
+        if (s->cfd_on) {
+            size_t q = s->q_bytes;
+            pthread_mutex_unlock(&s->mu);
+            size_t need = r->bytes;
+            mqs__req_free(r);
+            return mqs__err(s, MQS_EBUSY,
+                            "the write queue holds %zu bytes and this "
+                            "request %zu more, over max_pending_bytes=%llu: "
+                            "not queued; retry once the completion "
+                            "descriptor fires again",
+                            q, need,
+                            (unsigned long long)s->uri.cfg.max_pending_bytes);
+        }
         pthread_cond_wait(&s->cv_space, &s->mu);
+    }
     if (s->stop) {
         pthread_mutex_unlock(&s->mu);
         mqs__req_free(r);

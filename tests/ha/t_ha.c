@@ -418,8 +418,14 @@ static void test_kill9(void **state)
     kill(a.pid, SIGKILL);
     assert_int_equal(node_wait(&a, 5000), 128 + SIGKILL);
     long long t_m = wait_ev(&b, 'M', 1, 10000);
-    print_message("takeover after kill -9: %lld ms\n", t_m - t_kill);
-    assert_true(t_m - t_kill < 1500); /* target 500 ms p99: see the bench */
+    /* With the crash detector the standby learns of the death at once
+     * (target 500 ms p99: see the bench); without it (crash_detect=off,
+     * e.g. through a transaction pooler) only when the lease (default
+     * 2000 ms) runs out, plus a poll. */
+    long long limit = strstr(g_uri, "crash_detect=off") ? 3500 : 1500;
+    print_message("takeover after kill -9: %lld ms (limit %lld)\n",
+                  t_m - t_kill, limit);
+    assert_true(t_m - t_kill < limit);
     assert_int_equal(node_wait(&b, 20000), 0);
 
     evlist l = read_log(a.log);

@@ -2126,6 +2126,21 @@ static int my_mark_prune(mqs_be_conn *c, int64_t before_ms, uint64_t *removed)
     return my_exec(c, "pruning producer marks", sql, removed);
 }
 
+/* The same rows without counting (dest_names): two small tables. */
+static const char MY_DEST_NAMES[] =
+    "SELECT d.id, d.kind, d.name, COALESCE(s.id, 0), s.name, 0, 0 "
+    "FROM mqs_dest d LEFT JOIN mqs_sub s ON s.dest_id = d.id AND d.kind = 1 "
+    "ORDER BY 1, 4";
+
+/* Rows of q (dest_list's columns) to cb. */
+static int my_dest_rows(mqs_be_conn *c, const char *q, size_t qlen,
+                        mqs_be_dest_cb cb, void *ud);
+
+static int my_dest_names(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+{
+    return my_dest_rows(c, MY_DEST_NAMES, sizeof MY_DEST_NAMES - 1, cb, ud);
+}
+
 static int my_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
 {
     static const char q[] =
@@ -2144,12 +2159,18 @@ static int my_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
         "SELECT d.id, d.kind, d.name, 0, NULL, 0, 0 FROM mqs_dest d "
         "WHERE d.kind = 1 AND NOT EXISTS (SELECT 1 FROM mqs_sub s WHERE s.dest_id = d.id) "
         "ORDER BY 1, 4";
+    return my_dest_rows(c, q, sizeof q - 1, cb, ud);
+}
+
+static int my_dest_rows(mqs_be_conn *c, const char *q, size_t qlen,
+                        mqs_be_dest_cb cb, void *ud)
+{
     MYSQL_RES *res;
     MYSQL_ROW row;
     int stopped = 0;
 
     MY_CHECK_CONN(c);
-    if (mysql_real_query(c->db, q, sizeof q - 1))
+    if (mysql_real_query(c->db, q, qlen))
         return my_fail_db(c, "listing destinations", 0);
     res = mysql_use_result(c->db);
     if (!res)
@@ -2936,6 +2957,7 @@ static const mqs_backend my_backend = {
     .sub_lookup = my_sub_lookup,
     .page_read = my_page_read,
     .dest_list = my_dest_list,
+    .dest_names = my_dest_names,
     .lock_acquire = my_lock_acquire,
     .lock_renew = my_lock_renew,
     .lock_release = my_lock_release,

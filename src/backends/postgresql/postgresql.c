@@ -2302,6 +2302,12 @@ static const char SQL_DEST_LIST[] =
     "ON s.id IS NOT NULL "
     "ORDER BY d.id, COALESCE(s.id, 0)";
 
+/* The same rows without counting (dest_names): two small tables. */
+static const char SQL_DEST_NAMES[] =
+    "SELECT d.id, d.kind, d.name, COALESCE(s.id, 0), s.name, 0, 0 "
+    "FROM mqs_dest d LEFT JOIN mqs_sub s ON s.dest_id = d.id AND d.kind = 1 "
+    "ORDER BY d.id, COALESCE(s.id, 0)";
+
 /* ---------------------------------------------------------------------------
  * Producer marks (ABI 2.1)
  * ------------------------------------------------------------------------- */
@@ -2362,11 +2368,13 @@ static int pg_mark_prune(mqs_be_conn *c, int64_t before_ms, uint64_t *removed)
     return 0;
 }
 
-static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+/* Rows of SQL_DEST_LIST or SQL_DEST_NAMES (same columns) to cb. */
+static int pg_dest_rows(mqs_be_conn *c, const char *sql, mqs_be_dest_cb cb,
+                        void *ud)
 {
     const char *what = "destination list (mqs_dest, mqs_sub)";
     PGresult *r;
-    int rc = pg_run1(c, what, SQL_DEST_LIST, 0, NULL, NULL, &r);
+    int rc = pg_run1(c, what, sql, 0, NULL, NULL, &r);
     if (rc)
         return rc;
     int n = PQntuples(r);
@@ -2393,6 +2401,16 @@ static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
     }
     PQclear(r);
     return rc;
+}
+
+static int pg_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+{
+    return pg_dest_rows(c, SQL_DEST_LIST, cb, ud);
+}
+
+static int pg_dest_names(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+{
+    return pg_dest_rows(c, SQL_DEST_NAMES, cb, ud);
 }
 
 /* ---------------------------------------------------------------------------
@@ -3261,6 +3279,7 @@ static const mqs_backend pg_backend = {
     .sub_lookup = pg_sub_lookup,
     .page_read = pg_page_read,
     .dest_list = pg_dest_list,
+    .dest_names = pg_dest_names,
     .lock_acquire = pg_lock_acquire,
     .lock_renew = pg_lock_renew,
     .lock_release = pg_lock_release,

@@ -89,6 +89,7 @@ enum sqlite_stmt_id {
     ST_PAGE_S_EQ,
     ST_PAGE_S_LT,
     ST_DEST_LIST,
+    ST_DEST_NAMES,
     ST_LOCK_INIT,
     ST_LOCK_GET,
     ST_LOCK_TAKE,
@@ -244,6 +245,12 @@ static const struct {
          " WHERE d.kind = 1 AND NOT EXISTS"
          " (SELECT 1 FROM mqs_sub s WHERE s.dest_id = d.id) "
          "ORDER BY 1, 4"},
+    /* The same rows without counting: two small tables only. */
+    [ST_DEST_NAMES] =
+        {"destination names",
+         "SELECT d.id, d.kind, d.name, coalesce(s.id, 0), s.name, 0, 0"
+         " FROM mqs_dest d LEFT JOIN mqs_sub s"
+         " ON s.dest_id = d.id AND d.kind = 1 ORDER BY 1, 4"},
     [ST_LOCK_INIT] = {"lock row insert",
                       "INSERT INTO mqs_lock (cluster) VALUES (?1) "
                       "ON CONFLICT (cluster) DO NOTHING"},
@@ -1644,10 +1651,12 @@ static int sqlite_page_read(mqs_be_conn *c, const mqs_be_page *p,
     return sqlite_stream(c, st, id, cb, ud, &rows, &stop);
 }
 
-static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+/* Rows of statement id (dest_list's columns) to cb. */
+static int sqlite_dest_rows(mqs_be_conn *c, enum sqlite_stmt_id id,
+                            mqs_be_dest_cb cb, void *ud)
 {
     sqlite3_stmt *st;
-    int rc = sqlite_get(c, ST_DEST_LIST, &st);
+    int rc = sqlite_get(c, id, &st);
     if (rc)
         return rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1663,12 +1672,22 @@ static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
             break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        int ret = sqlite_fail(c, rc, sqlite_sql[ST_DEST_LIST].name);
+        int ret = sqlite_fail(c, rc, sqlite_sql[id].name);
         sqlite3_reset(st);
         return ret;
     }
     sqlite3_reset(st);
     return 0;
+}
+
+static int sqlite_dest_list(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+{
+    return sqlite_dest_rows(c, ST_DEST_LIST, cb, ud);
+}
+
+static int sqlite_dest_names(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
+{
+    return sqlite_dest_rows(c, ST_DEST_NAMES, cb, ud);
 }
 
 /* ---------------------------------------------------------------------------
@@ -2559,6 +2578,7 @@ static const mqs_backend sqlite_backend = {
     .sub_lookup = sqlite_sub_lookup,
     .page_read = sqlite_page_read,
     .dest_list = sqlite_dest_list,
+    .dest_names = sqlite_dest_names,
     .lock_acquire = sqlite_lock_acquire,
     .lock_renew = sqlite_lock_renew,
     .lock_release = sqlite_lock_release,

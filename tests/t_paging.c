@@ -410,6 +410,78 @@ static void test_submit_ebusy(void **state)
     cdone_free(&d);
 }
 
+static void on_txn_done(void *ud, int rc, const int64_t *ids, size_t n,
+                        const char *err)
+{
+    (void)ids;
+    (void)n;
+    on_done(ud, rc, 0, err);
+}
+
+/* A transaction commit refused with MQS_EBUSY stays the caller's, whole:
+ * committed again later, every message of it is stored once. */
+static void test_txn_ebusy(void **state)
+{
+    (void)state;
+    char *uri = tu_uri_with(g_uri, "max_pending_bytes=65536");
+    mqs_store *s = tu_open_uri(uri);
+    free(uri);
+    char q[128];
+    tu_name(q, sizeof q, "txnbusy_q");
+    int fd = mqs_completion_fd(s);
+    assert_true(fd >= 0);
+    static cdone d;
+    cdone_init(&d, s);
+    enum { BODY = 32768 };
+    unsigned char *body = malloc(BODY);
+    assert_non_null(body);
+    memset(body, 't', BODY);
+    int queued = 0, busy_txn = 0, committed = 0;
+    for (int round = 0; round < 50 && !busy_txn; round++) {
+        /* fill the queue until it refuses */
+        int rc;
+        do {
+            mqs_msg m = tu_msg(MQS_QUEUE, q, body, BODY, 4);
+            rc = mqs_enqueue_async(s, &m, on_done, &d);
+            queued += rc == 0;
+        } while (rc == 0);
+        assert_int_equal(rc, MQS_EBUSY);
+        mqs_txn *t;
+        TU_OK(mqs_txn_begin(s, &t), s);
+        for (int i = 0; i < 2; i++) {
+            mqs_msg m = tu_msg(MQS_QUEUE, q, body, BODY, 4);
+            TU_OK(mqs_txn_enqueue(t, &m), s);
+        }
+        rc = mqs_txn_commit_async(t, on_txn_done, &d);
+        if (rc == 0) {
+            committed++;
+            continue;
+        }
+        assert_int_equal(rc, MQS_EBUSY);
+        busy_txn = 1;
+        assert_int_equal(mqs_txn_size(t), 2); /* still ours, whole */
+        int64_t end = mono_ms() + 20000;
+        while ((rc = mqs_txn_commit_async(t, on_txn_done, &d)) == MQS_EBUSY &&
+               mono_ms() < end) {
+            struct pollfd p = {fd, POLLIN, 0};
+            assert_true(poll(&p, 1, 1000) >= 0);
+            assert_true(mqs_completions_run(s, 0) >= 0);
+        }
+        assert_int_equal(rc, 0);
+        committed++;
+    }
+    loop_until(s, fd, &d, queued + committed);
+    print_message("  %d enqueues, %d transactions; a commit was refused: "
+                  "%s\n", queued, committed, busy_txn ? "yes" : "no");
+    assert_true(busy_txn);
+    assert_int_equal(d.fails, 0);
+    assert_int_equal(tu_pending(s, MQS_QUEUE, q, NULL), queued + 2 * committed);
+    TU_OK(mqs_purge(s, MQS_QUEUE, q, NULL), s);
+    free(body);
+    mqs_close(s);
+    cdone_free(&d);
+}
+
 /* ---- asynchronous subscription create / remove ---- */
 
 static void wait_n(cdone *d, int n)
@@ -470,6 +542,7 @@ static const struct CMUnitTest tests[] = {
     T(test_completion_fd),
     cmocka_unit_test(test_completion_fd_close),
     cmocka_unit_test(test_submit_ebusy),
+    cmocka_unit_test(test_txn_ebusy),
     T(test_sub_async),
 };
 TU_GROUP(tu_group_paging, "paging", tests);

@@ -269,7 +269,9 @@ MQS_API int mqs_txn_commit(mqs_txn *t, int64_t *ids);
 typedef void (*mqs_txn_done_fn)(void *ud, int rc, const int64_t *ids,
                                 size_t n_ids, const char *errmsg);
 /* Commit without waiting: t is handed over (freed by the library, also on
- * failure); done (may be NULL) gets the outcome. For event-loop brokers. */
+ * failure); done (may be NULL) gets the outcome. For event-loop brokers.
+ * One exception: MQS_EBUSY (mqs_completion_fd, queue full) leaves t with
+ * the caller, unchanged: commit it again later, or roll it back. */
 MQS_API int mqs_txn_commit_async(mqs_txn *t, mqs_txn_done_fn done, void *ud);
 /* Discard and free t. NULL is a no-op. */
 MQS_API void mqs_txn_rollback(mqs_txn *t);

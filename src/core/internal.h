@@ -305,8 +305,12 @@ MQS_INTERNAL int mqs__req_add_msg(mqs_store *s, mqs_request *r,
 /* Run r (group: via the writer; each: on this thread) and wait. Returns
  * r->rc and records the message for the calling thread. Does not free r. */
 MQS_INTERNAL int mqs__submit_wait(mqs_store *s, mqs_request *r);
-/* Queue r for the writer; r is freed after its callback. */
+/* Queue r for the writer; r is freed after its callback, or at once when
+ * it cannot be queued (MQS_EBUSY with caller-run completions). */
 MQS_INTERNAL int mqs__submit_async(mqs_store *s, mqs_request *r);
+/* The same, but MQS_EBUSY leaves r with the caller (a transaction that
+ * may be committed again). */
+MQS_INTERNAL int mqs__submit_async_keep(mqs_store *s, mqs_request *r);
 MQS_INTERNAL int mqs__writer_start(mqs_store *s);
 MQS_INTERNAL void mqs__writer_stop(mqs_store *s);
 /* mqs_close, after the writer stopped: run the completions still queued

@@ -470,10 +470,18 @@ int mqs_txn_commit_async(mqs_txn *t, mqs_txn_done_fn done, void *ud)
         return mqs__err(NULL, MQS_EINVAL, "mqs_txn_commit_async: txn is NULL");
     mqs_store *s = t->s;
     mqs_request *r = t->r;
-    free(t);
     r->tcb = done;
     r->ud = ud;
-    return mqs__submit_async(s, r);
+    /* MQS_EBUSY (caller-run completions, queue full) leaves t with the
+     * caller, whole: it may retry the commit later or roll back. */
+    int rc = mqs__submit_async_keep(s, r);
+    if (rc == MQS_EBUSY) {
+        r->tcb = NULL;
+        r->ud = NULL;
+        return rc;
+    }
+    free(t);
+    return rc;
 }
 
 void mqs_txn_rollback(mqs_txn *t)
@@ -499,11 +507,8 @@ static int check_name(mqs_store *s, const char *what, const char *name)
     return 0;
 }
 
-/* One-op request, run and freed; returns the op's result via *res. The
- * request owns copies of dest and name (either may be NULL): the caller's
- * strings stay const. */
-/* A request of one op like tmpl, with dest and name copied; NULL when out
- * of memory. */
+/* A request of one op like tmpl, with dest and name copied (either may be
+ * NULL: the caller's strings stay const); NULL when out of memory. */
 static mqs_request *op_request(const mqs_op *tmpl, const char *dest,
                                const char *name)
 {
@@ -523,6 +528,7 @@ static mqs_request *op_request(const mqs_op *tmpl, const char *dest,
     return r;
 }
 
+/* One-op request, run and freed; returns the op's result via *res. */
 static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
                   const char *name, mqs_op *res)
 {

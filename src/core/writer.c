@@ -905,7 +905,19 @@ int mqs__submit_wait(mqs_store *s, mqs_request *r)
     return 0;
 }
 
+static int submit_async(mqs_store *s, mqs_request *r, bool keep_on_busy);
+
 int mqs__submit_async(mqs_store *s, mqs_request *r)
+{
+    return submit_async(s, r, false);
+}
+
+int mqs__submit_async_keep(mqs_store *s, mqs_request *r)
+{
+    return submit_async(s, r, true);
+}
+
+static int submit_async(mqs_store *s, mqs_request *r, bool keep_on_busy)
 {
     r->async = true;
     if (s->schema_newer) {
@@ -923,7 +935,10 @@ int mqs__submit_async(mqs_store *s, mqs_request *r)
             size_t q = s->q_bytes;
             pthread_mutex_unlock(&s->mu);
             size_t need = r->bytes;
-            mqs__req_free(r);
+            if (keep_on_busy)
+                r->async = false;
+            else
+                mqs__req_free(r);
             return mqs__err(s, MQS_EBUSY,
                             "the write queue holds %zu bytes and this "
                             "request %zu more, over max_pending_bytes=%llu: "

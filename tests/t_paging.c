@@ -535,6 +535,36 @@ static void test_sub_async(void **state)
     cdone_free(&d);
 }
 
+/* ---- mqs_vacuum ---- */
+
+static void test_vacuum(void **state)
+{
+    mqs_store *s = *state;
+    char q[128];
+    tu_name(q, sizeof q, "vacuum_q");
+    int64_t ids[50];
+    for (int i = 0; i < 50; i++) {
+        mqs_msg m = tu_msg(MQS_QUEUE, q, "v", 1, 4);
+        TU_OK(mqs_enqueue(s, &m, &ids[i]), s);
+    }
+    TU_OK(mqs_ack_many(s, ids, NULL, 40), s);
+    char what[256] = "unset";
+    TU_OK(mqs_vacuum(s, what, sizeof what), s);
+    print_message("  mqs_vacuum: %s\n", what);
+    if (!strcmp(g_scheme, "postgresql") || !strcmp(g_scheme, "postgres"))
+        assert_non_null(strstr(what, "VACUUM"));
+    else
+        assert_non_null(strstr(what, "nothing to do"));
+    assert_int_equal(mqs_vacuum(s, NULL, 0), 0); /* what is optional */
+    /* nothing lost, nothing back */
+    assert_int_equal(tu_pending(s, MQS_QUEUE, q, NULL), 10);
+    tu_list l = {0};
+    tu_recover(s, MQS_QUEUE, q, NULL, 0, &l);
+    assert_int_equal(l.n, 10);
+    assert_int_equal(l.v[0].id, ids[40]);
+    tu_list_free(&l);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_dest_names),
@@ -544,5 +574,6 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_submit_ebusy),
     cmocka_unit_test(test_txn_ebusy),
     T(test_sub_async),
+    T(test_vacuum),
 };
 TU_GROUP(tu_group_paging, "paging", tests);

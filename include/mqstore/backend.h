@@ -390,6 +390,12 @@ typedef struct mqs_backend {
      * must not depend on the number of messages. Absent: the core uses
      * dest_list. */
     int (*dest_names)(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud);
+    /* Outside any transaction: reclaim what consumed messages left behind
+     * (PostgreSQL: VACUUM of the message tables) so page scans from a
+     * destination's start stop paying for them. Slow; called only on an
+     * operator's request (mqs_vacuum). Writes into msg (up to msglen) what
+     * was done, for the operator. NULL: nothing to do on this backend. */
+    int (*vacuum)(mqs_be_conn *c, char *msg, size_t msglen);
 } mqs_backend;
 
 /* Whether table be has an optional member that a later 2.x minor may have

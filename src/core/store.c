@@ -766,6 +766,40 @@ int mqs_dest_names(mqs_store *s, mqs_dest_fn fn, void *ud)
     return mqs__with_reader(s, do_dest_names, &x);
 }
 
+typedef struct vacuum_ctx {
+    char *what;
+    size_t len;
+} vacuum_ctx;
+
+static int do_vacuum(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    vacuum_ctx *v = arg;
+    return s->be->vacuum(c, v->what, v->len);
+}
+
+int mqs_vacuum(mqs_store *s, char *what, size_t what_len)
+{
+    CHECK_STORE(s);
+    char buf[256] = "";
+    vacuum_ctx v = {what && what_len ? what : buf,
+                    what && what_len ? what_len : sizeof buf};
+    v.what[0] = '\0';
+    if (!MQS_BE_HAS(s->be, vacuum)) {
+        snprintf(v.what, v.len, "nothing to do on %s: consumed rows leave "
+                 "its indexes by themselves", s->be->name);
+        return 0;
+    }
+    if (s->schema_newer)
+        return mqs__err(s, MQS_ESCHEMA, "the schema is newer than this "
+                        "library: not vacuuming");
+    int64_t t0 = mqs__mono_ms();
+    int rc = mqs__with_reader(s, do_vacuum, &v);
+    if (rc == 0)
+        mqs__log(s, MQS_LOG_INFO, "%s in %lld ms", v.what,
+                 (long long)(mqs__mono_ms() - t0));
+    return rc;
+}
+
 int mqs_schema_version(mqs_store *s, int *db_version, int *lib_version)
 {
     CHECK_STORE(s);

@@ -3,6 +3,7 @@
  *
  *   mqstore init URI | migrate URI | status URI | stats URI [--json]
  *   mqstore purge URI (--queue NAME | --topic NAME | --all) [--yes]
+ *   mqstore vacuum URI
  *   mqstore options [SCHEME] [--markdown]
  *   mqstore lock-status URI [--json] | lock-release URI --force
  *
@@ -499,6 +500,9 @@ out:
  * purge
  * ---------------------------------------------------------------------- */
 
+/* Past this many removed rows, purge vacuums (see mqs_vacuum). */
+#define PURGE_VACUUM_ROWS 10000
+
 static int cmd_purge(cmdline *cl)
 {
     int selectors = (cl->queue != NULL) + (cl->topic != NULL) + cl->all;
@@ -533,7 +537,40 @@ static int cmd_purge(cmdline *cl)
     else
         printf("purged %" PRIu64 " message%s from every destination\n",
                removed, removed == 1 ? "" : "s");
+    /* Deleted rows slow the next scan of a destination's start until the
+     * database reclaims them (PostgreSQL: VACUUM): do it now after a big
+     * purge, rather than on the next takeover's clock. */
+    if (removed >= PURGE_VACUUM_ROWS) {
+        char what[256];
+        fprintf(stderr, "vacuuming after %" PRIu64 " removed rows...\n",
+                removed);
+        if ((rc = mqs_vacuum(s, what, sizeof what)) != 0)
+            fprintf(stderr, "mqstore purge: the purge is done, but the "
+                    "vacuum after it failed: %s: %s (run 'mqstore vacuum' "
+                    "later)\n", mqs_errname(rc), mqs_errmsg(s));
+        else
+            printf("%s\n", what);
+    }
 out:
+    mqs_close(s);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------
+ * vacuum
+ * ---------------------------------------------------------------------- */
+
+static int cmd_vacuum(cmdline *cl)
+{
+    mqs_store *s = NULL;
+    int rc, ret;
+    if ((ret = open_store(cl->cmd, cl->pos[0], &s)) != EXIT_OK)
+        return ret;
+    char what[256];
+    if ((rc = mqs_vacuum(s, what, sizeof what)) != 0)
+        ret = fail(cl->cmd, s, rc);
+    else
+        printf("%s\n", what);
     mqs_close(s);
     return ret;
 }
@@ -767,6 +804,14 @@ static const command commands[] = {
      "  --all          purge every destination (requires --yes)\n"
      "  --yes          confirm --all\n" URI_HELP,
      cmd_purge},
+    {"vacuum", "URI", "reclaim what consumed messages left behind",
+     "PostgreSQL: VACUUM (ANALYZE) of the message tables. Until it runs,\n"
+     "the first scan of a destination after many acks or a purge visits\n"
+     "every deleted row (about 1.5 us each: 1.7 s at a million), e.g. the\n"
+     "next takeover. Autovacuum does it too, later. 'purge' runs it by\n"
+     "itself past 10,000 removed rows. MariaDB and SQLite need nothing\n"
+     "(it says so and exits 0).\n" URI_HELP,
+     cmd_vacuum},
     {"options", "[SCHEME] [--markdown]", "list every URI option and default",
      "Lists mqstore's URI options with their default and description, then,\n"
      "with SCHEME (e.g. sqlite, postgresql, or a whole URI), that backend's.\n"

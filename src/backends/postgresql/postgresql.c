@@ -2413,6 +2413,24 @@ static int pg_dest_names(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
     return pg_dest_rows(c, SQL_DEST_NAMES, cb, ud);
 }
 
+/* VACUUM cannot run in a transaction block or a pipeline: a plain simple-
+ * protocol statement of its own. A table this role does not own is
+ * skipped by the server with a WARNING, not an error. */
+static int pg_vacuum(mqs_be_conn *c, char *msg, size_t msglen)
+{
+    static const char sql[] = "VACUUM (ANALYZE) mqs_msg, mqs_pending";
+    int rc = pg_unusable(c, "VACUUM");
+    if (rc)
+        return rc;
+    PGresult *r = PQexec(c->pg, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = pg_fail(c, r, sql);
+    else
+        snprintf(msg, msglen, "postgresql: %s", sql);
+    PQclear(r);
+    return rc;
+}
+
 /* ---------------------------------------------------------------------------
  * Exclusive lock (ABI 1.1)
  *
@@ -3280,6 +3298,7 @@ static const mqs_backend pg_backend = {
     .page_read = pg_page_read,
     .dest_list = pg_dest_list,
     .dest_names = pg_dest_names,
+    .vacuum = pg_vacuum,
     .lock_acquire = pg_lock_acquire,
     .lock_renew = pg_lock_renew,
     .lock_release = pg_lock_release,

@@ -42,6 +42,7 @@ export MQCLIENT_ACTIVEMQ_SCRIPT="$root/tests/db/activemq.sh"
 # tests/replication/ starts its own PostgreSQL primary + streaming standby
 # (127.0.0.1:55500-55501) and pgbouncers (55513-55519).
 export MQSTORE_TEST_PG_REPLICA=1
+export MQSTORE_TEST_MARIADB_REPLICA=1  # tests/replication: MariaDB primary + replica on 127.0.0.1:53350-53351
 
 # Tests that restart a server are RUN_SERIAL, so two at a time is safe.
 step "ctest (build): every test, every backend"

@@ -2260,22 +2260,33 @@ static int my_lock_exec(mqs_be_conn *c, const char *what, uint64_t *affected)
     return 0;
 }
 
-/* The server's start time, read once per connection. Failing to read it
- * (no access to the status tables) only disarms the crash detector. */
+/* The server instance, read once per connection: its start time (whole
+ * seconds) in the high 32 bits and @@server_id in the low 32. The start
+ * time alone cannot tell two servers started in the same second apart: a
+ * primary and a replica set up together were one "instance" to the crash
+ * detector, and after a switchover a standby took over on the new primary
+ * at once, with the old master's lease still running
+ * (tests/replication/test_mariadb_switchover.py). Replication requires
+ * distinct server ids, so the id separates exactly those. Failing to read
+ * it (no access to the status tables) only disarms the crash detector. */
 static int my_epoch(mqs_be_conn *c)
 {
+    /* Integer arithmetic throughout: VARIABLE_VALUE is a string, and a
+     * string in arithmetic makes a DOUBLE that drops the id's bits. */
     static const char maria[] =
-        "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+        "SELECT ((UNIX_TIMESTAMP() - CAST(VARIABLE_VALUE AS SIGNED)) << 32) | "
+        "@@server_id FROM information_schema.GLOBAL_STATUS "
         "WHERE VARIABLE_NAME = 'UPTIME'";
     static const char oracle[] =
-        "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM performance_schema.global_status "
+        "SELECT ((UNIX_TIMESTAMP() - CAST(VARIABLE_VALUE AS SIGNED)) << 32) | "
+        "@@server_id FROM performance_schema.global_status "
         "WHERE VARIABLE_NAME = 'Uptime'";
     int64_t v = 0;
     int found = 0;
 
     if (c->epoch_read)
         return 0;
-    int rc = my_query_i64(c, "reading the server's uptime", c->is_mariadb ? maria : oracle,
+    int rc = my_query_i64(c, "reading the server's uptime and id", c->is_mariadb ? maria : oracle,
                           &v, &found);
     if (rc && c->broken)
         return rc;
@@ -2284,11 +2295,18 @@ static int my_epoch(mqs_be_conn *c)
     return 0;
 }
 
-/* Both recorded under the server instance this connection talks to; the
- * start time is derived from whole seconds, so it may differ by one. */
+/* Both recorded under the server instance this connection talks to: the
+ * same server id, and start times (derived from whole seconds of uptime)
+ * at most one apart. A value in the old form (start time only, before
+ * the id was added) matches nothing: the detector then waits for the
+ * lease, the safe side. */
 static int my_same_epoch(const mqs_be_conn *c, int64_t e)
 {
-    return c->epoch > 0 && e > 0 && e >= c->epoch - 1 && e <= c->epoch + 1;
+    if (c->epoch <= 0 || e <= 0)
+        return 0;
+    int64_t cs = c->epoch >> 32, es = e >> 32;
+    return (c->epoch & 0xffffffff) == (e & 0xffffffff) && cs > 0 &&
+           es >= cs - 1 && es <= cs + 1;
 }
 
 struct my_lock_row {

@@ -76,9 +76,9 @@ typedef struct mqc_msg mqc_msg;   /* opaque: one received message */
 typedef struct mqc_pool mqc_pool; /* opaque: a pooled connection factory */
 
 /* The calling thread's last failure on c, in words; c == NULL: its last
- * failed mqc_open(), mqc_pool_open() or mqc_pool_borrow(). Never NULL (""
- * when none). Valid until the calling thread's next call on the same
- * handle. */
+ * failed mqc_open(), mqc_uri_check(), mqc_pool_open() or
+ * mqc_pool_borrow(). Never NULL ("" when none). Valid until the calling
+ * thread's next call on the same handle. */
 MQC_API const char *mqc_errmsg(const mqc_conn *c);
 
 /* One header. Both strings NUL-terminated, unescaped. */
@@ -139,6 +139,13 @@ typedef struct mqc_conn_opts {
     mqc_log_fn log; /* NULL = stderr */
     void *log_ud;
     mqc_log_level log_level; /* messages above it are dropped; 0 = WARN */
+    /* Appended (issue 13): extra headers for every CONNECT frame, e.g.
+     * mqbroker's mq-bridge. Copied by mqc_open(). Names the library writes
+     * itself are refused with MQC_EINVAL (accept-version, host, heart-beat,
+     * login, passcode, client-id), and so are names or values with a line
+     * break or ':' in a name (CONNECT headers are not escaped). */
+    const mqc_header *connect_headers;
+    size_t nconnect_headers;
 } mqc_conn_opts;
 
 /* ---------------------------------------------------------------------------
@@ -160,6 +167,11 @@ typedef struct mqc_conn_opts {
  * Ownership: *out is the caller's, freed by mqc_close(). */
 MQC_API int mqc_open(const char *uri, const mqc_conn_opts *opts,
                      mqc_conn **out);
+
+/* Parse uri as mqc_open() would, without connecting or starting anything
+ * (issue 13: mqbroker checks its connectors' URIs at start). 0, or
+ * MQC_EINVAL with the problem in mqc_errmsg(NULL). */
+MQC_API int mqc_uri_check(const char *uri);
 
 /* Wait until connected: 0, MQC_ETIMEDOUT after timeout_ms (-1: no limit),
  * MQC_EGAVEUP, MQC_ECLOSED. */
@@ -277,6 +289,10 @@ MQC_API int mqc_unsubscribe(mqc_sub *s);
 /* Message accessors. Pointers are owned by m, valid until mqc_msg_free(). */
 MQC_API const void *mqc_msg_body(const mqc_msg *m, size_t *len);
 MQC_API const char *mqc_msg_header(const mqc_msg *m, const char *name);
+/* Every header of m in the order received (repeated names included:
+ * STOMP says the first one counts, as mqc_msg_header() does); *n gets the
+ * count. The array is owned by m. m NULL: NULL and *n = 0. */
+MQC_API const mqc_header *mqc_msg_headers(const mqc_msg *m, size_t *n);
 MQC_API const char *mqc_msg_dest(const mqc_msg *m);
 MQC_API const char *mqc_msg_id(const mqc_msg *m);
 /* True when the broker says so (redelivered:true) or the redelivery policy

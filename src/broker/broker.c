@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bridge.h"
 #include "broker.h"
 
 broker B;
@@ -83,8 +84,8 @@ void op_complete(op *o, int rc, const char *err)
 void op_done_cb(void *ud, int rc, int64_t id, const char *errmsg)
 {
     op *o = ud;
-    if (o->type == OP_SEND && rc == 0)
-        o->id = id; /* one completion for a send: no race */
+    if ((o->type == OP_SEND || o->type == OP_SUBCREATE) && rc == 0)
+        o->id = id; /* one completion for these: no race */
     op_complete(o, rc, errmsg);
 }
 
@@ -146,7 +147,7 @@ static void post_master(int64_t token)
 
 static void *ha_main(void *arg)
 {
-    char last_err[512] = "";
+    char last_err[1536] = "";
     pthread_mutex_lock(&ha.mu);
     for (;;) {
         while (!ha.want && !ha.stop)
@@ -162,7 +163,7 @@ static void *ha_main(void *arg)
         pthread_mutex_unlock(&ha.mu);
         mqs_lock_cbs cbs = {ha_on_master, ha_on_lost, NULL};
         int rc = mqs_lock_acquire(B.store, HA_SLICE_MS, &cbs);
-        char err[512];
+        char err[1536]; /* a refusal's advice comes last: keep it whole */
         snprintf(err, sizeof err, "%s", rc ? mqs_errmsg(B.store) : "");
         pthread_mutex_lock(&ha.mu);
         if (rc == 0) {
@@ -178,6 +179,12 @@ static void *ha_main(void *arg)
                     err);
             ha.want = false;
             post_master(-1); /* -1: fatal, see on_master */
+        } else if (rc == MQS_EINVAL) {
+            /* A store URI that cannot work for HA (e.g. crash_detect=on
+             * through a transaction pooler): waiting will not fix it. */
+            log_msg(LOG_ERROR, "cannot acquire the store lock: %s", err);
+            ha.want = false;
+            post_master(-1);
         } else if (rc != MQS_ETIMEDOUT && rc != MQS_EBUSY) {
             /* Database trouble: say it once, then keep trying. */
             log_msg(strcmp(err, last_err) ? LOG_ERROR : LOG_DEBUG,
@@ -400,8 +407,10 @@ static int recover(size_t *count)
                         "without them", m->id);
             mm = msg_new(ok ? m->headers : NULL, ok ? m->headers_len : 0,
                          m->body, m->body_len);
-            if (ok) /* a client's replay of it is a duplicate */
+            if (ok) { /* a client's or a bridge's replay is a duplicate */
                 audit_note_hdrs(m->headers, m->headers_len);
+                origin_note_hdrs(m->headers, m->headers_len);
+            }
             mm->id = m->id;
             mm->persistent = true;
             mm->priority = m->priority < 0 ? 0
@@ -450,10 +459,12 @@ static void log_waiting(void)
 
 static void drop_state(void)
 {
+    bridge_stop_all(); /* they reconnect to whoever is master next */
     close_listener();
     conns_close_all("the broker is no longer master");
     dests_free_all();
     audit_clear(); /* the next term rebuilds it from the store */
+    origin_clear();
     /* Connections and destinations are gone; writes of the old term in
      * flight release nothing (op_finish), so the account starts over. */
     B.mem_used = 0;
@@ -501,6 +512,10 @@ static void on_master(int64_t token)
     log_msg(LOG_INFO, "master (token %" PRId64 "): recovered %zu messages "
             "in %" PRId64 " ms, listening on %s", token, n,
             mono_ms() - t0, B.cfg.listen);
+    if (origin_count())
+        log_msg(LOG_INFO, "recovery: %zu message origins (mq-origin) "
+                "remembered for the network audit", origin_count());
+    bridge_start_all(); /* their local connection needs the listener */
 }
 
 static void on_lost(int64_t token, const char *reason)
@@ -538,6 +553,8 @@ static void op_finish(op *o)
     case OP_SEND:
         if (live && o->producer)
             audit_done(o->producer, o->pseq, o, o->rc);
+        if (live && o->origin)
+            origin_done(o->origin, o, o->rc);
         /* Replays of it answer as it did. */
         for (op *d = o->dups, *next; d; d = next) {
             next = d->next_dup;
@@ -573,6 +590,12 @@ static void op_finish(op *o)
         else
             txn_free_stale(o->x);
         break;
+    case OP_SUBCREATE:
+        stomp_sub_created(o, live);
+        break;
+    case OP_SUBREMOVE:
+        stomp_sub_removed(o, live);
+        break;
     case OP_MASTER:
         on_master(o->token);
         break;
@@ -592,6 +615,7 @@ static void op_finish(op *o)
     free(o->ids);
     free(o->reason);
     free(o->producer);
+    free(o->origin);
     free(o);
 }
 
@@ -628,6 +652,7 @@ static void begin_stop(const char *why)
     B.stopping = true;
     log_msg(LOG_INFO, "%s: shutting down (no new connections, finishing "
             "store writes)", why);
+    bridge_stop_all();
     close_listener();
     stop_deadline = mono_ms() + B.cfg.shutdown_timeout_ms;
     /* Read no more frames; receipts of writes in flight still go out. */
@@ -656,7 +681,8 @@ static bool drained(void)
 static bool work_pending(void)
 {
     return !q_empty(&B.flush_list) || !q_empty(&B.dirty_boxes) ||
-           !q_empty(&B.resume_dests);
+           !q_empty(&B.resume_dests) || !q_empty(&B.demand_dests) ||
+           !q_empty(&B.later_boxes);
 }
 
 /* Library log lines: the same line repeated (a standby retrying an
@@ -694,6 +720,9 @@ static int setup(const config *cfg)
     q_init(&B.gc_dests);
     q_init(&B.dests);
     B.cluster = config_store_cluster(cfg->store);
+    q_init(&B.demand_conns);
+    q_init(&B.demand_dests);
+    q_init(&B.later_boxes);
 
     /* Signals arrive through signalfd; block them before any thread
      * (the store's included) starts, so they inherit the mask. */
@@ -706,7 +735,10 @@ static int setup(const config *cfg)
 
     fit_open_files();
     char aerr[512];
-    if (auth_init(cfg, aerr, sizeof aerr) || tls_init(cfg, aerr, sizeof aerr)) {
+    if (auth_init(cfg, aerr, sizeof aerr) || tls_init(cfg, aerr, sizeof aerr) ||
+        network_init(aerr, sizeof aerr) ||
+        bridge_init(cfg, B.name, atoi(cfg->listen_port), B.bridge_token, aerr,
+                    sizeof aerr)) {
         log_msg(LOG_ERROR, "%s", aerr);
         return -1;
     }
@@ -782,10 +814,13 @@ static void send_reconnect_to(void)
 static void teardown(void)
 {
     B.stopping = true; /* an OP_MASTER still queued must not recover */
+    bridge_stop_all();
     close_listener();
     send_reconnect_to();
     conns_close_all("broker shutting down");
     ha_stop();
+    /* Their local connections are closed now: nothing waits on us. */
+    bridge_free_all();
     auth_free(); /* its last answers are drained below */
     dests_free_all();
     B.master = false;
@@ -802,6 +837,7 @@ static void teardown(void)
         conn_free_zombie(container_of(B.zombies.next, conn, link));
     dests_free_all();
     audit_clear();
+    origin_clear();
     idmap_free(&B.per_ip);
     tls_free_ctx();
     if (B.ep >= 0)
@@ -855,6 +891,7 @@ int broker_run(const config *cfg)
         for (int round = 0; round < 4; round++) {
             size_t w = dests_resume();
             w += boxes_dispatch();
+            w += network_demand_flush(); /* counts of this turn, once */
             w += conns_flush();
             if (!w)
                 break;

@@ -87,7 +87,14 @@ struct box {
     size_t nentries;  /* pending + delivered */
     qlink consumers;  /* sub->blink; the front is served first */
     size_t nconsumers;
+    size_t nnet;      /* of them network subscriptions (network.c) */
+    /* Pending entries no network subscription of the box may take while
+     * it has no local consumer (path/TTL): set aside, so they are not
+     * looked at again until the consumers change. Counted in npending. */
+    qlink parked[NPRIO];
+    size_t nparked;
     bool dirty;
+    bool removing; /* durable: its store removal is in flight */
     qlink dirty_link;
 };
 
@@ -105,6 +112,12 @@ struct dest {
     qlink paused; /* conn->plink: producers waiting for bytes to drop */
     bool in_resume, in_gc;
     qlink resume_link, gc_link;
+    /* Network of brokers: consumer counts changed, /mq/demand subscribers
+     * hear of it at the end of the loop turn (B.demand_dests). */
+    bool demand_dirty;
+    qlink demand_link;
+    const net_policy *policy; /* its --network-policy, once looked up */
+    bool policy_known;
 };
 
 enum ack_mode { ACK_AUTO, ACK_CLIENT, ACK_INDIVIDUAL };
@@ -119,6 +132,8 @@ struct sub {
     size_t prefetch;
     qlink unacked; /* entries in delivery order */
     size_t nunacked;
+    char *net_peer;   /* network subscription: the broker it feeds */
+    unsigned net_ttl; /* its mq-network-ttl */
 };
 
 /* Ordered reply slot: RECEIPTs (and the ERROR of a failed store write) go
@@ -195,6 +210,8 @@ struct conn {
     size_t inflight; /* store writes not completed yet */
     char *user;         /* logged-in user; NULL = anonymous */
     bool authenticating; /* CONNECT waits for the verifier: read nothing */
+    bool store_wait; /* a SUBSCRIBE/UNSUBSCRIBE waits for the store: read
+                        nothing (its frames depend on the answer) */
     bool connect_accept; /* CONNECT had accept-version (CONNECTED says it) */
     uint64_t ip_key;     /* its entry in B.per_ip */
     int64_t frame_since_ms; /* a partial frame is buffered since; 0 = none */
@@ -204,6 +221,13 @@ struct conn {
     size_t in_acct, out_acct; /* buffer bytes counted in B.mem_used */
     bool tls_read_wants_write; /* OpenSSL must send before we can read */
     bool tls_write_wants_read; /* ... must receive before we can write */
+    /* Network of brokers: a CONNECT with mq-bridge names the connecting
+     * broker; the broker's own bridges also prove mq-bridge-token. */
+    char *bridge;         /* peer broker name, NULL = ordinary client */
+    bool bridge_internal; /* this broker's own bridge: admin, no login */
+    char *demand_id;      /* its /mq/demand subscription id, or NULL */
+    qlink demand_link;    /* B.demand_conns while demand_id is set */
+    idmap demand_sent;    /* str_key(dest name) -> counts last announced */
 };
 
 /* Work handed to the loop thread (store completions, HA events). */
@@ -214,7 +238,11 @@ typedef enum op_type {
     OP_MASTER,
     OP_LOST,
     OP_DUP, /* a replayed SEND answered when the original's write completes */
-    OP_AUTH /* the password verifier's answer (rc 0 or MQS_EAUTH) */
+    OP_AUTH, /* the password verifier's answer (rc 0 or MQS_EAUTH) */
+    /* A durable subscription created or removed in the store (the
+     * SUBSCRIBE / UNSUBSCRIBE that asked waits, reading nothing). */
+    OP_SUBCREATE,
+    OP_SUBREMOVE
 } op_type;
 typedef struct op {
     struct op *next;
@@ -239,6 +267,8 @@ typedef struct op {
     char *producer;
     uint64_t pseq;
     struct op *dups, *next_dup;
+    char *origin; /* OP_SEND of a network connection: its mq-origin */
+    struct subreq *sr; /* OP_SUBCREATE, OP_SUBREMOVE (stomp.c) */
 } op;
 
 typedef struct broker {
@@ -271,6 +301,14 @@ typedef struct broker {
      * connection buffers. At cfg.max_memory producers are paused. */
     size_t mem_used;
     bool mem_over;
+    /* Network of brokers (network.c). */
+    const char *name;       /* broker name (B.cfg.broker_name) */
+    char bridge_token[33];  /* proves a connection is one of our bridges */
+    qlink demand_conns;     /* conns with a /mq/demand subscription */
+    size_t ndemand;
+    qlink demand_dests;     /* dest->demand_link: counts to announce */
+    qlink later_boxes;      /* box->dirty_link: dispatch on the next round */
+    uint64_t demand_seq;    /* message-ids of demand frames */
 } broker;
 
 extern broker B;
@@ -371,6 +409,49 @@ int auth_hash_password(void); /* mqbroker --hash-password */
 void maybe_pause(conn *c, dest *d);
 /* stomp.c: the second half of CONNECT, once the password was checked. */
 void stomp_connect_done(conn *c, int rc);
+/* stomp.c: the second half of a durable SUBSCRIBE / UNSUBSCRIBE, once the
+ * store answered (live: o is of the current term); frees o->sr. */
+void stomp_sub_created(op *o, bool live);
+void stomp_sub_removed(op *o, bool live);
+
+/* network.c: the accepting side of the network of brokers (docs/broker.md
+ * "Network of brokers"). Loop thread only. */
+#define NET_HDR_PATH "mq-path"
+#define NET_HDR_ORIGIN "mq-origin"
+#define NET_SCAN_MAX 256 /* pending entries skipped per box per pass */
+/* At start: the bridge token, the policies logged. */
+int network_init(char *err, size_t errlen);
+/* Value of header name in a message's stored headers, or NULL. */
+const char *msg_hdr(const msg *m, const char *name);
+/* d's policy (first matching --network-policy), or NULL = defaults. */
+const net_policy *network_policy(dest *d);
+/* May network subscription s get m? (path and TTL; replay_ok: the box
+ * is a queue with no local consumer and the policy replays). */
+bool network_eligible(const sub *s, const msg *m, bool replay_ok);
+bool network_replay(dest *d);
+bool network_audit_on(dest *d);
+/* MESSAGE to a network subscription: mq-path with this broker appended,
+ * mq-origin kept or made. The caller skips the stored ones. */
+void network_put_headers(buf *b, int version, const msg *m);
+bool network_header(const char *name); /* mq-path or mq-origin */
+/* Consumer counts of d changed: free unless someone holds /mq/demand. */
+void network_demand_changed(dest *d);
+/* End of loop turn: one demand frame per changed destination. */
+size_t network_demand_flush(void);
+void network_demand_subscribe(conn *c, const char *id);
+void network_demand_unsubscribe(conn *c);
+void network_bridges_snapshot(conn *c, const char *id);
+void network_conn_teardown(conn *c);
+/* Origin audit: like audit_check, keyed by mq-origin. */
+int origin_check(const char *origin, op **inflight);
+void origin_add(const char *origin, op *o); /* o NULL: not stored */
+void origin_done(const char *origin, op *o, int rc);
+void origin_note_hdrs(const char *hdrs, size_t len); /* recovery */
+void origin_clear(void);
+size_t origin_count(void);
+
+/* dest.c: a destination whose demand was announced may be collectable. */
+void dest_gc_check(dest *d);
 
 /* tls.c: TLS on the listener (OpenSSL); recv()/send()-like I/O. */
 int tls_init(const config *cfg, char *err, size_t errlen);

@@ -15,7 +15,10 @@
 #define MQBROKER_VERSION "unknown"
 #endif
 
-typedef enum otype { T_STR, T_LEVEL, T_SIZE, T_MS, T_HB, T_LISTEN, T_BOOL } otype;
+typedef enum otype {
+    T_STR, T_LEVEL, T_SIZE, T_MS, T_HB, T_LISTEN, T_BOOL,
+    T_LIST /* repeatable: appended with where it came from */
+} otype;
 
 typedef struct opt {
     const char *name;
@@ -112,6 +115,21 @@ static const opt opts[] = {
      "broker list sent to clients in CONNECTED (mq-brokers header), e.g. "
      "'tcp://a:61613,tcp://b:61613': failover clients learn the cluster",
      true},
+    {"broker-name", T_STR, F(broker_name), NULL, "NAME",
+     "this broker's name in a network of brokers (1..64 of "
+     "[A-Za-z0-9._:-]); default: the store's cluster option, else "
+     "HOSTNAME:PORT", true},
+    {"network-connector", T_LIST, F(net_connectors), NULL, "SPEC",
+     "bridge to other brokers (repeatable): 'name=N;uri=static:(URI,...);"
+     "duplex=false;networkTTL=1;prefetch=100;login=U;passcodeFile=F'",
+     true},
+    {"network-policy", T_LIST, F(net_policies), NULL, "SPEC",
+     "network policy per destination pattern (repeatable, first match "
+     "wins): 'queue=PATTERN;replayWhenNoConsumers=false;enableAudit=true' "
+     "or 'topic=PATTERN;...'", true},
+    {"network-audit", T_SIZE, F(network_audit), "65536", "N",
+     "message origins remembered to drop messages a bridge forwards twice "
+     "(mq-origin header); 0 = off", true},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
@@ -205,12 +223,55 @@ static int split_listen(config *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
-static int set_opt(config *c, const opt *o, const char *v, char *err,
-                   size_t errlen)
+/* The three fields of a repeatable option. */
+static void list_fields(config *c, const opt *o, char ***list, char ***where,
+                        size_t **n)
+{
+    if (o->off == F(net_connectors)) {
+        *list = c->net_connectors;
+        *where = c->net_connector_where;
+        *n = &c->n_net_connectors;
+    } else {
+        *list = c->net_policies;
+        *where = c->net_policy_where;
+        *n = &c->n_net_policies;
+    }
+}
+
+static void list_add(config *c, const opt *o, const char *v,
+                     const char *where)
+{
+    char **list, **wh;
+    size_t *n;
+    list_fields(c, o, &list, &wh, &n);
+    list = xrealloc(list, (*n + 1) * sizeof *list);
+    wh = xrealloc(wh, (*n + 1) * sizeof *wh);
+    list[*n] = xstrdup(v);
+    wh[*n] = xstrdup(where);
+    (*n)++;
+    if (o->off == F(net_connectors)) {
+        c->net_connectors = list;
+        c->net_connector_where = wh;
+    } else {
+        c->net_policies = list;
+        c->net_policy_where = wh;
+    }
+}
+
+/* where: "FILE:LINE" or "--NAME #k", kept by repeatable options. */
+static int set_opt(config *c, const opt *o, const char *v, const char *where,
+                   char *err, size_t errlen)
 {
     char *field = (char *)c + o->off;
     uint64_t n;
     switch (o->type) {
+    case T_LIST:
+        if (!*v) {
+            snprintf(err, errlen, "empty value");
+            return -1;
+        }
+        list_add(c, o, v, where);
+        return 0;
     case T_STR:
     case T_LISTEN:
         if (!*v) {
@@ -337,8 +398,9 @@ static int load_file(config *c, const char *path, const bool *given)
         }
         if (given[o - opts])
             continue; /* the command line wins */
-        char err[256];
-        if (set_opt(c, o, val, err, sizeof err)) {
+        char err[256], where[300];
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        if (set_opt(c, o, val, where, err, sizeof err)) {
             fprintf(stderr, "mqbroker: %s:%d: %s = %s: %s\n", path, lineno,
                     key, val, err);
             rc = -1;
@@ -380,6 +442,55 @@ static bool advertise_ok(const char *s)
             return false;
     }
     return true;
+}
+
+static char *store_option(const char *uri, const char *key);
+
+/* The default broker name: the store's cluster option (a master/slave
+ * pair shares it), else HOSTNAME:PORT; characters a name may not hold
+ * become '_' (an existing cluster name must not stop a broker starting). */
+static char *default_broker_name(const config *c)
+{
+    char *s = store_option(c->store, "cluster");
+    if (!s || !*s) {
+        free(s);
+        char host[256];
+        if (gethostname(host, sizeof host))
+            snprintf(host, sizeof host, "localhost");
+        host[sizeof host - 1] = '\0';
+        size_t n = strlen(host) + strlen(c->listen_port) + 2;
+        s = xmalloc(n);
+        snprintf(s, n, "%s:%s", host, c->listen_port);
+    }
+    if (strlen(s) > 64)
+        s[64] = '\0';
+    for (char *p = s; *p; p++)
+        if (!config_broker_name_ok((char[]){*p, '\0'}))
+            *p = '_';
+    return s;
+}
+
+static int validate_network(config *c)
+{
+    if (!c->broker_name) {
+        c->broker_name = default_broker_name(c);
+    } else if (!config_broker_name_ok(c->broker_name)) {
+        fprintf(stderr, "mqbroker: --broker-name '%s': expected 1 to 64 "
+                "of A-Z a-z 0-9 . _ : -\n", c->broker_name);
+        return -1;
+    }
+    c->net_policy_rules = xcalloc(c->n_net_policies + 1,
+                                  sizeof *c->net_policy_rules);
+    for (size_t i = 0; i < c->n_net_policies; i++) {
+        char err[256];
+        if (net_policy_parse(c->net_policies[i], &c->net_policy_rules[i],
+                             err, sizeof err)) {
+            fprintf(stderr, "mqbroker: %s: network-policy '%s': %s\n",
+                    c->net_policy_where[i], c->net_policies[i], err);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int validate(config *c)
@@ -438,7 +549,7 @@ static int validate(config *c)
         fprintf(stderr, "mqbroker: %s\nTry 'mqbroker --help'.\n", bad);
         return -1;
     }
-    return 0;
+    return validate_network(c);
 }
 
 int config_load(config *c, int argc, char **argv)
@@ -446,9 +557,11 @@ int config_load(config *c, int argc, char **argv)
     memset(c, 0, sizeof *c);
     char err[256];
     for (size_t i = 0; i < NOPTS; i++)
-        if (opts[i].def && set_opt(c, &opts[i], opts[i].def, err, sizeof err))
+        if (opts[i].def &&
+            set_opt(c, &opts[i], opts[i].def, "default", err, sizeof err))
             abort(); /* a broken default is a programming error */
     bool given[NOPTS] = {0};
+    size_t times[NOPTS] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -487,7 +600,10 @@ int config_load(config *c, int argc, char **argv)
             }
             v = argv[++i];
         }
-        if (set_opt(c, o, v, err, sizeof err)) {
+        char where[64];
+        snprintf(where, sizeof where, "--%s #%zu", o->name,
+                 ++times[o - opts]);
+        if (set_opt(c, o, v, where, err, sizeof err)) {
             fprintf(stderr, "mqbroker: --%s %s: %s\n", o->name, v, err);
             return CONFIG_ERROR;
         }
@@ -512,6 +628,22 @@ void config_free(config *c)
     free(c->tls_cert);
     free(c->tls_key);
     free(c->tls_ca);
+    free(c->broker_name);
+    for (size_t i = 0; i < c->n_net_connectors; i++) {
+        free(c->net_connectors[i]);
+        free(c->net_connector_where[i]);
+    }
+    free(c->net_connectors);
+    free(c->net_connector_where);
+    for (size_t i = 0; i < c->n_net_policies; i++) {
+        free(c->net_policies[i]);
+        free(c->net_policy_where[i]);
+        if (c->net_policy_rules)
+            net_policy_free(&c->net_policy_rules[i]);
+    }
+    free(c->net_policies);
+    free(c->net_policy_where);
+    free(c->net_policy_rules);
     memset(c, 0, sizeof *c);
 }
 
@@ -526,18 +658,20 @@ static int hexval(char ch)
     return -1;
 }
 
-char *config_store_cluster(const char *uri)
+/* A store URI option's value, percent-decoded; NULL when absent. */
+static char *store_option(const char *uri, const char *key)
 {
+    size_t kl = strlen(key);
     const char *q = strchr(uri, '?');
     while (q) {
         q++;
         const char *end = strchr(q, '&');
         size_t n = end ? (size_t)(end - q) : strlen(q);
-        if (n > 8 && !strncmp(q, "cluster=", 8)) {
+        if (n > kl + 1 && !strncmp(q, key, kl) && q[kl] == '=') {
             /* Percent-decode, as the library does for option values. */
             char *out = xmalloc(n);
             size_t o = 0;
-            for (size_t i = 8; i < n; i++) {
+            for (size_t i = kl + 1; i < n; i++) {
                 int h1, h2;
                 if (q[i] == '%' && i + 2 < n &&
                     (h1 = hexval(q[i + 1])) >= 0 &&
@@ -553,5 +687,202 @@ char *config_store_cluster(const char *uri)
         }
         q = end;
     }
-    return xstrdup("default");
+    return NULL;
+}
+
+char *config_store_cluster(const char *uri)
+{
+    char *s = store_option(uri, "cluster");
+    return s ? s : xstrdup("default");
+}
+
+/* ------------------------------------------------------------------------
+ * Network of brokers: names, policies, paths
+ * ---------------------------------------------------------------------- */
+
+bool config_broker_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (; *s; s++) {
+        char ch = *s;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+              ch == ':' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+bool net_wild_match(const char *pat, const char *name)
+{
+    for (;;) {
+        const char *pe = strchr(pat, '.'), *ne = strchr(name, '.');
+        size_t pl = pe ? (size_t)(pe - pat) : strlen(pat);
+        size_t nl = ne ? (size_t)(ne - name) : strlen(name);
+        if (pl == 1 && pat[0] == '>' && !pe)
+            return true; /* the rest, however many segments */
+        if (!(pl == 1 && pat[0] == '*') &&
+            (pl != nl || memcmp(pat, name, pl)))
+            return false;
+        if (!pe && !ne)
+            return true;
+        if (!ne) /* "a.>" also matches "a": '>' may stand for nothing */
+            return !strcmp(pe + 1, ">");
+        if (!pe)
+            return false;
+        pat = pe + 1;
+        name = ne + 1;
+    }
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    if (!strcmp(v, "true"))
+        *out = true;
+    else if (!strcmp(v, "false"))
+        *out = false;
+    else
+        return -1;
+    return 0;
+}
+
+/* A pattern: non-empty segments; '>' only as the last one. */
+static bool pattern_ok(const char *p)
+{
+    if (!*p || strlen(p) > 255)
+        return false;
+    for (const char *s = p;;) {
+        const char *dot = strchr(s, '.');
+        size_t n = dot ? (size_t)(dot - s) : strlen(s);
+        if (n == 0)
+            return false;
+        if (memchr(s, '>', n) && (n != 1 || dot))
+            return false;
+        if (memchr(s, '*', n) && n != 1)
+            return false;
+        if (!dot)
+            return true;
+        s = dot + 1;
+    }
+}
+
+void net_policy_free(net_policy *p)
+{
+    free(p->pattern);
+    p->pattern = NULL;
+}
+
+int net_policy_parse(const char *spec, net_policy *out, char *err,
+                     size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->audit = true;
+    char *copy = xstrdup(spec), *save = NULL;
+    int rc = 0;
+    bool first = true;
+    for (char *item = strtok_r(copy, ";", &save); item;
+         item = strtok_r(NULL, ";", &save), first = false) {
+        char *eq = strchr(item, '=');
+        if (!eq) {
+            snprintf(err, errlen, "'%s' is not key=value", item);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *k = trim(item), *v = trim(eq + 1);
+        if (first) {
+            if (strcmp(k, "queue") && strcmp(k, "topic")) {
+                snprintf(err, errlen, "must start with queue=PATTERN or "
+                         "topic=PATTERN, not '%s'", k);
+                rc = -1;
+                break;
+            }
+            if (!pattern_ok(v)) {
+                snprintf(err, errlen, "bad pattern '%s' (segments separated "
+                         "by '.', '*' one segment, '>' only last)", v);
+                rc = -1;
+                break;
+            }
+            out->topic = !strcmp(k, "topic");
+            out->pattern = xstrdup(v);
+        } else if (!strcmp(k, "replayWhenNoConsumers")) {
+            if (parse_bool(v, &out->replay)) {
+                snprintf(err, errlen, "replayWhenNoConsumers: expected true "
+                         "or false, not '%s'", v);
+                rc = -1;
+                break;
+            }
+        } else if (!strcmp(k, "enableAudit")) {
+            if (parse_bool(v, &out->audit)) {
+                snprintf(err, errlen, "enableAudit: expected true or false, "
+                         "not '%s'", v);
+                rc = -1;
+                break;
+            }
+        } else {
+            snprintf(err, errlen, "unknown key '%s' (known: "
+                     "replayWhenNoConsumers, enableAudit)", k);
+            rc = -1;
+            break;
+        }
+    }
+    if (!rc && !out->pattern) {
+        snprintf(err, errlen, "must start with queue=PATTERN or "
+                 "topic=PATTERN");
+        rc = -1;
+    }
+    free(copy);
+    if (rc)
+        net_policy_free(out);
+    return rc;
+}
+
+const net_policy *net_policy_find(const net_policy *rules, size_t n,
+                                  const char *dest)
+{
+    bool topic = !strncmp(dest, "/topic/", 7);
+    if (!topic && strncmp(dest, "/queue/", 7))
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (rules[i].topic == topic && net_wild_match(rules[i].pattern,
+                                                      dest + 7))
+            return &rules[i];
+    return NULL;
+}
+
+size_t net_path_hops(const char *path)
+{
+    if (!path || !*path)
+        return 0;
+    size_t n = 1;
+    for (; *path; path++)
+        n += *path == ',';
+    return n;
+}
+
+bool net_path_has(const char *path, const char *name)
+{
+    if (!path)
+        return false;
+    size_t nl = strlen(name);
+    for (const char *p = path; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == nl && !memcmp(p, name, n))
+            return true;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return false;
+}
+
+bool net_path_eligible(const char *path, const char *peer, unsigned ttl,
+                       bool replay_ok)
+{
+    if (net_path_has(path, peer))
+        return replay_ok;
+    return net_path_hops(path) < ttl;
 }

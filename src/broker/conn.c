@@ -192,6 +192,7 @@ static bool reading(const conn *c)
 {
     return (c->state == CS_CONNECTING || c->state == CS_OPEN) &&
            !c->disconnecting && !c->paused_on && !c->authenticating &&
+           !c->store_wait &&
            buf_used(&c->out) < B.cfg.max_out_buffer;
 }
 
@@ -466,11 +467,13 @@ void conn_event(conn *c, uint32_t events)
 void conn_teardown(conn *c)
 {
     dest_unpause(c);
+    network_conn_teardown(c);
     while (!q_empty(&c->subs)) {
         sub *s = container_of(c->subs.next, sub, clink);
         q_remove(&s->clink);
         sub_detach(s);
         free(s->id);
+        free(s->net_peer);
         free(s);
     }
     c->nsubs = 0;
@@ -529,6 +532,8 @@ void conn_close(conn *c, const char *why)
     c->client_id = NULL;
     free(c->user);
     c->user = NULL;
+    free(c->bridge);
+    c->bridge = NULL;
     q_remove(&c->link);
     B.nconns--;
     size_t from_ip = (size_t)(uintptr_t)idmap_get(&B.per_ip, c->ip_key);
@@ -623,12 +628,17 @@ void conn_write_message(conn *c, sub *s, const entry *e)
     if (e->m->persistent)
         frame_put(b, v, "persistent", "true");
     const msg *m = e->m;
+    /* To another broker: this one joins the path (network.c). */
+    bool net = s->net_peer != NULL;
+    if (net)
+        network_put_headers(b, v, m);
     for (size_t i = 0; i < m->hdrs_len;) {
         const char *name = m->hdrs + i;
         size_t nl = strlen(name);
         const char *val = name + nl + 1;
         size_t vl = strlen(val);
-        frame_putn(b, v, name, nl, val, vl);
+        if (!net || !network_header(name))
+            frame_putn(b, v, name, nl, val, vl);
         i += nl + vl + 2;
     }
     frame_end(b, m->body, m->body_len, true);
@@ -754,7 +764,8 @@ void conns_tick(int64_t now)
         /* Not read while paused (flow control) or waiting for its login:
          * its heart-beats sit unread in the socket, so it counts as
          * heard from. */
-        if (c->paused_on || c->authenticating || c->out_full)
+        if (c->paused_on || c->authenticating || c->store_wait ||
+            c->out_full)
             c->last_rx_ms = now;
         /* Without heart-beats a dead peer is never noticed: a connection
          * silent both ways this long gives its slot back. A paused

@@ -118,8 +118,10 @@ static void box_init(box *b, dest *d, box_type type)
     memset(b, 0, sizeof *b);
     b->d = d;
     b->type = type;
-    for (int i = 0; i < NPRIO; i++)
+    for (int i = 0; i < NPRIO; i++) {
         q_init(&b->pending[i]);
+        q_init(&b->parked[i]);
+    }
     q_init(&b->consumers);
     q_init(&b->dirty_link);
     q_init(&b->dlink);
@@ -128,7 +130,8 @@ static void box_init(box *b, dest *d, box_type type)
 
 static bool collectable(const dest *d)
 {
-    if (d->refs || d->bytes || !q_empty(&d->paused))
+    /* A count change still to be announced on /mq/demand holds it. */
+    if (d->refs || d->bytes || !q_empty(&d->paused) || d->demand_dirty)
         return false;
     if (d->kind == MQS_QUEUE)
         return d->qbox.nentries == 0 && d->qbox.nconsumers == 0;
@@ -144,6 +147,8 @@ static void gc_check(dest *d)
         q_push_back(&B.gc_dests, &d->gc_link);
     }
 }
+
+void dest_gc_check(dest *d) { gc_check(d); }
 
 dest *dest_get(const char *name, bool create)
 {
@@ -169,6 +174,7 @@ dest *dest_get(const char *name, bool create)
     q_init(&d->paused);
     q_init(&d->resume_link);
     q_init(&d->gc_link);
+    q_init(&d->demand_link);
     size_t k = hash_name(name) & (B.dcap - 1);
     d->hnext = B.dtab[k];
     B.dtab[k] = d;
@@ -283,8 +289,11 @@ size_t dests_resume(void)
     return n;
 }
 
+static void box_unpark(box *b);
+
 static void box_clear(box *b)
 {
+    box_unpark(b);
     for (int p = 0; p < NPRIO; p++) {
         while (!q_empty(&b->pending[p])) {
             entry *e = container_of(b->pending[p].next, entry, link);
@@ -307,6 +316,7 @@ static void dest_destroy(dest *d)
     q_remove(&d->qbox.dirty_link);
     q_remove(&d->resume_link);
     q_remove(&d->gc_link);
+    q_remove(&d->demand_link);
     free(d->name);
     free(d);
 }
@@ -346,6 +356,8 @@ void dests_free_all(void)
     q_init(&B.dirty_boxes);
     q_init(&B.resume_dests);
     q_init(&B.gc_dests);
+    q_init(&B.demand_dests);
+    q_init(&B.later_boxes);
 }
 
 /* ------------------------------------------------------------------------
@@ -359,8 +371,10 @@ box *box_new_sub(dest *d, box_type type, int64_t sub_id, const char *name)
     b->sub_id = sub_id;
     b->name = name ? xstrdup(name) : NULL;
     q_push_back(&d->boxes, &b->dlink);
-    if (type == BOX_DURABLE)
+    if (type == BOX_DURABLE) {
         d->ndurable++;
+        network_demand_changed(d); /* a durable box counts as a consumer */
+    }
     return b;
 }
 
@@ -387,6 +401,7 @@ box *dest_find_durable_id(dest *d, int64_t sub_id)
 void box_free(box *b)
 {
     dest *d = b->d;
+    box_unpark(b);
     for (int p = 0; p < NPRIO; p++) {
         while (!q_empty(&b->pending[p])) {
             entry *e = container_of(b->pending[p].next, entry, link);
@@ -397,8 +412,10 @@ void box_free(box *b)
     }
     q_remove(&b->dirty_link);
     q_remove(&b->dlink);
-    if (b->type == BOX_DURABLE)
+    if (b->type == BOX_DURABLE) {
         d->ndurable--;
+        network_demand_changed(d);
+    }
     free(b->name);
     free(b);
     gc_check(d);
@@ -410,6 +427,26 @@ void box_kick(box *b)
         b->dirty = true;
         q_push_back(&B.dirty_boxes, &b->dirty_link);
     }
+}
+
+/* Parked entries back into their pending lists, merged by arrival (both
+ * lists are in arrival order): linear. */
+static void box_unpark(box *b)
+{
+    if (!b->nparked)
+        return;
+    for (int p = 0; p < NPRIO; p++) {
+        qlink *h = &b->pending[p], *pos = h->next;
+        while (!q_empty(&b->parked[p])) {
+            entry *e = container_of(b->parked[p].next, entry, link);
+            while (pos != h && container_of(pos, entry, link)->m->seq <
+                                   e->m->seq)
+                pos = pos->next;
+            q_remove(&e->link);
+            q_insert_before(pos, &e->link);
+        }
+    }
+    b->nparked = 0;
 }
 
 static entry *box_head(box *b)
@@ -554,21 +591,33 @@ void entry_requeue(entry *e)
 
 void sub_attach(sub *s, box *b)
 {
+    box_unpark(b); /* what may go where changes with the consumers */
     s->b = b;
     q_push_back(&b->consumers, &s->blink);
     b->nconsumers++;
+    if (s->net_peer)
+        b->nnet++;
+    network_demand_changed(b->d);
     box_kick(b);
 }
 
 void sub_detach(sub *s)
 {
     box *b = s->b;
+    box_unpark(b);
     q_remove(&s->blink);
     b->nconsumers--;
+    if (s->net_peer)
+        b->nnet--;
+    network_demand_changed(b->d);
     /* Newest first: each then lands at the front of its list (pending
      * messages are usually newer), keeping this linear. */
     while (!q_empty(&s->unacked))
         entry_requeue(container_of(s->unacked.prev, entry, link));
+    /* One consumer fewer may change what network subscriptions may take
+     * (local first, replay). */
+    if (b->nnet)
+        box_kick(b);
     s->b = NULL;
     if (b->type == BOX_TOPIC)
         box_free(b);
@@ -615,23 +664,110 @@ static void deliver(entry *e, sub *s)
     }
 }
 
+/* Expired: dropped from the box (and acked in the store). */
+static bool drop_expired(box *b, entry *e, int64_t *now)
+{
+    if (!e->m->expires_ms)
+        return false;
+    if (!*now)
+        *now = wall_ms();
+    if (*now < e->m->expires_ms)
+        return false;
+    q_remove(&e->link);
+    b->npending--;
+    if (entry_stored(e))
+        submit_logged(mqs_ack_async, e, "expiry");
+    entry_free(e);
+    return true;
+}
+
+/* A box with network subscriptions (docs/broker.md, "Network of
+ * brokers"). Local first: a message goes to a network subscription only
+ * while no local consumer is ready. A message a network subscription may
+ * not have (its path or TTL) is looked past, not waited on; at most
+ * NET_SCAN_MAX of those per pass keep the work per loop turn bounded.
+ * With no local consumer, those no network subscription may take are
+ * parked until the consumers change, and the scan goes on next round;
+ * otherwise those further back wait for the next kick of the box. */
+static void box_dispatch_net(box *b)
+{
+    int64_t now = 0;
+    size_t skipped = 0, parked = 0;
+    /* Replay to a broker in the path: only with no local consumer at all.
+     * Then what no network subscription may take is parked. */
+    bool no_local = b->nconsumers == b->nnet;
+    bool replay_ok = b->type == BOX_QUEUE && no_local && network_replay(b->d);
+    for (int p = NPRIO - 1; p >= 0; p--) {
+        qlink *h = &b->pending[p];
+        for (qlink *l = h->next; l != h;) {
+            entry *e = container_of(l, entry, link);
+            l = l->next; /* e leaves the list below */
+            if (drop_expired(b, e, &now))
+                continue;
+            sub *s = NULL;
+            bool net_ready = false;
+            for (qlink *k = b->consumers.next; k != &b->consumers;
+                 k = k->next) {
+                sub *cand = container_of(k, sub, blink);
+                if (!cand->net_peer && sub_ready(cand)) {
+                    s = cand;
+                    break;
+                }
+            }
+            const char *path = s ? NULL : msg_hdr(e->m, NET_HDR_PATH);
+            bool any = false; /* some network subscription may take it */
+            for (qlink *k = b->consumers.next; !s && k != &b->consumers;
+                 k = k->next) {
+                sub *cand = container_of(k, sub, blink);
+                if (!cand->net_peer)
+                    continue;
+                bool ready = sub_ready(cand);
+                net_ready |= ready;
+                if (!net_path_eligible(path, cand->net_peer, cand->net_ttl,
+                                       replay_ok))
+                    continue;
+                any = true;
+                if (ready)
+                    s = cand;
+            }
+            if (!s) {
+                if (!net_ready)
+                    return; /* nobody can take anything */
+                if (no_local && !any) {
+                    q_remove(&e->link);
+                    q_push_back(&b->parked[p], &e->link);
+                    b->nparked++;
+                    parked++;
+                }
+                if (++skipped >= NET_SCAN_MAX) {
+                    /* Enough for this round; with some parked, the rest
+                     * is looked at in the next one. */
+                    if (parked && !b->dirty) {
+                        b->dirty = true;
+                        q_push_back(&B.later_boxes, &b->dirty_link);
+                    }
+                    return;
+                }
+                continue;
+            }
+            q_remove(&s->blink);
+            q_push_back(&b->consumers, &s->blink);
+            deliver(e, s);
+        }
+    }
+}
+
 static void box_dispatch(box *b)
 {
+    if (b->nnet) {
+        box_dispatch_net(b);
+        return;
+    }
     int64_t now = 0;
     while (b->npending && b->nconsumers) {
         entry *e = box_head(b);
-        if (e->m->expires_ms) {
-            if (!now)
-                now = wall_ms();
-            if (now >= e->m->expires_ms) {
-                q_remove(&e->link);
-                b->npending--;
-                if (entry_stored(e))
-                    submit_logged(mqs_ack_async, e, "expiry");
-                entry_free(e);
-                continue;
-            }
-        }
+        if (drop_expired(b, e, &now))
+            continue;
         sub *s = NULL;
         for (qlink *l = b->consumers.next; l != &b->consumers; l = l->next) {
             sub *cand = container_of(l, sub, blink);
@@ -652,6 +788,13 @@ static void box_dispatch(box *b)
 size_t boxes_dispatch(void)
 {
     size_t n = 0;
+    /* Boxes that stopped at their scan limit go on now: at most a few
+     * rounds per loop turn (broker_run), so the work stays bounded. */
+    while (!q_empty(&B.later_boxes)) {
+        qlink *l = B.later_boxes.next;
+        q_remove(l);
+        q_push_back(&B.dirty_boxes, l);
+    }
     while (!q_empty(&B.dirty_boxes)) {
         box *b = container_of(B.dirty_boxes.next, box, dirty_link);
         q_remove(&b->dirty_link);
@@ -673,6 +816,13 @@ void dest_publish(dest *d, msg *m, uint64_t snapshot)
         /* A durable subscription created after the store write was
          * submitted did not get the message in the store either. */
         if (b->type == BOX_DURABLE && m->id && b->created_seq > snapshot)
+            continue;
+        /* A live network subscription never takes a message it may not
+         * forward (it would wait there for nobody): topics do not
+         * replay. */
+        if (b->nnet && !network_eligible(container_of(b->consumers.next,
+                                                      sub, blink),
+                                         m, false))
             continue;
         entry_add(b, m);
     }

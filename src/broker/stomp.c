@@ -126,6 +126,33 @@ static void on_connect(conn *c, const frame *f)
     if (cid && *cid)
         c->client_id = xstrdup(cid);
     c->connect_accept = accept != NULL;
+    /* A network connection (another broker's bridge, or our own). */
+    const char *peer = frame_get(f, "mq-bridge");
+    if (peer) {
+        if (!config_broker_name_ok(peer)) {
+            conn_error(c, NULL, "invalid mq-bridge",
+                       "mq-bridge '%.80s' is not a broker name (1 to 64 of "
+                       "A-Z a-z 0-9 . _ : -)", peer);
+            return;
+        }
+        c->bridge = xstrdup(peer);
+    }
+    const char *token = frame_get(f, "mq-bridge-token");
+    if (token) {
+        /* Compared in constant time; never logged. */
+        unsigned char diff = strlen(token) != strlen(B.bridge_token);
+        for (size_t i = 0; !diff && token[i]; i++)
+            diff |= (unsigned char)(token[i] ^ B.bridge_token[i]);
+        if (diff || !peer) {
+            conn_error(c, NULL, "invalid mq-bridge-token",
+                       "mq-bridge-token is only for this broker's own "
+                       "bridges (with mq-bridge)");
+            return;
+        }
+        c->bridge_internal = true; /* admin without a password */
+        connect_finish(c);
+        return;
+    }
     const char *login = frame_get(f, "login");
     if (auth_enabled() && login && *login) {
         /* The slow hash runs on the verifier thread; nothing more is read
@@ -178,6 +205,16 @@ void stomp_connect_done(conn *c, int rc)
 
 static void connect_finish(conn *c)
 {
+    /* Another broker's bridge reads and writes every destination it
+     * forwards: with logins it needs the admin right. */
+    if (c->bridge && !c->bridge_internal && auth_enabled() &&
+        (!c->user || !auth_allowed(c->user, AUTH_ADMIN, ""))) {
+        conn_error(c, NULL, "access denied",
+                   "user '%.128s' has no admin right, which a network "
+                   "connection (mq-bridge) needs (see --acl)",
+                   c->user ? c->user : "anonymous");
+        return;
+    }
     c->state = CS_OPEN;
     int version = c->version;
 
@@ -198,6 +235,7 @@ static void connect_finish(conn *c)
     frame_put(&c->out, STOMP_10, "session", tmp);
     if (B.cfg.advertise) /* validated: nothing in it needs escaping */
         frame_put(&c->out, STOMP_10, "mq-brokers", B.cfg.advertise);
+    frame_put(&c->out, STOMP_10, "mq-broker-name", B.name); /* validated */
     frame_end(&c->out, NULL, 0, false);
     conn_out_changed(c);
     log_msg(LOG_DEBUG, "conn %" PRIu64 " (%s): connected, STOMP 1.%d, "
@@ -205,6 +243,16 @@ static void connect_finish(conn *c)
             "%" PRId64 " ms", c->serial, c->peer, version - 10,
             c->user ? c->user : "-", c->client_id ? c->client_id : "-",
             c->hb_send_ms, c->hb_recv_ms);
+    if (c->bridge)
+        log_msg(c->bridge_internal ? LOG_DEBUG : LOG_INFO, "conn %" PRIu64
+                " (%s): network connection from broker %s%s", c->serial,
+                c->peer, c->bridge, c->bridge_internal ? " (own bridge)" : "");
+}
+
+/* Rights: this broker's own bridges may do everything. */
+static bool allowed(const conn *c, unsigned right, const char *dn)
+{
+    return c->bridge_internal || auth_allowed(c->user, right, dn);
 }
 
 /* ------------------------------------------------------------------------
@@ -224,11 +272,15 @@ static bool reserved_header(const char *name)
     return false;
 }
 
-static void encode_user_headers(const frame *f, buf *out)
+/* mq-path and mq-origin are kept from network connections only: from a
+ * client (say one re-sending a message it consumed) the message is a new
+ * one, produced here. */
+static void encode_user_headers(const conn *c, const frame *f, buf *out)
 {
     for (size_t i = 0; i < f->nheaders; i++) {
         const frame_header *h = &f->headers[i];
-        if (reserved_header(h->name))
+        if (reserved_header(h->name) ||
+            (!c->bridge && network_header(h->name)))
             continue;
         bool dup = false; /* the first of repeated headers counts */
         for (size_t j = 0; j < i && !dup; j++)
@@ -330,7 +382,7 @@ static void on_send(conn *c, const frame *f)
                    why);
         return;
     }
-    if (!auth_allowed(c->user, AUTH_WRITE, dn)) {
+    if (!allowed(c, AUTH_WRITE, dn)) {
         deny(c, receipt, AUTH_WRITE, dn);
         return;
     }
@@ -361,7 +413,7 @@ static void on_send(conn *c, const frame *f)
         expires = (int64_t)n;
     }
     buf h = {0};
-    encode_user_headers(f, &h);
+    encode_user_headers(c, f, &h);
     if (persistent && h.len + f->body_len > B.store_max) {
         conn_error(c, receipt, "message too large",
                    "headers + body are %zu bytes; the store takes at most "
@@ -399,7 +451,35 @@ static void on_send(conn *c, const frame *f)
         receipt_now(c, f);
         return;
     }
+    /* A message a bridge forwards again (its RECEIPT was lost): known
+     * by mq-origin, answered, not kept twice (network.c). Checked before
+     * the producer audit, which would otherwise take its sequence. */
+    const char *origin = c->bridge && network_audit_on(d)
+                             ? frame_get(f, NET_HDR_ORIGIN)
+                             : NULL;
+    if (origin && *origin) {
+        op *orig = NULL;
+        int a = origin_check(origin, &orig);
+        if (a != AUDIT_NEW) {
+            msg_unref(m);
+            log_msg(LOG_DEBUG, "conn %" PRIu64 ": SEND of %s from broker %s "
+                    "already held: not stored again", c->serial, origin,
+                    c->bridge);
+            if (a == AUDIT_DUP) {
+                receipt_now(c, f);
+            } else {
+                op *dup = op_new(OP_DUP, c, ticket_add(c, receipt, "SEND"));
+                dup->next_dup = orig->dups;
+                orig->dups = dup;
+            }
+            return;
+        }
+    } else {
+        origin = NULL;
+    }
     if (!wants_store(m, d)) {
+        if (origin)
+            origin_add(origin, NULL);
         dest_publish(d, m, 0);
         msg_unref(m);
         receipt_now(c, f);
@@ -437,6 +517,10 @@ static void on_send(conn *c, const frame *f)
     /* Delivered once stored: consumers then ack by its store id, and
      * never see a message the store refused. */
     op *o = op_new(OP_SEND, c, ticket_add(c, receipt, "SEND"));
+    if (origin) {
+        o->origin = xstrdup(origin);
+        origin_add(origin, o);
+    }
     if (producer) {
         o->producer = xstrdup(producer);
         o->pseq = pseq;
@@ -505,11 +589,181 @@ static char *full_durable_name(const conn *c, const char *name)
     return b.p;
 }
 
+/* SUBSCRIBE /mq/demand or /mq/bridges (network.c). True when handled. */
+static bool subscribe_special(conn *c, const frame *f, const char *dn)
+{
+    const char *receipt = receipt_of(f);
+    bool demand = !strcmp(dn, "/mq/demand");
+    if (!demand && strcmp(dn, "/mq/bridges"))
+        return false;
+    const char *id = frame_get(f, "id");
+    if (!id || !*id) {
+        need(c, f, "id");
+        return true;
+    }
+    if (find_sub(c, id) || (c->demand_id && !strcmp(c->demand_id, id))) {
+        conn_error(c, receipt, "duplicate subscription id",
+                   "subscription id '%.128s' is already in use on this "
+                   "connection", id);
+        return true;
+    }
+    if (demand) {
+        if (!c->bridge) {
+            conn_error(c, receipt, "network connection required",
+                       "destination /mq/demand is only for network "
+                       "connections (CONNECT with mq-bridge)");
+        } else if (c->demand_id) {
+            conn_error(c, receipt, "duplicate /mq/demand",
+                       "this connection already holds a /mq/demand "
+                       "subscription ('%.128s')", c->demand_id);
+        } else {
+            network_demand_subscribe(c, id);
+            receipt_now(c, f);
+        }
+        return true;
+    }
+    if (auth_enabled() && !c->bridge_internal &&
+        (!c->user || !auth_allowed(c->user, AUTH_ADMIN, ""))) {
+        deny(c, receipt, AUTH_ADMIN, dn);
+        return true;
+    }
+    network_bridges_snapshot(c, id); /* a snapshot: nothing stays */
+    receipt_now(c, f);
+    return true;
+}
+
+/* A durable SUBSCRIBE or UNSUBSCRIBE waiting for the store (OP_SUBCREATE,
+ * OP_SUBREMOVE): what to do with the answer. The connection reads nothing
+ * meanwhile (c->store_wait): its next frames may name this subscription. */
+typedef struct subreq {
+    char *full;    /* the durable box's name, client-id:name */
+    char *sub_id;  /* the SUBSCRIBE's id */
+    char *receipt; /* the frame's receipt, or NULL */
+    int ack;
+    size_t prefetch;
+    box *b;        /* OP_SUBREMOVE: the box whose store row goes */
+    bool last;     /* OP_SUBREMOVE: the frame's last removal answers it */
+} subreq;
+
+static void subreq_free(subreq *r)
+{
+    if (!r)
+        return;
+    free(r->full);
+    free(r->sub_id);
+    free(r->receipt);
+    free(r);
+}
+
+static void receipt_str(conn *c, const char *r, const char *what)
+{
+    if (r && c->state == CS_OPEN)
+        ticket_done(c, ticket_add(c, r, what), 0, NULL);
+}
+
+/* A new subscription of c on box b (its checks done), attached. */
+static void sub_open(conn *c, box *b, const char *id, int ack,
+                     size_t prefetch, const char *peer, unsigned ttl)
+{
+    sub *s = xcalloc(1, sizeof *s);
+    s->c = c;
+    s->id = xstrdup(id);
+    s->ack = ack;
+    s->prefetch = prefetch;
+    s->net_peer = peer ? xstrdup(peer) : NULL;
+    s->net_ttl = ttl;
+    q_init(&s->unacked);
+    q_push_back(&c->subs, &s->clink);
+    c->nsubs++;
+    if (!idmap_get(&c->sub_ids, str_key(s->id)))
+        idmap_put(&c->sub_ids, str_key(s->id), s);
+    sub_attach(s, b);
+}
+
+void stomp_sub_created(op *o, bool live)
+{
+    conn *c = o->c;
+    subreq *r = o->sr;
+    c->store_wait = false;
+    bool open = c->state == CS_OPEN;
+    if (live) {
+        dest *d = o->d;
+        if (o->rc == 0) {
+            /* The box exists from the store's commit on, whether or not
+             * the client is still there: messages published since are
+             * the subscription's in the store too. Those submitted after
+             * the create (seq above o->seq) committed after it, so they
+             * are its in memory as well; earlier ones are not. */
+            box *b = dest_find_durable(d, r->full);
+            if (!b) {
+                b = box_new_sub(d, BOX_DURABLE, o->id, r->full);
+                b->created_seq = o->seq;
+                log_msg(LOG_INFO, "durable subscription '%s' on %s created "
+                        "(id %" PRId64 ")", r->full, d->name, o->id);
+            }
+            if (open && (b->nconsumers || b->removing)) {
+                conn_error(c, r->receipt, "durable subscription in use",
+                           "durable subscription '%.200s' on %.300s already "
+                           "has an active subscriber", r->full, d->name);
+                open = false;
+            } else if (open) {
+                sub_open(c, b, r->sub_id, r->ack, r->prefetch, NULL, 1);
+                receipt_str(c, r->receipt, "SUBSCRIBE");
+            }
+        } else if (open) {
+            conn_error(c, r->receipt, "cannot create durable subscription",
+                       "'%.200s' on %.300s: %s", r->full, d->name,
+                       o->err ? o->err : mqs_strerror(o->rc));
+            open = false;
+        }
+        dest_unref(d);
+    }
+    subreq_free(r);
+    o->sr = NULL;
+    o->rc = 0; /* answered above */
+    if (open)
+        conn_process_input(c); /* the frames that waited */
+}
+
+void stomp_sub_removed(op *o, bool live)
+{
+    conn *c = o->c;
+    subreq *r = o->sr;
+    bool open = c->state == CS_OPEN, last = r->last;
+    if (last)
+        c->store_wait = false;
+    if (live) {
+        box *b = r->b;
+        dest *d = o->d;
+        b->removing = false;
+        if (o->rc == 0 || o->rc == MQS_ENOTFOUND) {
+            log_msg(LOG_INFO, "durable subscription '%s' on %s removed",
+                    b->name, d->name);
+            box_free(b);
+            if (open && last)
+                receipt_str(c, r->receipt, "UNSUBSCRIBE");
+        } else if (open) {
+            conn_error(c, r->receipt, "cannot remove durable subscription",
+                       "'%.200s': %s", b->name,
+                       o->err ? o->err : mqs_strerror(o->rc));
+            open = false;
+        }
+        dest_unref(d);
+    }
+    subreq_free(r);
+    o->sr = NULL;
+    o->rc = 0;
+    if (open && last)
+        conn_process_input(c);
+}
+
 static void on_subscribe(conn *c, const frame *f)
 {
     const char *receipt = receipt_of(f);
     const char *dn = need(c, f, "destination");
     if (!dn)
+        return;
+    if (!strncmp(dn, "/mq/", 4) && subscribe_special(c, f, dn))
         return;
     mqs_kind kind;
     const char *why = dest_check(dn, &kind);
@@ -518,7 +772,7 @@ static void on_subscribe(conn *c, const frame *f)
                    why);
         return;
     }
-    if (!auth_allowed(c->user, AUTH_READ, dn)) {
+    if (!allowed(c, AUTH_READ, dn)) {
         deny(c, receipt, AUTH_READ, dn);
         return;
     }
@@ -536,7 +790,7 @@ static void on_subscribe(conn *c, const frame *f)
                    "(max-subscriptions)", c->nsubs);
         return;
     }
-    if (find_sub(c, id)) {
+    if (find_sub(c, id) || (c->demand_id && !strcmp(c->demand_id, id))) {
         conn_error(c, receipt, "duplicate subscription id",
                    "subscription id '%.128s' is already in use on this "
                    "connection", id);
@@ -575,6 +829,36 @@ static void on_subscribe(conn *c, const frame *f)
         }
         prefetch = (size_t)n;
     }
+    /* A network subscription: messages for broker `peer` (network.c). */
+    const char *peer = frame_get(f, "mq-bridge");
+    unsigned ttl = 1;
+    if (peer) {
+        const char *t = frame_get(f, "mq-network-ttl");
+        uint64_t n = 1;
+        if (!c->bridge) {
+            conn_error(c, receipt, "network connection required",
+                       "the SUBSCRIBE header mq-bridge is only for network "
+                       "connections (CONNECT with mq-bridge)");
+            return;
+        }
+        if (!config_broker_name_ok(peer)) {
+            conn_error(c, receipt, "invalid mq-bridge",
+                       "mq-bridge '%.80s' is not a broker name", peer);
+            return;
+        }
+        if (t && (!parse_u64(t, &n) || n < 1 || n > 255)) {
+            conn_error(c, receipt, "invalid mq-network-ttl",
+                       "mq-network-ttl '%.32s' must be a number from 1 to "
+                       "255", t);
+            return;
+        }
+        if (durable_name(f)) {
+            conn_error(c, receipt, "invalid network subscription",
+                       "a network subscription (mq-bridge) is not durable");
+            return;
+        }
+        ttl = (unsigned)n;
+    }
     dest *d = dest_get(dn, true);
     box *b;
     const char *dname = durable_name(f);
@@ -596,49 +880,82 @@ static void on_subscribe(conn *c, const frame *f)
             free(full);
             return;
         }
+        if (b && b->removing) {
+            conn_error(c, receipt, "durable subscription in use",
+                       "durable subscription '%.200s' on %.300s is being "
+                       "removed; subscribe again once that is answered",
+                       full, dn);
+            free(full);
+            return;
+        }
         if (!b) {
-            int64_t sid = 0;
-            int rc = mqs_sub_create(B.store, d->store_name, full, &sid);
+            /* Created in the store without blocking the loop: the rest of
+             * the SUBSCRIBE (and this connection's next frames) waits for
+             * the answer (stomp_sub_created). */
+            op *o = op_new(OP_SUBCREATE, c, NULL);
+            o->pending = 1;
+            o->d = d;
+            dest_ref(d);
+            o->seq = ++B.seq;
+            subreq *r = xcalloc(1, sizeof *r);
+            r->full = full;
+            r->sub_id = xstrdup(id);
+            r->receipt = receipt ? xstrdup(receipt) : NULL;
+            r->ack = ack;
+            r->prefetch = prefetch;
+            o->sr = r;
+            int rc = mqs_sub_create_async(B.store, d->store_name, full,
+                                          op_done_cb, o);
             if (rc) {
                 conn_error(c, receipt, "cannot create durable subscription",
                            "'%.200s' on %.300s: %s", full, dn,
                            mqs_errmsg(B.store));
-                free(full);
+                c->inflight--;
+                dest_unref(d);
+                subreq_free(r);
+                free(o);
                 return;
             }
-            b = box_new_sub(d, BOX_DURABLE, sid, full);
-            log_msg(LOG_INFO, "durable subscription '%s' on %s created "
-                    "(id %" PRId64 ")", full, dn, sid);
+            c->store_wait = true;
+            return;
         }
         free(full);
     } else {
         b = box_new_sub(d, BOX_TOPIC, 0, NULL);
     }
-    sub *s = xcalloc(1, sizeof *s);
-    s->c = c;
-    s->id = xstrdup(id);
-    s->ack = ack;
-    s->prefetch = prefetch;
-    q_init(&s->unacked);
-    q_push_back(&c->subs, &s->clink);
-    c->nsubs++;
-    if (!idmap_get(&c->sub_ids, str_key(s->id)))
-        idmap_put(&c->sub_ids, str_key(s->id), s);
-    sub_attach(s, b);
+    sub_open(c, b, id, ack, prefetch, peer, ttl);
     receipt_now(c, f);
 }
 
-static bool remove_durable(conn *c, const frame *f, box *b)
+/* Remove durable box b in the store without blocking the loop; the box
+ * goes when the store answers (stomp_sub_removed), and with last that
+ * answer carries the frame's RECEIPT and lets c read again. false (and an
+ * ERROR sent) if it could not even be queued. */
+static bool remove_durable(conn *c, const frame *f, box *b, bool last)
 {
-    int rc = mqs_sub_remove(B.store, b->sub_id);
-    if (rc && rc != MQS_ENOTFOUND) {
-        conn_error(c, receipt_of(f), "cannot remove durable subscription",
+    op *o = op_new(OP_SUBREMOVE, c, NULL);
+    o->pending = 1;
+    o->d = b->d;
+    dest_ref(o->d);
+    subreq *r = xcalloc(1, sizeof *r);
+    r->b = b;
+    r->last = last;
+    const char *receipt = receipt_of(f);
+    r->receipt = receipt ? xstrdup(receipt) : NULL;
+    o->sr = r;
+    b->removing = true;
+    int rc = mqs_sub_remove_async(B.store, b->sub_id, op_done_cb, o);
+    if (rc) {
+        b->removing = false;
+        conn_error(c, receipt, "cannot remove durable subscription",
                    "'%.200s': %s", b->name, mqs_errmsg(B.store));
+        c->inflight--;
+        dest_unref(o->d);
+        subreq_free(r);
+        free(o);
         return false;
     }
-    log_msg(LOG_INFO, "durable subscription '%s' on %s removed", b->name,
-            b->d->name);
-    box_free(b);
+    c->store_wait = true;
     return true;
 }
 
@@ -652,6 +969,11 @@ static void on_unsubscribe(conn *c, const frame *f)
         return;
     }
     const char *dname = durable_name(f);
+    if (c->demand_id && !strcmp(c->demand_id, id)) {
+        network_demand_unsubscribe(c);
+        receipt_now(c, f);
+        return;
+    }
     sub *s = find_sub(c, id);
     if (s) {
         box *b = s->b;
@@ -662,26 +984,37 @@ static void on_unsubscribe(conn *c, const frame *f)
         c->nsubs--;
         sub_detach(s);
         free(s->id);
+        free(s->net_peer);
         free(s);
-        /* A plain UNSUBSCRIBE keeps a durable subscription. */
-        if (dname && durable && !remove_durable(c, f, b))
+        /* A plain UNSUBSCRIBE keeps a durable subscription. Removing
+         * one answers when the store did. */
+        if (dname && durable) {
+            remove_durable(c, f, b, true);
             return;
+        }
     } else if (dname && c->client_id) {
-        /* Removing an inactive durable subscription by name. */
+        /* Removing an inactive durable subscription by name (on every
+         * topic without a destination header): the RECEIPT comes with the
+         * store's last answer (answers come in submission order). */
         char *full = full_durable_name(c, dname);
         const char *dn = frame_get(f, "destination");
-        for (qlink *l = B.dests.next; l != &B.dests;) {
+        box *found[64];
+        size_t n = 0;
+        for (qlink *l = B.dests.next; l != &B.dests && n < 64;) {
             dest *d = container_of(l, dest, link);
             l = l->next;
             if (d->kind != MQS_TOPIC || (dn && strcmp(dn, d->name)))
                 continue;
             box *b = dest_find_durable(d, full);
-            if (b && !b->nconsumers && !remove_durable(c, f, b)) {
-                free(full);
-                return;
-            }
+            if (b && !b->nconsumers && !b->removing)
+                found[n++] = b;
         }
         free(full);
+        for (size_t i = 0; i < n; i++)
+            if (!remove_durable(c, f, found[i], i + 1 == n))
+                return;
+        if (n)
+            return;
     } else {
         log_msg(LOG_DEBUG, "conn %" PRIu64 ": UNSUBSCRIBE of unknown "
                 "subscription '%s'", c->serial, id);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
@@ -262,6 +263,45 @@ static void make_producer_id(char out[33])
 
 static char *dup_or_null(const char *s) { return s ? xstrdup(s) : NULL; }
 
+/* Headers send_connect() writes itself: a second copy would be ignored by
+ * the broker (the first one counts) or, for login/passcode, bypass the
+ * secrets handling. */
+static const char *const reserved_connect[] = {
+    "accept-version", "host", "heart-beat", "login", "passcode", "client-id",
+};
+
+int mqc__check_connect_headers(const mqc_conn_opts *opts, const char *what)
+{
+    if (!opts || opts->nconnect_headers == 0)
+        return 0;
+    if (!opts->connect_headers)
+        return mqc__err(NULL, MQC_EINVAL, "%s: opts.nconnect_headers is %zu "
+                        "but opts.connect_headers is NULL",
+                        what, opts->nconnect_headers);
+    for (size_t i = 0; i < opts->nconnect_headers; i++) {
+        const mqc_header *h = &opts->connect_headers[i];
+        if (!h->name || !*h->name || !h->value)
+            return mqc__err(NULL, MQC_EINVAL, "%s: opts.connect_headers[%zu] "
+                            "has a NULL or empty name or a NULL value",
+                            what, i);
+        /* CONNECT headers are not escaped (STOMP 1.2). */
+        if (strpbrk(h->name, "\r\n:") || strpbrk(h->value, "\r\n"))
+            return mqc__err(NULL, MQC_EINVAL, "%s: opts.connect_headers[%zu] "
+                            "('%s'): a line break, or ':' in the name, cannot "
+                            "be carried by STOMP's CONNECT frame",
+                            what, i, strpbrk(h->name, "\r\n") ? "?" : h->name);
+        for (size_t k = 0;
+             k < sizeof reserved_connect / sizeof reserved_connect[0]; k++)
+            if (!strcasecmp(h->name, reserved_connect[k]))
+                return mqc__err(NULL, MQC_EINVAL, "%s: opts.connect_headers"
+                                "[%zu]: '%s' is written by the library itself; "
+                                "use the matching mqc_conn_opts member or URI "
+                                "option",
+                                what, i, h->name);
+    }
+    return 0;
+}
+
 static void wipe_free(char *s)
 {
     if (!s)
@@ -292,6 +332,9 @@ int mqc_open(const char *uri, const mqc_conn_opts *opts, mqc_conn **out)
                 return mqc__err(NULL, MQC_EINVAL, "mqc_open: opts.%s contains "
                                 "a line break, which STOMP's CONNECT frame "
                                 "cannot carry", names[i]);
+        int rc = mqc__check_connect_headers(opts, "mqc_open");
+        if (rc)
+            return rc;
     }
     mqc_config cfg;
     char err[512];
@@ -329,6 +372,17 @@ int mqc_open(const char *uri, const mqc_conn_opts *opts, mqc_conn **out)
         c->passcode = dup_or_null(opts->passcode);
         c->vhost = dup_or_null(opts->vhost);
         c->client_id = dup_or_null(opts->client_id);
+        if (opts->nconnect_headers) {
+            c->connect_headers =
+                xcalloc(opts->nconnect_headers, sizeof *c->connect_headers);
+            for (size_t i = 0; i < opts->nconnect_headers; i++) {
+                c->connect_headers[i].name =
+                    xstrdup(opts->connect_headers[i].name);
+                c->connect_headers[i].value =
+                    xstrdup(opts->connect_headers[i].value);
+            }
+            c->nconnect_headers = opts->nconnect_headers;
+        }
         c->listener = opts->listener;
         c->log = opts->log;
         c->log_ud = opts->log_ud;
@@ -353,6 +407,22 @@ int mqc_open(const char *uri, const mqc_conn_opts *opts, mqc_conn **out)
                         strerror(rc));
     }
     *out = c;
+    mqc__err_clear(NULL);
+    return 0;
+}
+
+int mqc_uri_check(const char *uri)
+{
+    if (!uri || !*uri)
+        return mqc__err(NULL, MQC_EINVAL, "mqc_uri_check: no URI given");
+    mqc_config cfg;
+    char err[512];
+    if (mqc__uri_parse(uri, &cfg, err, sizeof err) != 0)
+        return mqc__err(NULL, MQC_EINVAL, "%s", err);
+    size_t n = cfg.nservers;
+    mqc__config_free(&cfg);
+    if (n == 0)
+        return mqc__err(NULL, MQC_EINVAL, "the URI names no broker");
     mqc__err_clear(NULL);
     return 0;
 }
@@ -580,6 +650,11 @@ void mqc_close(mqc_conn *c)
     c->passcode = NULL;
     free(c->vhost);
     free(c->client_id);
+    for (size_t i = 0; i < c->nconnect_headers; i++) {
+        free((void *)(uintptr_t)c->connect_headers[i].name);
+        free((void *)(uintptr_t)c->connect_headers[i].value);
+    }
+    free(c->connect_headers);
     close(c->wake_fd);
     c->closed = true;
     mqc__conn_unref(c);

@@ -177,6 +177,8 @@ struct mqc_conn {
 
     mqc_config cfg;
     char *login, *passcode, *vhost, *client_id;
+    mqc_header *connect_headers; /* opts.connect_headers, copied */
+    size_t nconnect_headers;
     mqc_listener listener;
     mqc_log_fn log;
     void *log_ud;
@@ -250,6 +252,10 @@ bool mqc__on_dispatch_thread(mqc_conn *c);
  * timeout. */
 bool mqc__cv_wait(mqc_conn *c, pthread_cond_t *cv, int64_t deadline);
 int64_t mqc__deadline(int timeout_ms); /* -1 stays -1 */
+
+/* Check opts->connect_headers (what names the caller for the message):
+ * 0 or MQC_EINVAL with the thread's message set. */
+int mqc__check_connect_headers(const mqc_conn_opts *opts, const char *what);
 
 /* For the pool (pool.c): c failed for good (gave up reconnecting, a plain
  * tcp:// connection lost, or closed). */

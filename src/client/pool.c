@@ -44,6 +44,7 @@ struct mqc_pool {
     char *uri;
     mqc_conn_opts conn; /* strings below are the pool's copies */
     char *login, *passcode, *vhost, *client_id;
+    mqc_header *connect_headers; /* copies; strings owned */
     int max, idle_ms, borrow_timeout_ms;
 
     idle_conn *idle; /* a stack: the most recently returned on top, so the
@@ -95,6 +96,34 @@ static void wipe_free(char *s)
     free(s);
 }
 
+static void free_connect_headers(mqc_header *h, size_t n)
+{
+    for (size_t i = 0; h && i < n; i++) {
+        free((void *)(uintptr_t)h[i].name);
+        free((void *)(uintptr_t)h[i].value);
+    }
+    free(h);
+}
+
+/* The pool opens connections long after mqc_pool_open() returned, so it
+ * keeps its own copy of opts.connect_headers. NULL on no headers or OOM. */
+static mqc_header *copy_connect_headers(const mqc_header *src, size_t n,
+                                        bool *oom)
+{
+    if (n == 0)
+        return NULL;
+    mqc_header *h = calloc(n, sizeof *h);
+    if (!h) {
+        *oom = true;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        h[i].name = dup_or_null(src[i].name, oom);
+        h[i].value = dup_or_null(src[i].value, oom);
+    }
+    return h;
+}
+
 static void pool_free(mqc_pool *p)
 {
     pthread_mutex_destroy(&p->mu);
@@ -105,6 +134,7 @@ static void pool_free(mqc_pool *p)
     wipe_free(p->passcode);
     free(p->vhost);
     free(p->client_id);
+    free_connect_headers(p->connect_headers, p->conn.nconnect_headers);
     free(p->idle);
     free(p->out);
     free(p);
@@ -200,6 +230,9 @@ int mqc_pool_open(const char *uri, const mqc_pool_opts *opts, mqc_pool **out)
                         "mqc_pool_open: borrow_timeout_ms %d: expected -1 "
                         "(wait forever), 0 (fail at once) or more",
                         o.borrow_timeout_ms);
+    int hrc = mqc__check_connect_headers(&o.conn, "mqc_pool_open");
+    if (hrc)
+        return hrc;
     /* A bad URI fails here, not at the first borrow. */
     mqc_config cfg;
     char err[512];
@@ -227,6 +260,9 @@ int mqc_pool_open(const char *uri, const mqc_pool_opts *opts, mqc_pool **out)
     p->conn.passcode = p->passcode;
     p->conn.vhost = p->vhost;
     p->conn.client_id = p->client_id;
+    p->connect_headers = copy_connect_headers(o.conn.connect_headers,
+                                              o.conn.nconnect_headers, &oom);
+    p->conn.connect_headers = p->connect_headers;
     p->idle = calloc((size_t)p->max, sizeof *p->idle);
     p->out = calloc((size_t)p->max, sizeof *p->out);
     if (oom || !p->idle || !p->out) {
@@ -236,6 +272,7 @@ int mqc_pool_open(const char *uri, const mqc_pool_opts *opts, mqc_pool **out)
         wipe_free(p->passcode);
         free(p->vhost);
         free(p->client_id);
+        free_connect_headers(p->connect_headers, o.conn.nconnect_headers);
         free(p->idle);
         free(p->out);
         free(p);

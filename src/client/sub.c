@@ -412,6 +412,13 @@ const char *mqc_msg_header(const mqc_msg *m, const char *name)
     return NULL;
 }
 
+const mqc_header *mqc_msg_headers(const mqc_msg *m, size_t *n)
+{
+    if (n)
+        *n = m ? m->nheaders : 0;
+    return m ? m->headers : NULL;
+}
+
 const char *mqc_msg_dest(const mqc_msg *m) { return m ? m->dest : NULL; }
 const char *mqc_msg_id(const mqc_msg *m) { return m ? m->id : NULL; }
 

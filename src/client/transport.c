@@ -167,6 +167,9 @@ static void send_connect(mqc_conn *c, mqc_link *l)
         frame_put(b, STOMP_10, "passcode", c->passcode);
     if (c->client_id)
         frame_put(b, STOMP_10, "client-id", c->client_id);
+    for (size_t i = 0; i < c->nconnect_headers; i++)
+        frame_put(b, STOMP_10, c->connect_headers[i].name,
+                  c->connect_headers[i].value);
     frame_end(b, NULL, 0, false);
 }
 

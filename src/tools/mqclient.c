@@ -413,6 +413,9 @@ static int common_opt(common *co, int ch, char *arg)
 /* getopt_long loop shared by the commands: unknown options and missing
  * arguments get a precise message. `own` handles command options. */
 typedef int (*own_opt_fn)(void *ctx, int ch, char *arg);
+/* Set by a command that takes a URI and no DEST (bridges): the destination
+ * parse_args puts in common.dest. */
+static const char *g_uri_only;
 
 static int parse_args(int argc, char **argv, const char *shortopts,
                       const struct option *longopts, common *co,
@@ -452,6 +455,18 @@ static int parse_args(int argc, char **argv, const char *shortopts,
             return -1;
     }
     int npos = argc - optind;
+    if (g_uri_only) {
+        if (npos == 0)
+            return usage_error("missing URI: usage is %s URI [options]",
+                               g_cmd), -1;
+        if (npos > 1)
+            return usage_error("unexpected argument '%s' after URI (%s takes "
+                               "no DEST; quote a URI containing '&' or '(')",
+                               argv[optind + 1], g_cmd), -1;
+        co->uri = argv[optind];
+        co->dest = g_uri_only;
+        return 0;
+    }
     if (npos < 2)
         return usage_error("missing %s: usage is %s URI DEST [options]",
                            npos == 0 ? "URI and DEST" : "DEST", g_cmd), -1;
@@ -1517,6 +1532,122 @@ static int cmd_bench(int argc, char **argv)
  * main
  * ---------------------------------------------------------------------- */
 
+/* ------------------------------------------------------------------------
+ * bridges: mqbroker's /mq/bridges snapshot as a table
+ * ---------------------------------------------------------------------- */
+
+static const char BRIDGES_HELP[] =
+    "Usage: mqclient bridges URI [options]\n"
+    "Show the network bridges of an mqbroker: one row per bridge its\n"
+    "network connectors made (state, peer, messages forwarded each way and\n"
+    "in flight, last error). mqbroker sends one message per bridge to a\n"
+    "subscription to /mq/bridges (with --users it needs the admin right);\n"
+    "the snapshot ends when no message came for --timeout ms.\n"
+    "\n"
+    "Bridges options:\n"
+    "  -t, --timeout MS      end of the snapshot: no message for MS ms\n"
+    "                        (default 1000)\n"
+    "\n"
+    "Output: a table (no bridges: a line saying so); --json prints each\n"
+    "bridge as the broker's JSON object, one per line.\n"
+    "\n" COMMON_HELP "\n" EXIT_CODES_HELP;
+
+typedef struct bridges_args {
+    int timeout_ms;
+} bridges_args;
+
+static int bridges_opt(void *ctx, int ch, char *arg)
+{
+    bridges_args *a = ctx;
+    if (ch == 't')
+        return parse_int("--timeout", arg, 1, 600000, &a->timeout_ms) ? 0 : -1;
+    return usage_error("unexpected option"), -1;
+}
+
+/* A header of m, or dflt when it is absent or empty (keeps the columns). */
+static const char *hdr_or(const mqc_msg *m, const char *name, const char *dflt)
+{
+    const char *v = mqc_msg_header(m, name);
+    return v && *v ? v : dflt;
+}
+
+static int cmd_bridges(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        COMMON_LONGOPTS,
+        {"timeout", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0}};
+    common co;
+    common_init(&co);
+    bridges_args a = {.timeout_ms = 1000};
+    g_uri_only = "/mq/bridges";
+    int rc = parse_args(argc, argv, ":hvH:t:", lo, &co, bridges_opt, &a,
+                        BRIDGES_HELP);
+    if (rc == -2)
+        return EXIT_OK;
+    if (rc < 0)
+        return EXIT_USAGE;
+
+    mqc_conn *c = NULL;
+    rc = connect_to(&co, &c);
+    if (rc != EXIT_OK)
+        return rc;
+    mqc_sub_opts so = {.headers = co.headers, .nheaders = co.nheaders};
+    mqc_sub *sub = NULL;
+    rc = mqc_subscribe(c, co.dest, MQC_ACK_AUTO, &so, &sub);
+    if (rc != 0) {
+        fprintf(stderr, "%s: subscribe to /mq/bridges failed: %s\n", g_cmd,
+                mqc_errmsg(c));
+        mqc_close(c);
+        return rc == MQC_EGAVEUP ? EXIT_CONNECT
+               : rc == MQC_EINVAL ? EXIT_USAGE : EXIT_FAIL;
+    }
+    static const char fmt[] = "%-16s %-10s %-16s %10s %10s %8s %8s %-6s %s%s%s\n";
+    int n = 0, exit_rc = EXIT_OK;
+    while (!g_stop) {
+        mqc_msg *m = NULL;
+        rc = mqc_receive(sub, a.timeout_ms, &m);
+        if (rc == MQC_ETIMEDOUT)
+            break;
+        if (rc != 0) {
+            event("receive: %s: %s", mqc_errname(rc), mqc_errmsg(c));
+            exit_rc = rc == MQC_EGAVEUP || rc == MQC_ECONN || rc == MQC_ECLOSED
+                          ? EXIT_CONNECT : EXIT_FAIL;
+            break;
+        }
+        if (co.json) {
+            size_t bl;
+            const char *body = mqc_msg_body(m, &bl);
+            while (bl && (body[bl - 1] == '\n' || body[bl - 1] == '\r'))
+                bl--;
+            fwrite(body, 1, bl, stdout);
+            fputc('\n', stdout);
+        } else {
+            if (n == 0)
+                printf(fmt, "BRIDGE", "STATE", "PEER-NAME", "OUT", "IN",
+                       "INFL-OUT", "INFL-IN", "DUPLEX", "PEER", "", "");
+            const char *err = hdr_or(m, "mq-last-error", "");
+            printf(fmt, hdr_or(m, "mq-bridge-name", "?"),
+                   hdr_or(m, "mq-state", "?"), hdr_or(m, "mq-peer-name", "-"),
+                   hdr_or(m, "mq-forwarded-out", "0"),
+                   hdr_or(m, "mq-forwarded-in", "0"),
+                   hdr_or(m, "mq-inflight-out", "0"),
+                   hdr_or(m, "mq-inflight-in", "0"),
+                   hdr_or(m, "mq-duplex", "-"), hdr_or(m, "mq-peer", "?"),
+                   *err ? "  last error: " : "", err);
+        }
+        fflush(stdout);
+        mqc_msg_free(m);
+        n++;
+    }
+    if (n == 0 && exit_rc == EXIT_OK && !co.json)
+        printf("no bridges (the broker has no --network-connector)\n");
+    if (mqc_unsubscribe(sub) != 0 && co.verbose)
+        event("unsubscribe: %s", mqc_errmsg(c));
+    mqc_close(c);
+    return exit_rc;
+}
+
 static const char MAIN_HELP[] =
     "Usage: mqclient COMMAND URI DEST [options]\n"
     "STOMP 1.2 client on libmqclient, with ActiveMQ-style failover URIs.\n"
@@ -1525,6 +1656,7 @@ static const char MAIN_HELP[] =
     "  send    send messages and wait for their receipts\n"
     "  recv    subscribe and print messages\n"
     "  bench   async send throughput and receipt latency\n"
+    "  bridges show an mqbroker's network bridges (URI only, no DEST)\n"
     "\n"
     "'mqclient COMMAND --help' lists a command's options and defaults.\n"
     "\n"
@@ -1541,12 +1673,13 @@ static const char MAIN_HELP[] =
     "  mqclient send tcp://127.0.0.1:61613 /queue/a --body 'hello %n' -n 10\n"
     "  mqclient recv tcp://127.0.0.1:61613 /queue/a --count 10 --ack client\n"
     "  mqclient bench tcp://127.0.0.1:61613 /queue/b --seconds 5 --size 1024\n"
+    "  mqclient bridges tcp://127.0.0.1:61613\n"
     "\n" EXIT_CODES_HELP;
 
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        return usage_error("missing COMMAND (send, recv or bench)");
+        return usage_error("missing COMMAND (send, recv, bench or bridges)");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         fputs(MAIN_HELP, stdout);
@@ -1563,9 +1696,11 @@ int main(int argc, char **argv)
         run = cmd_recv;
     else if (!strcmp(cmd, "bench"))
         run = cmd_bench;
+    else if (!strcmp(cmd, "bridges"))
+        run = cmd_bridges;
     else
-        return usage_error("unknown command '%s' (expected send, recv or "
-                           "bench)", cmd);
+        return usage_error("unknown command '%s' (expected send, recv, "
+                           "bench or bridges)", cmd);
     snprintf(g_cmd, sizeof g_cmd, "mqclient %s", cmd);
     install_signals();
     /* Line-buffered so a reader of a pipe (demo, bench) sees each line as

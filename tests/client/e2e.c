@@ -1592,6 +1592,112 @@ static void l_login(void **state)
 /* After each test, pass or fail: stop fake servers and brokers it left
  * behind (a failed check jumps out of the test), so the next test of the
  * same run finds its ports free. */
+/* ------------------------------------------------------------------------
+ * m) issue 13 additions: opts.connect_headers in every CONNECT (names the
+ *    library writes itself refused), and mqc_msg_headers().
+ * ---------------------------------------------------------------------- */
+static void m_headers(void **state)
+{
+    (void)state;
+    if (mqh_cfg.activemq)
+        skip(); /* the fake server and mqbroker only */
+    char uri[256];
+    mqc_conn *c = NULL;
+    mqc_conn_opts o;
+    memset(&o, 0, sizeof o);
+    static const char *const reserved[] = {"login", "passcode", "host",
+                                           "accept-version", "heart-beat",
+                                           "client-id", "Login"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+        mqc_header h = {reserved[i], "x"};
+        o.connect_headers = &h;
+        o.nconnect_headers = 1;
+        CHECK_RC(mqc_open("tcp://127.0.0.1:1", &o, &c), MQC_EINVAL);
+        CHECK(c == NULL && mqh_contains(mqc_errmsg(NULL), reserved[i]),
+              "refusing '%s': %s", reserved[i], mqc_errmsg(NULL));
+    }
+    mqc_header bad[] = {{"a:b", "x"}, {"x", "line\nbreak"}, {"", "x"}};
+    for (size_t i = 0; i < 3; i++) {
+        o.connect_headers = &bad[i];
+        CHECK_RC(mqc_open("tcp://127.0.0.1:1", &o, &c), MQC_EINVAL);
+    }
+    o.connect_headers = NULL;
+    o.nconnect_headers = 2;
+    CHECK_RC(mqc_open("tcp://127.0.0.1:1", &o, &c), MQC_EINVAL);
+
+    /* Every CONNECT (the first and after a failover) carries them. */
+    int pf = PORT(9, 1);
+    static mqh_fake F;
+    CHECK(mqh_fake_start(&F, pf, MQH_FAKE_STOMP) == 0, "fake F");
+    snprintf(uri, sizeof uri, "failover:(tcp://127.0.0.1:%d)?timeout=3000",
+             pf);
+    mqc_header h[] = {{"mq-bridge", "brokerA"}, {"x-extra", "v 1"}};
+    char name[16] = "mq-bridge";
+    h[0].name = name; /* copied by mqc_open: changing it later is harmless */
+    o.connect_headers = h;
+    o.nconnect_headers = 2;
+    static mqh_rec rec;
+    mqh_rec_init(&rec, "m-headers");
+    mqh_rec_opts(&rec, &o, MQC_LOG_INFO);
+    CHECK_RC(mqc_open(uri, &o, &c), 0);
+    strcpy(name, "changed");
+    CHECK_RC_C(c, mqc_wait_connected(c, 5000), 0);
+    mqh_fake_drop(&F);
+    CHECK(mqh_rec_wait(&rec, MQH_EV_RESUMED, 1, 10000), "no reconnect");
+    mqc_close(c);
+    CHECK(mqh_fake_connects(&F) >= 2, "fake got %d CONNECTs",
+          mqh_fake_connects(&F));
+    for (int i = 0; i < 2; i++) {
+        char frame[2048], v[64];
+        mqh_fake_connect_frame(&F, i, frame, sizeof frame);
+        mqh_header_value(frame, "mq-bridge", v, sizeof v);
+        CHECK(!strcmp(v, "brokerA"), "CONNECT %d: mq-bridge '%s'\n%s", i, v,
+              frame);
+        mqh_header_value(frame, "x-extra", v, sizeof v);
+        CHECK(!strcmp(v, "v 1"), "CONNECT %d: x-extra '%s'\n%s", i, v, frame);
+    }
+    mqh_fake_stop(&F);
+    mqh_rec_destroy(&rec);
+
+    /* mqc_msg_headers: every header of a real MESSAGE, in order. */
+    int pa = PORT(9, 2);
+    mqh_broker A;
+    mqh_broker_init(&A, "mA", pa);
+    CHECK(mqh_broker_start(&A, 30000) == 0, "A did not start");
+    snprintf(uri, sizeof uri, "failover:(tcp://127.0.0.1:%d)?timeout=5000",
+             pa);
+    char dest[128];
+    queue_name(dest, sizeof dest, "m");
+    c = open_conn(uri, NULL);
+    mqc_header sh[] = {{"x-one", "1"}, {"x-two", "a:b\\c"}};
+    mqc_send_opts so = {.headers = sh, .nheaders = 2};
+    CHECK_RC_C(c, mqc_send(c, dest, "hi", 2, &so), 0);
+    mqc_sub *s = NULL;
+    CHECK_RC_C(c, mqc_subscribe(c, dest, MQC_ACK_CLIENT_INDIVIDUAL, NULL, &s),
+               0);
+    mqc_msg *m = NULL;
+    CHECK_RC_C(c, mqc_receive(s, 5000, &m), 0);
+    size_t n = 0;
+    const mqc_header *mh = mqc_msg_headers(m, &n);
+    CHECK(mh && n >= 5, "%zu headers", n);
+    int seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(mqc_msg_header(m, mh[i].name) != NULL, "header %s", mh[i].name);
+        if (!strcmp(mh[i].name, "x-one") && !strcmp(mh[i].value, "1"))
+            seen |= 1;
+        if (!strcmp(mh[i].name, "x-two") && !strcmp(mh[i].value, "a:b\\c"))
+            seen |= 2; /* unescaped */
+        if (!strcmp(mh[i].name, "destination") && !strcmp(mh[i].value, dest))
+            seen |= 4;
+    }
+    CHECK(seen == 7, "headers seen mask %d of 7", seen);
+    CHECK(mqc_msg_headers(NULL, &n) == NULL && n == 0, "NULL message");
+    CHECK_RC_C(c, mqc_ack(m, NULL), 0);
+    mqc_msg_free(m);
+    mqc_close(c);
+    mqh_broker_kill9(&A);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -1623,6 +1729,7 @@ static const struct CMUnitTest all_tests[] = {
     T(j_huge_frame),
     T(k_tls),
     T(l_login),
+    T(m_headers),
 };
 
 /* What runs against ActiveMQ by default (the others need mqbroker's shared

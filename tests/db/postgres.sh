@@ -15,8 +15,10 @@
 # Only URIs go to stdout; progress and errors go to stderr, so CI can do
 #   MQSTORE_TEST_URIS="$(tests/db/postgres.sh start)"
 #
-# Databases: mqstore (the URI's) and mqstore_e2e (the broker's end-to-end
-# tests, which need a store of their own), both owned by the role mqs.
+# Databases: mqstore (the URI's), mqstore_e2e (the broker's end-to-end
+# tests, which need a store of their own) and mqstore_e2e_b / mqstore_e2e_c
+# (the stores of the other brokers in the bridge tests: each broker of a
+# network keeps its own store), all owned by the role mqs.
 #
 # The server listens on 127.0.0.1 only, with fsync and synchronous_commit on
 # (the tests check durability-related behaviour, so no unsafe speed-ups on
@@ -115,15 +117,19 @@ psql_admin() {
 # one (a broker recovers its whole store; scripts/test.sh uses
 # ${MQSTORE_TEST_PG_URI%/*}/mqstore_e2e). Also made on a server started
 # before this existed.
+# The bridge tests (tests/e2e/test_bridge.py) run brokers with a store each:
+# ${E2E_DB}_b and ${E2E_DB}_c.
 ensure_e2e_db() {
     d=$1
-    have=$(psql_admin "$d" -At -c "SELECT 1 FROM pg_database WHERE datname = '$E2E_DB'") ||
-        die "cannot list the databases"
-    [ "$have" = 1 ] && return 0
-    psql_admin "$d" -c "CREATE DATABASE $E2E_DB OWNER $USER_NAME" ||
-        die "creating database $E2E_DB failed"
-    psql_admin "$d" -d "$E2E_DB" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
-        die "granting schema public of $E2E_DB to $USER_NAME failed"
+    for db in "$E2E_DB" "${E2E_DB}_b" "${E2E_DB}_c"; do
+        have=$(psql_admin "$d" -At -c "SELECT 1 FROM pg_database WHERE datname = '$db'") ||
+            die "cannot list the databases"
+        [ "$have" = 1 ] && continue
+        psql_admin "$d" -c "CREATE DATABASE $db OWNER $USER_NAME" ||
+            die "creating database $db failed"
+        psql_admin "$d" -d "$db" -c "GRANT ALL ON SCHEMA public TO $USER_NAME" ||
+            die "granting schema public of $db to $USER_NAME failed"
+    done
 }
 
 start_pg() {
@@ -200,6 +206,8 @@ start_pgb() {
 [databases]
 $DB_NAME = host=127.0.0.1 port=$PORT dbname=$DB_NAME
 $E2E_DB = host=127.0.0.1 port=$PORT dbname=$E2E_DB
+${E2E_DB}_b = host=127.0.0.1 port=$PORT dbname=${E2E_DB}_b
+${E2E_DB}_c = host=127.0.0.1 port=$PORT dbname=${E2E_DB}_c
 
 [pgbouncer]
 listen_addr = 127.0.0.1

@@ -451,11 +451,15 @@ class Broker:
     (re)start appends to it, and waits only look at the text of the current
     run."""
 
-    def __init__(self, env, name, port, extra_args=()):
+    def __init__(self, env, name, port, extra_args=(), store_uri=None, cluster=None):
         self.env = env
         self.name = name
         self.port = port
         self.extra_args = list(extra_args)
+        # A broker of its own store (bridge tests run several stores at once);
+        # default: the test's store, shared by a master/standby pair.
+        self.store_uri = store_uri or env.store_uri
+        self.cluster = cluster or env.cluster
         self.log_path = os.path.join(env.workdir, f"{name}.log")
         self.proc = None
         self.log_offset = 0
@@ -464,7 +468,7 @@ class Broker:
     def argv(self):
         return [
             self.env.broker_path,
-            "--store", self.env.store_uri,
+            "--store", self.store_uri,
             "--listen", f"127.0.0.1:{self.port}",
             "--log-level", os.environ.get("MQE2E_LOG_LEVEL", "info"),
         ] + self.extra_args
@@ -540,13 +544,13 @@ class Broker:
                 self._died("waiting for it to report standby")
             m = WAITING_RE.search(self.log_text())
             if m:
-                check(m.group(1) == self.env.cluster,
+                check(m.group(1) == self.cluster,
                       f"{self.name}: waits for cluster {m.group(1)!r}, expected "
-                      f"{self.env.cluster!r}")
+                      f"{self.cluster!r}")
                 break
             if time.monotonic() > deadline:
                 fail(f"{self.name} did not log 'waiting for the store lock (cluster "
-                     f"{self.env.cluster})' within {timeout:.0f} s; log:\n{self.log_tail()}")
+                     f"{self.cluster})' within {timeout:.0f} s; log:\n{self.log_tail()}")
             time.sleep(0.02)
         end = time.monotonic() + hold
         while time.monotonic() < end:
@@ -654,8 +658,10 @@ class Env:
                 return p
         fail("no free TCP port found")
 
-    def broker(self, name, extra_args=()):
-        b = Broker(self, name, self.port(), extra_args)
+    def broker(self, name, extra_args=(), store_uri=None, cluster=None, port=None):
+        """A Broker (not started). store_uri/cluster: a store of its own
+        (default: the test's); port: a port chosen before (default: a new one)."""
+        b = Broker(self, name, port or self.port(), extra_args, store_uri, cluster)
         self.brokers.append(b)
         return b
 
@@ -664,12 +670,13 @@ class Env:
         self.clients.append(c)
         return c
 
-    def store_pending(self):
+    def store_pending(self, uri=None):
         """{destination name: pending} for this run's destinations, read from
-        the store with `mqstore stats --json` (independent of the broker)."""
+        the store (default: the test's; `uri` another one) with `mqstore stats
+        --json` (independent of the broker)."""
         if not self.mqstore_path:
             return None
-        r = subprocess.run([self.mqstore_path, "stats", self.store_uri, "--json"],
+        r = subprocess.run([self.mqstore_path, "stats", uri or self.store_uri, "--json"],
                            capture_output=True, text=True, timeout=60)
         check(r.returncode == 0, f"mqstore stats failed ({r.returncode}): {r.stderr.strip()}")
         data = json.loads(r.stdout)
@@ -680,21 +687,22 @@ class Env:
                 out[key] = d["pending"]
         return out
 
-    def store_pending_dest(self, dest):
+    def store_pending_dest(self, dest, uri=None):
         """Pending messages of one STOMP destination (all its durable
         subscriptions for a topic) in the store, or None without the CLI."""
-        pend = self.store_pending()
+        pend = self.store_pending(uri)
         if pend is None:
             return None
         name = dest.split("/", 2)[2] if dest.count("/") >= 2 else dest
         return sum(v for k, v in pend.items() if k.split("#")[0] in (name, dest))
 
-    def expect_store_pending(self, dest, want, when, timeout=3.0):
-        """The store must hold `want` pending messages for dest (polled for
-        up to `timeout` s: ACKs without a receipt commit asynchronously)."""
+    def expect_store_pending(self, dest, want, when, timeout=3.0, uri=None):
+        """The store (default: the test's; `uri` another one) must hold `want`
+        pending messages for dest (polled for up to `timeout` s: ACKs without
+        a receipt commit asynchronously)."""
         end = time.monotonic() + timeout
         while True:
-            got = self.store_pending_dest(dest)
+            got = self.store_pending_dest(dest, uri)
             if got is None or got == want:
                 return
             if time.monotonic() > end:

@@ -3012,16 +3012,17 @@ static int pg_pooled(mqs_be_conn *c)
                    c->masked, c->pinned_pid, c->pooled_pid);
         return MQS_EINVAL;
     }
+    /* The fix first: long messages get cut in logs. */
     pg_set_err(c,
                "postgresql %s: crash_detect=on needs a direct connection to "
-               "PostgreSQL, but this one goes through a connection pooler or "
-               "proxy (libpq was given backend pid %d at connect, statements "
-               "run in backend %d). Behind a transaction pooler (pgbouncer "
-               "pool_mode=transaction) a session-level advisory lock stays "
-               "with a pooled server connection instead of this client, so "
-               "it cannot tell that a node died. Add crash_detect=off to the "
-               "URI (a standby then takes over when the lease ends, up to "
-               "lease_ms after a crash), or connect directly.",
+               "PostgreSQL: add crash_detect=off to the URI (a standby then "
+               "takes over when the lease ends, up to lease_ms after a "
+               "crash), or connect directly. This connection goes through a "
+               "pooler or proxy (libpq was given backend pid %d at connect, "
+               "statements run in backend %d); behind a transaction pooler "
+               "(pgbouncer pool_mode=transaction) a session-level advisory "
+               "lock stays with a pooled server connection instead of this "
+               "client, so it cannot tell that a node died.",
                c->masked, PQbackendPID(c->pg), c->pooled_pid);
     return MQS_EINVAL;
 }

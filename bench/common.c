@@ -3,9 +3,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 const char *bench_prog = "bench";
@@ -194,4 +196,64 @@ double json_find_num(const char *text, const char *key)
     char *end;
     double v = strtod(p, &end);
     return end == p ? NAN : v;
+}
+
+int bad_usage(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", bench_prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help'.\n", bench_prog);
+    return EXIT_USAGE;
+}
+
+bool parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+FILE *bench_plot_open(const char *path, int width, int height, int *status)
+{
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "%s: gnuplot not found: skipping --plot %s\n",
+                bench_prog, path);
+        *status = EXIT_OK;
+        return NULL;
+    }
+    FILE *g = popen("gnuplot", "w");
+    if (!g) {
+        fprintf(stderr, "%s: cannot run gnuplot: %s\n", bench_prog,
+                strerror(errno));
+        *status = EXIT_FAIL;
+        return NULL;
+    }
+    fprintf(g, "set terminal pngcairo size %d,%d noenhanced font 'sans,10'\n"
+               "set output '",
+            width, height);
+    for (const char *p = path; *p; p++) /* quote for gnuplot's '...' */
+        fputs(*p == '\'' ? "''" : (char[]){*p, 0}, g);
+    fprintf(g, "'\n");
+    *status = EXIT_OK;
+    return g;
+}
+
+int bench_plot_close(FILE *g, const char *path)
+{
+    fprintf(g, "unset multiplot\n");
+    int st = pclose(g);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "%s: gnuplot failed (status %d): no plot\n",
+                bench_prog, st);
+        return EXIT_FAIL;
+    }
+    fprintf(stderr, "plot written to %s\n", path);
+    return EXIT_OK;
 }

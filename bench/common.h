@@ -17,6 +17,14 @@
 /* Program name for error messages ("mqstore-bench", "mqs-raw-insert"). */
 extern const char *bench_prog;
 
+/* Exit statuses every bench program uses. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+/* "PROG: <message>" and "Try 'PROG --help'." on stderr; returns EXIT_USAGE. */
+int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A whole decimal number in [min, max] (nothing after it). */
+bool parse_long(const char *s, long min, long max, long *out);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t mono_ns(void);
 /* Sleeps ms milliseconds, resuming after signals. */
@@ -54,6 +62,14 @@ bench_spread bench_spread_of(const double *v, int n);
  * null. */
 void json_str(FILE *f, const char *s);
 void json_num(FILE *f, double v);
+
+/* gnuplot on a pipe, its output a width x height PNG at path (set
+ * terminal and output written). NULL when there is no plot: *status is
+ * EXIT_OK when gnuplot is not installed (said on stderr: a plot is
+ * optional), EXIT_FAIL when it cannot be run. */
+FILE *bench_plot_open(const char *path, int width, int height, int *status);
+/* End the multiplot, close the pipe, report; EXIT_OK or EXIT_FAIL. */
+int bench_plot_close(FILE *g, const char *path);
 
 /* Reads a whole file into a malloc'ed, NUL-terminated buffer (NULL on
  * error). */

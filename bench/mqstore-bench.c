@@ -45,7 +45,6 @@
 #define MQS_BENCH_VERSION "unknown"
 #endif
 
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 /* Defaults (also printed by --help). */
 #define DEF_PRODUCERS 8
@@ -1046,26 +1045,13 @@ static int write_json(const char *path)
  * per result kind, PNG out. */
 static int write_plot(const char *path)
 {
-    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "mqstore-bench: gnuplot not found: skipping --plot %s\n",
-                path);
-        return EXIT_OK;
-    }
-    FILE *g = popen("gnuplot", "w");
-    if (!g) {
-        fprintf(stderr, "mqstore-bench: cannot run gnuplot: %s\n", strerror(errno));
-        return EXIT_FAIL;
-    }
     int panels = (nresults ? 2 : 0) + (nrecs ? 1 : 0);
     if (panels == 0)
         panels = 1;
-    int width = 440 * panels + 80;
-    fprintf(g, "set terminal pngcairo size %d,520 noenhanced font 'sans,10'\n",
-            width < 640 ? 640 : width);
-    fprintf(g, "set output '");
-    for (const char *p = path; *p; p++) /* quote for gnuplot's '...' */
-        fputs(*p == '\'' ? "''" : (char[]){*p, 0}, g);
-    fprintf(g, "'\n");
+    int width = 440 * panels + 80, status;
+    FILE *g = bench_plot_open(path, width < 640 ? 640 : width, 520, &status);
+    if (!g)
+        return status;
     fprintf(g, "set multiplot layout 1,%d title 'mqstore-bench: %s, %d producers, "
                "%zu B, %s'\n",
             panels, uri_shown, cfg.producers, cfg.size, cfg.async ? "async" : "sync");
@@ -1121,14 +1107,7 @@ static int write_plot(const char *path)
                    "'' using ($0-1/6.0):2:(sprintf('%%.1f', $2)) with labels offset 0,0.7 notitle, "
                    "'' using ($0+1/6.0):3:(sprintf('%%.1f', $3)) with labels offset 0,0.7 notitle\n");
     }
-    fprintf(g, "unset multiplot\n");
-    int st = pclose(g);
-    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "mqstore-bench: gnuplot failed (status %d): no plot\n", st);
-        return EXIT_FAIL;
-    }
-    fprintf(stderr, "plot written to %s\n", path);
-    return EXIT_OK;
+    return bench_plot_close(g, path);
 }
 
 /* ------------------------------------------------------------------------
@@ -1558,20 +1537,11 @@ static int sync_write_json(const char *path)
 /* Two panels against producers: msg/s (median, min..max bars) and p50. */
 static int sync_write_plot(const char *path)
 {
-    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "mqstore-bench: gnuplot not found: skipping --plot %s\n", path);
-        return EXIT_OK;
-    }
-    FILE *g = popen("gnuplot", "w");
-    if (!g) {
-        fprintf(stderr, "mqstore-bench: cannot run gnuplot: %s\n", strerror(errno));
-        return EXIT_FAIL;
-    }
-    fprintf(g, "set terminal pngcairo size 1120,520 noenhanced font 'sans,10'\n"
-               "set output '");
-    for (const char *p = path; *p; p++)
-        fputs(*p == '\'' ? "''" : (char[]){*p, 0}, g);
-    fprintf(g, "'\nset multiplot layout 1,2 title 'mqstore-bench --sync: %s, %zu B, "
+    int status;
+    FILE *g = bench_plot_open(path, 1120, 520, &status);
+    if (!g)
+        return status;
+    fprintf(g, "set multiplot layout 1,2 title 'mqstore-bench --sync: %s, %zu B, "
                "%g s x %d per point'\n",
             uri_shown, cfg.size, cfg.duration, sync_cfg.repeats);
     fprintf(g, "set logscale x 2\nset grid xtics ytics\nset key top left\n"
@@ -1620,14 +1590,7 @@ static int sync_write_plot(const char *path)
         }
         fprintf(g, "\n");
     }
-    fprintf(g, "unset multiplot\n");
-    int st = pclose(g);
-    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "mqstore-bench: gnuplot failed (status %d): no plot\n", st);
-        return EXIT_FAIL;
-    }
-    fprintf(stderr, "plot written to %s\n", path);
-    return EXIT_OK;
+    return bench_plot_close(g, path);
 }
 
 static int run_sync(void)
@@ -1764,28 +1727,6 @@ static void usage(FILE *f)
             MAX_DURATION, DEF_SIZE, DEF_QUEUES, DEF_WINDOW, DEF_MODES,
             DEF_SYNC_DURATION, DEF_SYNC_PRODUCERS, DEF_SYNC_REPEATS, MAX_REPEATS,
             QUICK_MESSAGES, QUICK_DURATION, QUICK_RECOVERY, DEF_STALL);
-}
-
-static int bad_usage(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "mqstore-bench: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'mqstore-bench --help'.\n");
-    return EXIT_USAGE;
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int parse_modes(const char *list)

@@ -40,7 +40,6 @@
 #define MQS_BENCH_VERSION "unknown"
 #endif
 
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 #define DEF_LIVE 1000
 #define DEF_DEAD "0,10000,100000"
@@ -621,21 +620,11 @@ static int write_json(const char *path)
  * min..max bars and the cold run, per set. */
 static int write_plot(const char *path)
 {
-    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "mqs-scan-bench: gnuplot not found: skipping --plot %s\n",
-                path);
-        return EXIT_OK;
-    }
-    FILE *g = popen("gnuplot", "w");
-    if (!g) {
-        fprintf(stderr, "mqs-scan-bench: cannot run gnuplot: %s\n", strerror(errno));
-        return EXIT_FAIL;
-    }
-    fprintf(g, "set terminal pngcairo size 1100,820 noenhanced font 'sans,10'\n"
-               "set output '");
-    for (const char *p = path; *p; p++) /* quote for gnuplot's '...' */
-        fputs(*p == '\'' ? "''" : (char[]){*p, 0}, g);
-    fprintf(g, "'\nset multiplot layout 2,2 title 'mqs-scan-bench: %s, %ld live "
+    int status;
+    FILE *g = bench_plot_open(path, 1100, 820, &status);
+    if (!g)
+        return status;
+    fprintf(g, "set multiplot layout 2,2 title 'mqs-scan-bench: %s, %ld live "
                "messages of %zu B behind the dead (acked) rows, %d repeats'\n",
             uri_shown, cfg.live, cfg.size, cfg.repeat);
     fprintf(g, "set grid ytics\nset key top left\nset logscale y\n"
@@ -676,14 +665,7 @@ static int write_plot(const char *path)
         }
         fprintf(g, "\n");
     }
-    fprintf(g, "unset multiplot\n");
-    int st = pclose(g);
-    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "mqs-scan-bench: gnuplot failed (status %d): no plot\n", st);
-        return EXIT_FAIL;
-    }
-    fprintf(stderr, "plot written to %s\n", path);
-    return EXIT_OK;
+    return bench_plot_close(g, path);
 }
 
 /* ------------------------------------------------------------------------
@@ -729,28 +711,6 @@ static void usage(FILE *f)
 "Exit status: 0 ok, 1 a failed call or a page that did not start at the\n"
 "first live message, 2 usage error.\n",
             DEF_LIVE, DEF_DEAD, DEF_REPEAT, MAX_REPEAT, DEF_SIZE, DEF_COLD_ORDER);
-}
-
-static int bad_usage(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "mqs-scan-bench: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'mqs-scan-bench --help'.\n");
-    return EXIT_USAGE;
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int parse_dead(const char *list)

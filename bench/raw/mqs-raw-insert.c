@@ -48,7 +48,6 @@
 #define MQS_BENCH_VERSION "unknown"
 #endif
 
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 #define DEF_PRODUCERS 8
 #define DEF_SIZE 1024
@@ -851,28 +850,6 @@ static void usage(FILE *f)
 #endif
             DEF_PRODUCERS, MAX_THREADS, DEF_SIZE, DEF_DURATION, MAX_DURATION,
             DURATION_CAP_MESSAGES, DEF_STALL);
-}
-
-static int bad_usage(const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "mqs-raw-insert: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'mqs-raw-insert --help'.\n");
-    return EXIT_USAGE;
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static bool parse_secs(const char *s, double min_excl, double max, double *out,

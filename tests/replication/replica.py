@@ -262,6 +262,27 @@ class Workload:
             time.sleep(0.1)
 
 
+def start_brokers_and_workload(env, dest, before_s, event, where=""):
+    """broker-a master, broker-b standby, a Workload on both ports; after
+    before_s seconds at least 100 SENDs must have been receipted. Returns
+    (a, b, a's master info, workload, receipts before the event)."""
+    a = env.broker("broker-a")
+    b = env.broker("broker-b")
+    a.start()
+    ia = a.wait_master()
+    b.start()
+    b.wait_standby()
+    e.log(f"broker-a master (token {ia['token']}), broker-b standby{where}")
+    w = Workload(env, dest, [a.port, b.port])
+    w.start()
+    time.sleep(before_s)
+    before = len(w.receipted)
+    e.check(before >= 100, f"only {before} receipts in {before_s} s before the "
+                           f"{event}: the workload does not run")
+    e.log(f"{before} SENDs receipted before the {event}; {len(w.acked)} ACKs confirmed")
+    return a, b, ia, w, before
+
+
 def lock_status(env):
     r = subprocess.run([env.mqstore_path, "lock-status", env.store_uri, "--json"],
                        capture_output=True, text=True, timeout=30)

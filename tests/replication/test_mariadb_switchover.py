@@ -113,21 +113,8 @@ def set_store(env, broker, uri):
 def main(env, replica_uri):
     a_ = env.args
     dest = env.dest("queue", "switchover")
-    a = env.broker("broker-a")
-    b = env.broker("broker-b")
-    a.start()
-    ia = a.wait_master()
-    b.start()
-    b.wait_standby()
-    e.log(f"broker-a master (token {ia['token']}), broker-b standby, on the primary")
-
-    w = r.Workload(env, dest, [a.port, b.port])
-    w.start()
-    time.sleep(a_.before)
-    before = len(w.receipted)
-    e.check(before >= 100, f"only {before} receipts in {a_.before} s before the "
-                           f"switchover: the workload does not run")
-    e.log(f"{before} SENDs receipted before the switchover; {len(w.acked)} ACKs confirmed")
+    a, b, ia, w, before = r.start_brokers_and_workload(env, dest, a_.before, "switchover",
+                                                       ", on the primary")
 
     t_sw = time.monotonic()
     new_uri, out = pair("switchover", timeout=60)

@@ -48,22 +48,7 @@ RENEW_MS = 500
 def main(env):
     a_ = env.args
     dest = env.dest("queue", "failover")
-    a = env.broker("broker-a")
-    b = env.broker("broker-b")
-    a.start()
-    ia = a.wait_master()
-    b.start()
-    b.wait_standby()
-    e.log(f"broker-a master (token {ia['token']}), broker-b standby")
-
-    w = r.Workload(env, dest, [a.port, b.port])
-    w.start()
-    time.sleep(a_.before)
-    before = len(w.receipted)
-    e.check(before >= 100, f"only {before} receipts in {a_.before} s before the "
-                           f"failover: the workload does not run")
-    e.log(f"{before} SENDs receipted before the failover; "
-          f"{len(w.acked)} ACKs confirmed")
+    a, b, ia, w, before = r.start_brokers_and_workload(env, dest, a_.before, "failover")
 
     if a_.stall_ms:
         # Consumers step away first: what is sent from now on lives only in

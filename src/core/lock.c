@@ -261,14 +261,18 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid,
 }
 
 /* Ask the agent for a session check and, with renew, a renewal. */
-static void session_ask(mqs_session *x, bool renew)
+/* wait_ms > 0: the longest lock wait of the renewal asked for. */
+static void session_ask(mqs_session *x, bool renew, int64_t wait_ms)
 {
     pthread_mutex_lock(&x->mu);
+    if (wait_ms > 0)
+        x->l.wait_ms = wait_ms;
     x->want = true;
     x->want_renew = x->want_renew || renew;
     pthread_cond_signal(&x->cv);
     pthread_mutex_unlock(&x->mu);
 }
+
 
 /* Hand the agent its stop; its thread drops the session lock as soon as it
  * is not blocked in the database. Caller holds ha_mu. */
@@ -497,6 +501,7 @@ static void *keeper_main(void *arg)
         }
         now = mqs__mono_ms();
         bool expired = now >= s->lease_until;
+        int64_t lease_end = s->lease_until;
         int64_t since = now - s->last_renew;
         pthread_mutex_unlock(&s->ha_mu);
 
@@ -516,9 +521,18 @@ static void *keeper_main(void *arg)
          * re-checked with it: after a database restart it is gone and must
          * be taken again; renewals record it only while held. */
         bool due = since >= renew && (asked == 0 || now - asked >= renew);
-        if (x && due) {
+        /* A renewal may wait for the row lock only until shortly before
+         * the local lease ends: one still waiting at on_lost could be
+         * granted and commit after it (a blocker that lets go right
+         * then), extending the database's lease so that a write already
+         * in flight passes its guard after on_lost. Ended margin/2 before
+         * the local end, its wait cannot outlast on_lost; none is asked
+         * for once less than that is left (docs/architecture.md). */
+        int64_t left = lease_end - now - margin(s) / 2;
+        int64_t wait = renew_wait(s) < left ? renew_wait(s) : left;
+        if (x && due && wait >= 10) {
             asked = now;
-            session_ask(x, true);
+            session_ask(x, true, wait);
         }
     }
     deliver_lost(s);

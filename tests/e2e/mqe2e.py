@@ -481,6 +481,10 @@ class Broker:
             self.log_offset = lf.tell()
             lf.write(f"==== e2e: start #{self.starts} of {self.name} on port {self.port}"
                      f" ====\n".encode())
+            # Flushed before the child writes to the same file: else the
+            # marker lands after the broker's first lines and log_offset
+            # (counted as if it were written) skips them.
+            lf.flush()
             self.log_offset = lf.tell()
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,

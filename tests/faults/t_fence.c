@@ -1386,6 +1386,14 @@ static void test_open_txn_run(void **state)
             print_message("  note: purge: %s\n", mqs_errmsg(M));
         if (chung || cf <= 0)
             vfail(&v, "the control run failed (hung or stored nothing)");
+        else if (cratio < 0.8 || cratio > 1.25)
+            /* The control itself moved by more than 20 %: the machine
+             * changed under the runs (one CI run: control 231 %), so the
+             * two cannot be compared. The lock-row UPDATE count below
+             * still checks the cause. */
+            print_message("  NOT JUDGED: the control run alone went from "
+                          "%.0f to %.0f msg/s (%.0f %%): the machine is too "
+                          "noisy to compare\n", cf, cl, 100.0 * cratio);
         else if (ratio < cratio - 0.15)
             vfail(&v, "throughput decayed with a transaction open: last %d "
                       "s %.0f msg/s is %.0f %% of the first %d s, against "

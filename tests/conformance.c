@@ -58,10 +58,13 @@ static void remove_tmpdir(void)
         nftw(g_tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* t_page_async.c (ABI 2.3); declared here, next to its registration. */
+extern const tu_group tu_group_page_async;
+
 static const tu_group *const groups[] = {
     &tu_group_api,      &tu_group_messages,   &tu_group_topics,
     &tu_group_txn,      &tu_group_recovery,   &tu_group_concurrency,
-    &tu_group_sqlite,   &tu_group_paging,
+    &tu_group_sqlite,   &tu_group_paging,     &tu_group_page_async,
 };
 
 int main(int argc, char **argv)

@@ -47,6 +47,10 @@
  *        1.x are refused (rebuild them).
  *   2.1  producer marks: mark_put, mark_list, mark_prune (optional, all
  *        three or none; schema migration 003).
+ *   2.2  dest_names (listing without counting) and vacuum (optional).
+ *   2.3  msg_recent: the newest message rows, by primary key (optional).
+ *        dest_resolve with create == 0 may also be called outside a write
+ *        transaction (the core's page reads, mqs_page_async).
  */
 #ifndef MQSTORE_BACKEND_H
 #define MQSTORE_BACKEND_H
@@ -62,7 +66,7 @@ extern "C" {
 
 #define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
 #define MQS_BACKEND_ABI_MAJOR 2 /* bumped on incompatible change */
-#define MQS_BACKEND_ABI_MINOR 2 /* bumped when members are appended */
+#define MQS_BACKEND_ABI_MINOR 3 /* bumped when members are appended */
 
 /* The one symbol a module exports. */
 #define MQS_BACKEND_ENTRY mqs_backend_entry
@@ -169,6 +173,12 @@ typedef int (*mqs_be_dest_cb)(void *ud, const mqs_be_dest *d);
  * nonzero return stops the walk and is returned by mark_list. */
 typedef int (*mqs_be_mark_cb)(void *ud, const char *producer, int64_t seq);
 
+/* One message row for msg_recent (ABI 2.3): its id and headers (NULL with
+ * headers_len 0 when it has none), valid only during the callback. A
+ * non-zero return stops the walk (msg_recent then returns 0). */
+typedef int (*mqs_be_header_cb)(void *ud, int64_t id, const void *headers,
+                                size_t headers_len);
+
 /* The exclusive lock of one cluster (ABI 1.1). One row per cluster name:
  * holder node id, fencing token (+1 on every acquire, never reset), lease
  * end by the DATABASE clock, when acquired, and the holder's session: the
@@ -257,7 +267,10 @@ typedef struct mqs_backend {
 
     /* ---- writes (inside a transaction) ---- */
     /* Find the destination (kind, name); with create != 0 insert it if
-     * missing. MQS_ENOTFOUND if missing and create == 0. Required. */
+     * missing. MQS_ENOTFOUND if missing and create == 0. (2.3) With
+     * create == 0 it is a plain read, which the core also calls outside
+     * any transaction (before a page read on the writer's connection).
+     * Required. */
     int (*dest_resolve)(mqs_be_conn *c, mqs_kind kind, const char *name,
                         int create, int64_t *dest_id);
     /* Insert m[0..n) (n >= 1, see mqs_be_msg), natively batched where the
@@ -396,6 +409,17 @@ typedef struct mqs_backend {
      * operator's request (mqs_vacuum). Writes into msg (up to msglen) what
      * was done, for the operator. NULL: nothing to do on this backend. */
     int (*vacuum)(mqs_be_conn *c, char *msg, size_t msglen);
+
+    /* ---- producer audit (ABI 2.3; optional) ---- */
+    /* A read, outside any transaction: the newest `limit` (>= 1) rows of
+     * the message table (queue and topic messages alike: a topic message
+     * is one row however many subscriptions hold it), highest id first,
+     * each as (id, headers) to cb. It walks the primary key backwards
+     * (ORDER BY id DESC LIMIT limit): its cost must grow with limit, never
+     * with the backlog. Expired rows are listed like the rest. NULL: the
+     * core answers mqs_recent_headers with MQS_ENOTSUP. */
+    int (*msg_recent)(mqs_be_conn *c, size_t limit, mqs_be_header_cb cb,
+                      void *ud);
 } mqs_backend;
 
 /* Whether table be has an optional member that a later 2.x minor may have

@@ -342,6 +342,82 @@ MQS_API int mqs_cursor_seek(mqs_cursor *c, int after_priority,
 MQS_API void mqs_cursor_close(mqs_cursor *c);
 
 /* ---------------------------------------------------------------------------
+ * Paging for event-loop brokers (ABI 2.3): a page read ordered with writes.
+ *
+ * A broker that keeps only a window of each destination in memory reads
+ * the rest in pages while producers go on storing. mqs_page_async runs the
+ * read on the writer thread, in submission order with the writes:
+ *  - every write submitted before it has committed, and its completion has
+ *    run (or, with mqs_completion_fd, been queued), before the read starts;
+ *  - no write submitted after it has committed when the read starts, and
+ *    its completion runs (or is queued) after the page's.
+ * So a caller that sees a write's completion before the page's knows the
+ * page read saw that write; one that sees it after knows it did not. That
+ * lets a broker decide, without a second lookup, whether a new message
+ * will come from the store or must be held in memory (docs/broker.md,
+ * "Paging").
+ * ------------------------------------------------------------------------- */
+typedef struct mqs_page_req {
+    mqs_kind kind;
+    const char *dest;  /* queue: its name; topic: its name (or NULL) */
+    int64_t sub_id;    /* topic: the durable subscription; queue: 0 */
+    int after_priority; /* MQS_PRIORITY_MAX + 1 (and after_id 0) = start */
+    int64_t after_id;
+    size_t max_rows;   /* 0 = 256 */
+    size_t max_bytes;  /* headers + bodies; 0 = 4 MiB; the first row always */
+} mqs_page_req;
+
+/* The page: msgs[0..n) in delivery order, strictly after the request's
+ * position; every pointer (msgs, their strings, headers, bodies) is owned
+ * by the library and valid only during the call. Each row has the
+ * request's kind, dest (NULL for a topic request without one) and sub_id
+ * (0 for a queue); sub_name is NULL. A row is added while the page stays
+ * within max_bytes; the first row always goes, so a page is never empty
+ * while something is pending after the position. end != 0: nothing
+ * pending came after the last row when the page was read (n < max_rows
+ * and not cut by max_bytes); a full page says 0 even when it was the
+ * last, and the next one is then empty with end set. Expired messages are
+ * returned like the rest (their expires_ms says so): the caller acks
+ * them. rc != 0: nothing read, n = 0, end = 0, errmsg says why (a lost
+ * connection is read again on a new one until reconnect_timeout_ms).
+ * MQS_ENOTFOUND is not an error: an unknown queue, like an unknown
+ * subscription, is an empty page with end set (rc 0). Runs on the writer
+ * thread, or with mqs_completion_fd on the thread that calls
+ * mqs_completions_run. */
+typedef void (*mqs_page_fn)(void *ud, int rc, const mqs_message *msgs,
+                            size_t n, int end, const char *errmsg);
+/* Queue a page read (req is copied). 0 once queued (done is then called
+ * exactly once), or a negative MQS_E* without calling done: MQS_EINVAL
+ * (req or done NULL; kind neither queue nor topic; a queue without a
+ * 1..255-byte name or with sub_id != 0; a topic with sub_id <= 0 or an
+ * empty name; after_priority outside 0..MQS_PRIORITY_MAX + 1; after_id <
+ * 0), MQS_ECLOSED, MQS_EBUSY (mqs_completion_fd and the write queue is
+ * over max_pending_bytes: retry after the descriptor fires). Without the
+ * descriptor it waits for room like the _async writes (never on the
+ * writer thread); the read itself counts no bytes against the limit. It
+ * runs on the writer's connection outside any write transaction, so it
+ * works on a store opened read-only (newer schema) too. A topic request's
+ * sub_id is not checked against dest. Any thread, a completion callback
+ * included; with commit=each too (async work still runs on the writer
+ * thread, in order). */
+MQS_API int mqs_page_async(mqs_store *s, const mqs_page_req *req,
+                           mqs_page_fn done, void *ud);
+
+/* Producer audit after a takeover: the headers of the newest pending
+ * messages, highest id first, at most max_rows of them (queues and topics
+ * alike; a topic message once however many subscriptions hold it; expired
+ * ones too). headers is borrowed for the call (NULL with headers_len 0
+ * for a message without). fn returns non-zero to stop (mqs_recent_headers
+ * then returns 0). max_rows 0 lists nothing. Its cost grows with max_rows,
+ * never with the backlog (the primary key, read backwards). A synchronous
+ * read on a reader connection: not from an event loop's hot path. fn NULL:
+ * MQS_EINVAL. Backends before ABI 2.3: MQS_ENOTSUP. */
+typedef int (*mqs_headers_fn)(void *ud, int64_t id, const void *headers,
+                              size_t headers_len);
+MQS_API int mqs_recent_headers(mqs_store *s, size_t max_rows,
+                               mqs_headers_fn fn, void *ud);
+
+/* ---------------------------------------------------------------------------
  * Admin and stats
  * ------------------------------------------------------------------------- */
 

@@ -151,8 +151,11 @@ typedef enum op_kind {
     OP_SUB_CREATE,
     OP_SUB_REMOVE,
     OP_PURGE,
-    OP_MARK,      /* name = producer, id = seq */
-    OP_MARK_PRUNE /* id = before_ms; count = removed */
+    OP_MARK,       /* name = producer, id = seq */
+    OP_MARK_PRUNE, /* id = before_ms; count = removed */
+    OP_PAGE        /* a read (page.c), the only op of its request: dkind,
+                      dest (NULL for a topic without one), sub_id,
+                      priority = after_priority, id = after_id */
 } op_kind;
 
 typedef struct mqs_op {
@@ -169,6 +172,8 @@ typedef struct mqs_op {
     uint64_t count; /* PURGE: out */
 } mqs_op;
 
+typedef struct mqs_page mqs_page; /* page.c */
+
 typedef struct mqs_request {
     struct mqs_request *next;
     mqs_op *ops;
@@ -180,6 +185,8 @@ typedef struct mqs_request {
     bool async;
     mqs_done_fn cb;
     mqs_txn_done_fn tcb; /* async transaction commit */
+    mqs_page *page;      /* OP_PAGE: limits, callback and result; a
+                            request with one is a read, never batched */
     void *ud;
     pthread_cond_t cv; /* sync waiters */
 } mqs_request;
@@ -316,6 +323,18 @@ MQS_INTERNAL void mqs__writer_stop(mqs_store *s);
 /* mqs_close, after the writer stopped: run the completions still queued
  * for the caller (mqs_completion_fd) and close the descriptor. */
 MQS_INTERNAL void mqs__completions_close(mqs_store *s);
+
+/* ---- page reads ordered with writes (page.c) ---- */
+/* Read r's page (r->page != NULL) on c, the writer's connection, outside
+ * any transaction; the result stays in r->page for mqs__page_complete.
+ * Starts over on every call (a retry after a lost connection). On
+ * failure the message is in err and the result is empty. */
+MQS_INTERNAL int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r,
+                                char *err, size_t errlen);
+/* Call r's page callback with its outcome (r->rc, r->errmsg). */
+MQS_INTERNAL void mqs__page_complete(mqs_request *r);
+/* Free r->page (NULL is a no-op). */
+MQS_INTERNAL void mqs__page_free(mqs_page *p);
 
 MQS_INTERNAL int64_t mqs__cache_get(mqs_store *s, mqs_kind kind,
                                     const char *name);

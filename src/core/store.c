@@ -680,6 +680,57 @@ int mqs_sub_lookup(mqs_store *s, const char *topic, const char *name,
     return rc;
 }
 
+typedef struct recent_ctx {
+    mqs_headers_fn fn;
+    void *ud;
+    size_t limit, n; /* rows wanted, rows handed to fn */
+    int64_t last_id; /* the last one handed to fn */
+    int stopped;
+} recent_ctx;
+
+static int recent_adapter(void *ud, int64_t id, const void *h, size_t hlen)
+{
+    recent_ctx *x = ud;
+    /* mqs__with_reader reads again after a lost connection: what fn has
+     * seen already is not handed to it twice. */
+    if (x->n && id >= x->last_id)
+        return 0;
+    x->n++;
+    x->last_id = id;
+    if (x->fn(x->ud, id, h, hlen) || x->n >= x->limit) {
+        x->stopped = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static int do_recent(mqs_store *s, mqs_be_conn *c, void *arg)
+{
+    recent_ctx *x = arg;
+    if (x->stopped)
+        return 0;
+    return s->be->msg_recent(c, x->limit, recent_adapter, x);
+}
+
+int mqs_recent_headers(mqs_store *s, size_t max_rows, mqs_headers_fn fn,
+                       void *ud)
+{
+    CHECK_STORE(s);
+    if (!fn)
+        return mqs__err(s, MQS_EINVAL, "mqs_recent_headers: fn is NULL");
+    if (!MQS_BE_HAS(s->be, msg_recent))
+        return mqs__err(s, MQS_ENOTSUP, "mqs_recent_headers: the %s backend "
+                        "module (ABI %u.%u) cannot list the newest messages; "
+                        "that needs ABI 2.3: install the module that came "
+                        "with this libmqstore", s->be->name,
+                        (unsigned)s->be->abi_major,
+                        (unsigned)s->be->abi_minor);
+    if (max_rows == 0)
+        return 0;
+    recent_ctx x = {fn, ud, max_rows, 0, 0, 0};
+    return mqs__with_reader(s, do_recent, &x);
+}
+
 int mqs_stats_get(mqs_store *s, mqs_stats *out)
 {
     CHECK_STORE(s);

@@ -34,6 +34,7 @@ void mqs__req_free(mqs_request *r)
     }
     free(r->ops);
     free(r->errmsg);
+    mqs__page_free(r->page);
     pthread_cond_destroy(&r->cv);
     free(r);
 }
@@ -576,6 +577,35 @@ static void run_batch(mqs_store *s, mqs_be_conn **c, const char *role,
         fail(s, reqs[i], rc, err);
 }
 
+/* Read a page (page.c) on the writer's connection, outside any
+ * transaction, between the batch before it and the one after. A read
+ * changes nothing, so one that lost its connection is read again on a new
+ * connection until reconnect_timeout_ms, whatever stage it reached. */
+static void run_page(mqs_store *s, mqs_request *r)
+{
+    char err[1536] = "";
+    int64_t deadline = mqs__mono_ms() + s->uri.cfg.reconnect_timeout_ms;
+    int rc;
+    for (;;) {
+        rc = conn_ensure(s, &s->wconn, "writer", err, sizeof err);
+        if (rc)
+            break;
+        rc = mqs__page_read(s, s->wconn, r, err, sizeof err);
+        if (rc == MQS_ECONN || rc == MQS_EUNKNOWN) {
+            s->be->conn_close(s->wconn);
+            s->wconn = NULL;
+        }
+        if (rc != MQS_ECONN || mqs__mono_ms() > deadline)
+            break;
+        mqs__log(s, MQS_LOG_WARN, "connection lost during a page read, "
+                 "reading it again: %s", err);
+    }
+    if (rc)
+        fail(s, r, rc, err);
+    else
+        r->rc = 0;
+}
+
 /* ------------------------------------------------------------------------
  * The writer thread (commit=group)
  * ---------------------------------------------------------------------- */
@@ -616,6 +646,8 @@ static void run_completion(mqs_request *r)
     }
     if (r->tcb)
         txn_complete(r);
+    if (r->page)
+        mqs__page_complete(r);
     mqs__req_free(r);
 }
 
@@ -766,8 +798,13 @@ static void *writer_main(void *arg)
                    pthread_cond_clockwait(&s->cv_work, &s->mu, CLOCK_MONOTONIC, &ts) == 0)
                 ;
         }
+        /* A page read is taken alone: it runs after the batch before it
+         * committed and before the batch after it begins, which is the
+         * whole point of running it here (see mqs_page_async). Inside a
+         * write transaction it would see writes that may still roll back,
+         * or be read twice when a failed batch is retried one by one. */
         size_t n = 0, bytes = 0;
-        while (s->q_head && n < cap &&
+        while (s->q_head && n < cap && !(n > 0 && s->q_head->page) &&
                (n == 0 || bytes + s->q_head->bytes <= s->uri.cfg.batch_bytes)) {
             mqs_request *r = s->q_head;
             s->q_head = r->next;
@@ -778,20 +815,28 @@ static void *writer_main(void *arg)
             s->q_count--;
             s->q_bytes -= r->bytes;
             s->batch[n++] = r;
+            if (r->page)
+                break;
         }
         if (n == 0)
             continue;
         pthread_cond_broadcast(&s->cv_space);
         pthread_mutex_unlock(&s->mu);
-        int64_t t0 = mqs__mono_us();
-        run_batch(s, &s->wconn, "writer", s->batch, n);
-        /* moving average of the commit time: the linger budget */
-        int64_t took = mqs__mono_us() - t0;
-        commit_us = commit_us ? (commit_us * 7 + took) / 8 : took;
-        /* Only synchronous writers come back for another turn. */
-        last_n = 0;
-        for (size_t i = 0; i < n; i++)
-            last_n += !s->batch[i]->async;
+        if (s->batch[0]->page) {
+            /* Not a commit: the linger budget and batch size stay the
+             * writes'. */
+            run_page(s, s->batch[0]);
+        } else {
+            int64_t t0 = mqs__mono_us();
+            run_batch(s, &s->wconn, "writer", s->batch, n);
+            /* moving average of the commit time: the linger budget */
+            int64_t took = mqs__mono_us() - t0;
+            commit_us = commit_us ? (commit_us * 7 + took) / 8 : took;
+            /* Only synchronous writers come back for another turn. */
+            last_n = 0;
+            for (size_t i = 0; i < n; i++)
+                last_n += !s->batch[i]->async;
+        }
         complete(s, s->batch, n);
         pthread_mutex_lock(&s->mu);
     }
@@ -920,7 +965,7 @@ int mqs__submit_async_keep(mqs_store *s, mqs_request *r)
 static int submit_async(mqs_store *s, mqs_request *r, bool keep_on_busy)
 {
     r->async = true;
-    if (s->schema_newer) {
+    if (s->schema_newer && !r->page) { /* reads are fine there */
         mqs__req_free(r);
         return refuse_newer(s);
     }

@@ -2066,6 +2066,38 @@ static int my_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb, 
     return rc;
 }
 
+/* The newest rows of mqs_msg, for the producer audit (ABI 2.3): the
+ * clustered primary key read backwards, limit rows however deep the
+ * backlog. */
+static int my_msg_recent(mqs_be_conn *c, size_t limit, mqs_be_header_cb cb, void *ud)
+{
+    const char *what = "reading the newest messages of mqs_msg";
+    char sql[96];
+    MY_CHECK_CONN(c);
+    snprintf(sql, sizeof sql, "SELECT id, headers FROM mqs_msg ORDER BY id DESC LIMIT %zu",
+             limit);
+    if (mysql_real_query(c->db, sql, (unsigned long)strlen(sql)))
+        return my_fail_db(c, what, 0);
+    /* Unbuffered: one row in memory at a time. */
+    MYSQL_RES *res = mysql_use_result(c->db);
+    if (!res)
+        return my_fail_db(c, what, 0);
+    MYSQL_ROW row;
+    int stopped = 0;
+    while (!stopped && (row = mysql_fetch_row(res))) {
+        unsigned long *len = mysql_fetch_lengths(res);
+        stopped = cb(ud, my_i64(row[0]), row[1], row[1] ? len[1] : 0) != 0;
+    }
+    int rc = 0;
+    if (!stopped && mysql_errno(c->db))
+        rc = my_fail_db(c, what, 0);
+    /* Reads and drops whatever the callback left. */
+    mysql_free_result(res);
+    if (!rc && mysql_errno(c->db))
+        rc = my_fail_db(c, what, 0);
+    return rc;
+}
+
 /* ---------------------------------------------------------------------------
  * Producer marks (ABI 2.1). The producer goes in as a hex literal: no
  * quoting to get wrong, whatever bytes it holds.
@@ -2994,6 +3026,7 @@ static const mqs_backend my_backend = {
     .mark_put = my_mark_put,
     .mark_list = my_mark_list,
     .mark_prune = my_mark_prune,
+    .msg_recent = my_msg_recent,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *MQS_BACKEND_ENTRY(void)

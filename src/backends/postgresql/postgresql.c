@@ -2227,6 +2227,10 @@ static int pg_row_fill(const PGresult *r, int i, mqs_be_row *row)
     return 0;
 }
 
+static int pg_page_query(mqs_be_conn *c, const mqs_be_page *p,
+                         const Oid *types, const char *const *vals,
+                         mqs_be_row_cb cb, void *ud, const char *what);
+
 static int pg_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb,
                         void *ud)
 {
@@ -2243,6 +2247,37 @@ static int pg_page_read(mqs_be_conn *c, const mqs_be_page *p, mqs_be_row_cb cb,
     snprintf(l, sizeof l, "%llu", (unsigned long long)p->limit);
     const Oid types[4] = {PG_OID_INT8, PG_OID_INT2, PG_OID_INT8, PG_OID_INT8};
     const char *vals[4] = {a, b, d, l};
+    /* Statistics taken while the table was empty (an ANALYZE after a
+     * drain: reltuples 0) make the planner expect one row and pick a
+     * bitmap scan of every id after the key plus a sort: the whole rest of
+     * the destination per page, 130 ms a page at 150k messages, quadratic
+     * over a drain. The keyset index scan is right at any size, so the
+     * read runs in a transaction of its own with bitmap scans off (LOCAL:
+     * nothing leaks, through a transaction pooler too). */
+    int own_txn = PQtransactionStatus(c->pg) == PQTRANS_IDLE;
+    PGresult *pre = PQexec(c->pg, own_txn ? "BEGIN; SET LOCAL enable_bitmapscan = off"
+                                          : "SET LOCAL enable_bitmapscan = off");
+    if (PQresultStatus(pre) != PGRES_COMMAND_OK) {
+        rc = pg_fail(c, pre, what);
+        PQclear(pre);
+        return rc;
+    }
+    PQclear(pre);
+    rc = pg_page_query(c, p, types, vals, cb, ud, what);
+    if (own_txn && PQstatus(c->pg) == CONNECTION_OK) {
+        PGresult *end = PQexec(c->pg, rc ? "ROLLBACK" : "COMMIT");
+        if (PQresultStatus(end) != PGRES_COMMAND_OK && !rc)
+            rc = pg_fail(c, end, what);
+        PQclear(end);
+    }
+    return rc;
+}
+
+static int pg_page_query(mqs_be_conn *c, const mqs_be_page *p,
+                         const Oid *types, const char *const *vals,
+                         mqs_be_row_cb cb, void *ud, const char *what)
+{
+    int rc = 0;
     /* In a pipeline of its own: libpq (before 17) leaves single-row mode
      * set after the last query of a connection outside a pipeline, and the
      * first statement of the next pipeline then came back as
@@ -2307,6 +2342,37 @@ static const char SQL_DEST_NAMES[] =
     "SELECT d.id, d.kind, d.name, COALESCE(s.id, 0), s.name, 0, 0 "
     "FROM mqs_dest d LEFT JOIN mqs_sub s ON s.dest_id = d.id AND d.kind = 1 "
     "ORDER BY d.id, COALESCE(s.id, 0)";
+
+/* The newest rows of mqs_msg, for the producer audit (ABI 2.3): a
+ * backward scan of the primary key, limit rows however deep the backlog. */
+static int pg_msg_recent(mqs_be_conn *c, size_t limit, mqs_be_header_cb cb,
+                         void *ud)
+{
+    const char *what = "newest messages (mqs_msg)";
+    char l[24];
+    snprintf(l, sizeof l, "%llu", (unsigned long long)
+             (limit > (size_t)INT64_MAX ? (size_t)INT64_MAX : limit));
+    const Oid types[1] = {PG_OID_INT8};
+    const char *vals[1] = {l};
+    PGresult *r;
+    int rc = pg_run1(c, what, "SELECT id, headers FROM mqs_msg "
+                     "ORDER BY id DESC LIMIT $1", 1, types, vals, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    for (int i = 0; i < n; i++) {
+        int64_t id;
+        if (pg_get_int(r, i, 0, &id)) {
+            rc = pg_bad_result(c, what);
+            break;
+        }
+        const void *h = PQgetisnull(r, i, 1) ? NULL : PQgetvalue(r, i, 1);
+        if (cb(ud, id, h, h ? (size_t)PQgetlength(r, i, 1) : 0))
+            break;
+    }
+    PQclear(r);
+    return rc;
+}
 
 /* ---------------------------------------------------------------------------
  * Producer marks (ABI 2.1)
@@ -3311,6 +3377,7 @@ static const mqs_backend pg_backend = {
     .mark_put = pg_mark_put,
     .mark_list = pg_mark_list,
     .mark_prune = pg_mark_prune,
+    .msg_recent = pg_msg_recent,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *

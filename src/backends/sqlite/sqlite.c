@@ -99,6 +99,7 @@ enum sqlite_stmt_id {
     ST_MARK_PUT,
     ST_MARK_LIST,
     ST_MARK_PRUNE,
+    ST_MSG_RECENT,
     ST_COUNT
 };
 
@@ -251,6 +252,10 @@ static const struct {
          "SELECT d.id, d.kind, d.name, coalesce(s.id, 0), s.name, 0, 0"
          " FROM mqs_dest d LEFT JOIN mqs_sub s"
          " ON s.dest_id = d.id AND d.kind = 1 ORDER BY 1, 4"},
+    /* The rowid B-tree read backwards: LIMIT rows, whatever the backlog. */
+    [ST_MSG_RECENT] = {"newest messages",
+                       "SELECT id, headers FROM mqs_msg "
+                       "ORDER BY id DESC LIMIT ?1"},
     [ST_LOCK_INIT] = {"lock row insert",
                       "INSERT INTO mqs_lock (cluster) VALUES (?1) "
                       "ON CONFLICT (cluster) DO NOTHING"},
@@ -1690,6 +1695,37 @@ static int sqlite_dest_names(mqs_be_conn *c, mqs_be_dest_cb cb, void *ud)
     return sqlite_dest_rows(c, ST_DEST_NAMES, cb, ud);
 }
 
+/* The newest rows of mqs_msg, for the producer audit (ABI 2.3). */
+static int sqlite_msg_recent(mqs_be_conn *c, size_t limit, mqs_be_header_cb cb,
+                             void *ud)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite_get(c, ST_MSG_RECENT, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* pointer first, then its length (the documented safe order) */
+        const void *h = sqlite3_column_blob(st, 1);
+        size_t hlen = (size_t)sqlite3_column_bytes(st, 1);
+        int64_t id = sqlite3_column_int64(st, 0);
+        if (hlen && !h) {
+            sqlite3_reset(st);
+            return sqlite_failf(c, MQS_ENOMEM, "sqlite: out of memory reading "
+                                "the headers of message %lld", (long long)id);
+        }
+        if (cb(ud, id, h, hlen) != 0)
+            break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        int ret = sqlite_fail(c, rc, sqlite_sql[ST_MSG_RECENT].name);
+        sqlite3_reset(st);
+        return ret;
+    }
+    sqlite3_reset(st);
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------
  * Producer marks (ABI 2.1)
  * ------------------------------------------------------------------------- */
@@ -2590,6 +2626,7 @@ static const mqs_backend sqlite_backend = {
     .mark_put = sqlite_mark_put,
     .mark_list = sqlite_mark_list,
     .mark_prune = sqlite_mark_prune,
+    .msg_recent = sqlite_msg_recent,
 };
 
 MQS_BACKEND_EXPORT const mqs_backend *

@@ -336,111 +336,79 @@ static void close_listener(void)
  * Recovery: rebuild queues and durable subscription backlogs.
  * ---------------------------------------------------------------------- */
 
+/* Takeover: destinations and durable subscriptions from the store's
+ * lists, each box paged from its start; messages are read in pages as
+ * consumers need them (dest.c "Paging"), so taking over costs the same at
+ * any backlog. */
 typedef struct rctx {
-    idmap subs; /* sub id -> box */
-    idmap msgs; /* topic message id -> msg (shared by its subscriptions) */
+    size_t queues, subs, skipped;
 } rctx;
 
 static int rec_dest(void *ud, const mqs_dest_info *di)
 {
     rctx *r = ud;
-    if (di->kind != MQS_TOPIC || di->sub_id <= 0 || !di->sub_name)
+    if (di->kind == MQS_QUEUE) {
+        dest *d = dest_get_store(MQS_QUEUE, di->dest);
+        if (!d) {
+            r->skipped++;
+            return 0;
+        }
+        box_set_paged(&d->qbox);
+        r->queues++;
         return 0;
+    }
+    if (di->sub_id <= 0 || !di->sub_name)
+        return 0; /* a topic without subscriptions keeps nothing */
     dest *d = dest_get_store(MQS_TOPIC, di->dest);
     if (!d) {
         log_msg(LOG_WARN, "recovery: skipping subscription '%s' of topic "
                 "'%s': not a usable destination name", di->sub_name,
                 di->dest);
+        r->skipped++;
         return 0;
     }
     box *b = dest_find_durable_id(d, di->sub_id);
     if (!b)
         b = box_new_sub(d, BOX_DURABLE, di->sub_id, di->sub_name);
-    idmap_put(&r->subs, (uint64_t)di->sub_id, b);
+    box_set_paged(b);
+    r->subs++;
     return 0;
 }
 
-static int recover(size_t *count)
+/* The duplicate audits learn the newest stored messages' ids: a client
+ * replays only what it sent without getting a RECEIPT, and a lost RECEIPT
+ * belongs to one of the last commits before the crash (docs/broker.md,
+ * "Duplicate detection"). */
+static int rec_hdrs(void *ud, int64_t id, const void *h, size_t len)
 {
-    rctx r = {{0}, {0}};
-    size_t n = 0, skipped = 0;
-    mqs_cursor *cur = NULL;
-    dest *last = NULL;
-    int rc = mqs_dest_foreach(B.store, rec_dest, &r);
-    if (!rc)
-        rc = mqs_cursor_open(B.store, NULL, &cur);
-    const mqs_message *m;
-    while (!rc && (rc = mqs_cursor_next(cur, &m)) == 1) {
-        rc = 0;
-        box *b;
-        if (m->kind == MQS_QUEUE) {
-            /* The cursor visits one destination at a time. */
-            dest *d = last && !strcmp(last->store_name, m->dest) &&
-                              last->kind == MQS_QUEUE
-                          ? last
-                          : dest_get_store(MQS_QUEUE, m->dest);
-            if (!d) {
-                skipped++;
-                continue;
-            }
-            last = d;
-            b = &d->qbox;
-        } else {
-            b = idmap_get(&r.subs, (uint64_t)m->sub_id);
-            if (!b) {
-                dest *d = dest_get_store(MQS_TOPIC, m->dest);
-                if (!d || !m->sub_name) {
-                    skipped++;
-                    continue;
-                }
-                b = box_new_sub(d, BOX_DURABLE, m->sub_id, m->sub_name);
-                idmap_put(&r.subs, (uint64_t)m->sub_id, b);
-            }
-        }
-        msg *mm = m->kind == MQS_TOPIC ? idmap_get(&r.msgs, (uint64_t)m->id)
-                                       : NULL;
-        if (!mm) {
-            bool ok = msg_hdrs_valid(m->headers, m->headers_len);
-            if (!ok)
-                log_msg(LOG_WARN, "recovery: message %" PRId64 " has "
-                        "headers in an unknown encoding; delivering it "
-                        "without them", m->id);
-            mm = msg_new(ok ? m->headers : NULL, ok ? m->headers_len : 0,
-                         m->body, m->body_len);
-            if (ok) { /* a client's or a bridge's replay is a duplicate */
-                audit_note_hdrs(m->headers, m->headers_len);
-                origin_note_hdrs(m->headers, m->headers_len);
-            }
-            mm->id = m->id;
-            mm->persistent = true;
-            mm->priority = m->priority < 0 ? 0
-                           : m->priority >= NPRIO ? NPRIO - 1
-                                                  : m->priority;
-            mm->expires_ms = m->expires_ms;
-            if (m->kind == MQS_TOPIC)
-                idmap_put(&r.msgs, (uint64_t)m->id, mm); /* map's ref */
-        }
-        entry *e = entry_add(b, mm);
-        if (m->kind == MQS_QUEUE)
-            msg_unref(mm);
-        /* Delivered before the failover (or nacked): say so. */
-        if (m->redeliveries > 0)
-            e->redelivered = e->marked = true;
-        /* The store counts the first-delivery mark and every NACK. */
-        if (m->redeliveries > 1)
-            e->nacks = (uint32_t)m->redeliveries - 1;
-        n++;
+    (void)id;
+    size_t *n = ud;
+    if (msg_hdrs_valid(h, len)) {
+        audit_note_hdrs(h, len);
+        origin_note_hdrs(h, len);
     }
-    mqs_cursor_close(cur);
-    for (size_t i = 0; i < r.msgs.cap; i++)
-        if (r.msgs.keys[i])
-            msg_unref(r.msgs.vals[i]);
-    idmap_free(&r.msgs);
-    idmap_free(&r.subs);
-    if (skipped)
-        log_msg(LOG_WARN, "recovery: skipped %zu messages with unusable "
-                "destination names", skipped);
-    *count = n;
+    (*n)++;
+    return 0;
+}
+
+static int recover(rctx *r, size_t *audited)
+{
+    *audited = 0;
+    int rc = mqs_dest_names(B.store, rec_dest, r);
+    if (rc || !B.cfg.recover_audit_rows)
+        return rc;
+    rc = mqs_recent_headers(B.store, B.cfg.recover_audit_rows, rec_hdrs,
+                            audited);
+    if (rc == MQS_ENOTSUP) {
+        log_msg(LOG_WARN, "recovery: the store's backend cannot list its "
+                "newest messages (ABI before 2.3): SENDs replayed after "
+                "this takeover are recognized only once their originals "
+                "are read: %s", mqs_errmsg(B.store));
+        rc = 0;
+    }
+    if (r->skipped)
+        log_msg(LOG_WARN, "recovery: skipped %zu destinations with unusable "
+                "names", r->skipped);
     return rc;
 }
 
@@ -486,9 +454,10 @@ static void on_master(int64_t token)
     B.token = token;
     B.master = true;
     int64_t t0 = mono_ms();
-    size_t n = 0;
+    rctx r = {0, 0, 0};
+    size_t audited = 0;
     audit_load_marks(); /* consumed messages' ids; recover() adds the rest */
-    int rc = recover(&n);
+    int rc = recover(&r, &audited);
     if (rc) {
         log_msg(LOG_ERROR, "recovery from the store failed (%s): %s; "
                 "releasing the lock and retrying", mqs_errname(rc),
@@ -509,9 +478,10 @@ static void on_master(int64_t token)
         B.stopping = true;
         return;
     }
-    log_msg(LOG_INFO, "master (token %" PRId64 "): recovered %zu messages "
-            "in %" PRId64 " ms, listening on %s", token, n,
-            mono_ms() - t0, B.cfg.listen);
+    log_msg(LOG_INFO, "master (token %" PRId64 "): recovered %zu queues "
+            "and %zu durable subscriptions in %" PRId64 " ms (%zu newest "
+            "messages audited; messages are read in pages), listening on %s",
+            token, r.queues, r.subs, mono_ms() - t0, audited, B.cfg.listen);
     if (origin_count())
         log_msg(LOG_INFO, "recovery: %zu message origins (mq-origin) "
                 "remembered for the network audit", origin_count());
@@ -596,6 +566,9 @@ static void op_finish(op *o)
     case OP_SUBREMOVE:
         stomp_sub_removed(o, live);
         break;
+    case OP_PAGE:
+        page_apply(o, live);
+        break;
     case OP_MASTER:
         on_master(o->token);
         break;
@@ -616,6 +589,7 @@ static void op_finish(op *o)
     free(o->reason);
     free(o->producer);
     free(o->origin);
+    page_op_free(o);
     free(o);
 }
 
@@ -901,6 +875,7 @@ int broker_run(const config *cfg)
         listener_resume(now);
         if (now - last_tick >= TICK_MS) {
             conns_tick(now);
+            pages_tick(now);
             last_tick = now;
         }
         if (B.stopping && (drained() || now >= stop_deadline))

@@ -96,6 +96,19 @@ struct box {
     bool dirty;
     bool removing; /* durable: its store removal is in flight */
     qlink dirty_link;
+    /* Paging (dest.c, docs/broker.md "Paging"): a queue or durable box
+     * keeps a window of its stored messages in memory. While `paged`, the
+     * store holds pending messages of this box that memory does not: all
+     * those strictly after (pg_prio, pg_id) in delivery order, and every
+     * stored entry in memory lies at or before it. Page reads go through
+     * the store's writer in order with the writes (mqs_page_async), which
+     * is what makes the publish rule in dest_publish exact. */
+    size_t bytes;     /* entries in memory (pending and delivered) */
+    bool paged;
+    bool pg_reading;  /* a page read is in flight */
+    int pg_prio;      /* NPRIO = before everything */
+    int64_t pg_id;
+    int64_t pg_retry_ms; /* a failed read is retried from then (mono) */
 };
 
 struct dest {
@@ -242,7 +255,8 @@ typedef enum op_type {
     /* A durable subscription created or removed in the store (the
      * SUBSCRIBE / UNSUBSCRIBE that asked waits, reading nothing). */
     OP_SUBCREATE,
-    OP_SUBREMOVE
+    OP_SUBREMOVE,
+    OP_PAGE /* a page of a paged box read from the store (dest.c) */
 } op_type;
 typedef struct op {
     struct op *next;
@@ -269,6 +283,7 @@ typedef struct op {
     struct op *dups, *next_dup;
     char *origin; /* OP_SEND of a network connection: its mq-origin */
     struct subreq *sr; /* OP_SUBCREATE, OP_SUBREMOVE (stomp.c) */
+    struct page *pg;   /* OP_PAGE (dest.c) */
 } op;
 
 typedef struct broker {
@@ -309,6 +324,7 @@ typedef struct broker {
     qlink demand_dests;     /* dest->demand_link: counts to announce */
     qlink later_boxes;      /* box->dirty_link: dispatch on the next round */
     uint64_t demand_seq;    /* message-ids of demand frames */
+    size_t page_failed;     /* boxes waiting to retry a failed page read */
 } broker;
 
 extern broker B;
@@ -354,6 +370,14 @@ box *dest_find_durable_id(dest *d, int64_t sub_id);
 void box_free(box *b);
 void box_kick(box *b);
 size_t boxes_dispatch(void);
+/* Paging (dest.c). A box whose messages are all in the store, none in
+ * memory yet (takeover): the first read starts at the beginning. */
+void box_set_paged(box *b);
+/* OP_PAGE reached the loop (live: of the current term). */
+void page_apply(op *o, bool live);
+void page_op_free(op *o);
+/* Retry page reads that failed (every tick). */
+void pages_tick(int64_t now);
 entry *entry_add(box *b, msg *m); /* pending, at the tail */
 void entry_free(entry *e);        /* unlinked by the caller */
 bool entry_stored(const entry *e);

@@ -62,8 +62,9 @@ static const opt opts[] = {
      "output buffered for one connection before dispatching to it stops",
      true},
     {"max-dest-bytes", T_SIZE, F(max_dest_bytes), "64m", "BYTES",
-     "message bytes held in memory per destination before its producers "
-     "are paused", true},
+     "message bytes held in memory per destination: over half of it its "
+     "stored messages go back to the store and are read in pages; at it "
+     "producers are paused", true},
     {"slow-consumer-ms", T_MS, F(slow_consumer_ms), "30000", "MS",
      "disconnect a client whose full output buffer made no progress this "
      "long", true},
@@ -75,6 +76,10 @@ static const opt opts[] = {
     {"producer-audit", T_SIZE, F(producer_audit), "65536", "N",
      "producers remembered to drop replayed SENDs (mq-producer/mq-seq "
      "headers, sent by libmqclient); 0 = off", true},
+    {"recover-audit-rows", T_SIZE, F(recover_audit_rows), "65536", "N",
+     "at takeover, the newest N stored messages are read back into the "
+     "duplicate audits (mq-producer/mq-seq, mq-origin); messages are "
+     "otherwise read in pages as consumers need them", true},
     {"max-redeliveries", T_SIZE, F(max_redeliveries), "6", "N",
      "a message NACKed more than N times goes to its dead-letter queue "
      "(with its ack, in one store transaction); 0 = never", true},

@@ -36,6 +36,7 @@ typedef struct config {
     int64_t connect_timeout_ms;
     int64_t shutdown_timeout_ms;
     size_t producer_audit; /* producers remembered for duplicate detection */
+    size_t recover_audit_rows; /* newest stored messages read at takeover */
     char *advertise;       /* broker list for CONNECTED mq-brokers, or NULL */
     size_t max_redeliveries; /* NACKs before dead-lettering; 0 = never */
     char *dlq_prefix;        /* dead-letter queue: /queue/<prefix><name> */

@@ -16,6 +16,15 @@
 #define TOPIC_PREFIX "/topic/"
 #define PREFIX_LEN 7
 
+/* Paging (see the section at the end). */
+#define PAGE_ROWS 512 /* rows per read, at least */
+#define PAGE_ROWS_MAX 4096 /* ... and at most (consumers' room) */
+#define PAGE_LOW 256  /* read when fewer are pending in memory */
+#define PAGE_RETRY_MS 1000
+#define PAGE_KEEP_MIN (512u << 10) /* kept per box over --max-memory */
+static void box_put(box *b, msg *m);
+static size_t page_out_bytes(void);
+
 /* ------------------------------------------------------------------------
  * Messages
  * ---------------------------------------------------------------------- */
@@ -126,6 +135,7 @@ static void box_init(box *b, dest *d, box_type type)
     q_init(&b->dirty_link);
     q_init(&b->dlink);
     b->created_seq = ++B.seq;
+    b->pg_prio = NPRIO;
 }
 
 static bool collectable(const dest *d)
@@ -134,7 +144,8 @@ static bool collectable(const dest *d)
     if (d->refs || d->bytes || !q_empty(&d->paused) || d->demand_dirty)
         return false;
     if (d->kind == MQS_QUEUE)
-        return d->qbox.nentries == 0 && d->qbox.nconsumers == 0;
+        return d->qbox.nentries == 0 && d->qbox.nconsumers == 0 &&
+               !d->qbox.paged && !d->qbox.pg_reading;
     return q_empty(&d->boxes);
 }
 
@@ -358,6 +369,7 @@ void dests_free_all(void)
     q_init(&B.gc_dests);
     q_init(&B.demand_dests);
     q_init(&B.later_boxes);
+    B.page_failed = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -412,6 +424,8 @@ void box_free(box *b)
     }
     q_remove(&b->dirty_link);
     q_remove(&b->dlink);
+    if (b->pg_retry_ms)
+        B.page_failed--;
     if (b->type == BOX_DURABLE) {
         d->ndurable--;
         network_demand_changed(d);
@@ -472,6 +486,7 @@ entry *entry_add(box *b, msg *m)
     b->nentries++;
     /* Each entry counts, so a topic fanned out to many subscriptions
      * weighs what it costs. */
+    b->bytes += m->size + sizeof *e;
     dest_reserve(b->d, m->size + sizeof *e);
     box_kick(b);
     return e;
@@ -481,6 +496,7 @@ void entry_free(entry *e)
 {
     box *b = e->b;
     b->nentries--;
+    b->bytes -= e->m->size + sizeof *e;
     dest_release(b->d, e->m->size + sizeof *e);
     msg_unref(e->m);
     free(e);
@@ -757,7 +773,39 @@ static void box_dispatch_net(box *b)
     }
 }
 
+static void box_read(box *b, size_t room);
+static size_t box_window(const box *b);
+static void box_dispatch_mem(box *b);
+
 static void box_dispatch(box *b)
+{
+    box_dispatch_mem(b);
+    /* The window runs low while consumers are there: the next page. The
+     * window is what the consumers may hold (their prefetch), so a page
+     * is read while they work through the one before. */
+    if (b->paged && !b->pg_reading && !b->pg_retry_ms && b->nconsumers &&
+        b->bytes < page_out_bytes() / 2) {
+        size_t want = box_window(b);
+        if (b->npending < want)
+            box_read(b, want - b->npending + PAGE_LOW);
+    }
+}
+
+/* Messages b keeps pending in memory while paged: its consumers' prefetch
+ * (an auto-ack consumer counts a page), within PAGE_LOW..PAGE_ROWS_MAX. */
+static size_t box_window(const box *b)
+{
+    size_t w = 0;
+    for (qlink *k = b->consumers.next; k != &b->consumers; k = k->next) {
+        const sub *s = container_of(k, sub, blink);
+        w += s->ack == ACK_AUTO ? PAGE_ROWS : s->prefetch;
+        if (w >= PAGE_ROWS_MAX)
+            return PAGE_ROWS_MAX;
+    }
+    return w < PAGE_LOW ? PAGE_LOW : w;
+}
+
+static void box_dispatch_mem(box *b)
 {
     if (b->nnet) {
         box_dispatch_net(b);
@@ -807,8 +855,12 @@ size_t boxes_dispatch(void)
 
 void dest_publish(dest *d, msg *m, uint64_t snapshot)
 {
+    /* Arrival order in memory is publish order: redeliveries sort by it,
+     * and a message stored while a page was being read may reach the loop
+     * after that page's (younger) entries. */
+    m->seq = ++B.seq;
     if (d->kind == MQS_QUEUE) {
-        entry_add(&d->qbox, m);
+        box_put(&d->qbox, m);
         return;
     }
     for (qlink *l = d->boxes.next; l != &d->boxes; l = l->next) {
@@ -824,6 +876,298 @@ void dest_publish(dest *d, msg *m, uint64_t snapshot)
                                                       sub, blink),
                                          m, false))
             continue;
-        entry_add(b, m);
+        box_put(b, m);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Paging (docs/broker.md "Paging"; the argument is in docs/architecture.md
+ * "Broker paging")
+ *
+ * A queue box or durable box holds a window of its stored messages; the
+ * rest stays in the store and is read in pages, in delivery order, while
+ * consumers need them. Positions are (priority, store id) in delivery
+ * order: higher priority first, then lower id. While a box is paged,
+ * (pg_prio, pg_id) splits the stored messages: at or before it they are in
+ * memory (or delivered, or consumed), after it they are in the store only.
+ *
+ * Page reads run on the store's writer in order with the writes
+ * (mqs_page_async), and completions reach this loop in that order. So when
+ * a stored message's completion is handled here, every page read that can
+ * have seen it has been applied already, and every read that has not seen
+ * it starts later. That makes one rule enough (box_put): a stored message
+ * after the split comes from the store, one before it goes to memory.
+ * ---------------------------------------------------------------------- */
+
+
+/* The page as the writer thread copied it (rows, then one arena). */
+typedef struct prow {
+    int64_t id, expires_ms;
+    int priority;
+    int32_t redeliveries;
+    size_t off, hlen, blen;
+} prow;
+typedef struct page {
+    char *dest; /* the destination's full name: looked up again */
+    int64_t sub_id;
+    prow *rows;
+    size_t n;
+    unsigned char *arena;
+    bool end;
+    int64_t t0; /* submitted (mono ms), for the debug log */
+} page;
+
+/* Is (p, id) after (cp, cid) in delivery order? */
+static bool pos_after(int p, int64_t id, int cp, int64_t cid)
+{
+    return p < cp || (p == cp && id > cid);
+}
+
+/* Memory held per box before its stored tail goes back to the store, and
+ * what is kept after. Half of max-dest-bytes leaves the other half to
+ * what must stay in memory (delivered, non-persistent, being stored). */
+static size_t page_out_bytes(void) { return B.cfg.max_dest_bytes / 2; }
+
+void box_set_paged(box *b)
+{
+    b->paged = true;
+    b->pg_prio = NPRIO;
+    b->pg_id = 0;
+}
+
+/* The stored tail of b (lowest priority, newest first) leaves memory until
+ * b holds `keep` bytes: it stays in the store and is read back in pages.
+ * Stops at a delivered entry's position: every stored message at or before
+ * the split must be in memory, and delivered ones cannot leave. */
+static void box_trim(box *b, size_t keep)
+{
+    if (b->type == BOX_TOPIC || b->pg_reading || b->bytes <= keep)
+        return;
+    box_unpark(b);
+    /* The latest delivered stored entry bounds the split from below. */
+    int dp = NPRIO;
+    int64_t did = 0;
+    for (qlink *k = b->consumers.next; k != &b->consumers; k = k->next) {
+        sub *s = container_of(k, sub, blink);
+        for (qlink *l = s->unacked.next; l != &s->unacked; l = l->next) {
+            entry *e = container_of(l, entry, link);
+            if (entry_stored(e) && pos_after(e->m->priority, e->m->id, dp, did)) {
+                dp = e->m->priority;
+                did = e->m->id;
+            }
+        }
+    }
+    size_t evicted = 0;
+    int sp = -1;
+    int64_t sid = 0;
+    for (int p = 0; p < NPRIO && b->bytes > keep; p++) {
+        qlink *h = &b->pending[p];
+        for (qlink *l = h->prev; l != h && b->bytes > keep;) {
+            entry *e = container_of(l, entry, link);
+            l = l->prev;
+            if (!entry_stored(e))
+                continue; /* not in the store: it stays */
+            if (!pos_after(e->m->priority, e->m->id, dp, did))
+                goto done;
+            q_remove(&e->link);
+            b->npending--;
+            sp = e->m->priority;
+            sid = e->m->id;
+            entry_free(e);
+            evicted++;
+        }
+    }
+done:
+    if (!evicted)
+        return;
+    /* Just before the earliest evicted one: ids are integers. */
+    if (!b->paged || pos_after(b->pg_prio, b->pg_id, sp, sid - 1)) {
+        b->pg_prio = sp;
+        b->pg_id = sid - 1;
+    }
+    if (!b->paged)
+        log_msg(LOG_INFO, "paging: %s%s%s holds more than %zu bytes in "
+                "memory: %zu stored messages left to the store, read back "
+                "in pages", b->d->name, b->name ? " subscription " : "",
+                b->name ? b->name : "", page_out_bytes(), evicted);
+    b->paged = true;
+}
+
+/* A message for b, once stored (or not persistent): to memory, unless b
+ * is paged and it comes after the split (the store gives it back). */
+static void box_put(box *b, msg *m)
+{
+    if (b->paged && m->id && b->type != BOX_TOPIC &&
+        pos_after(m->priority, m->id, b->pg_prio, b->pg_id))
+        return;
+    entry_add(b, m);
+    /* Over --max-memory every box gives back what the store holds. */
+    if (mem_full() && b->bytes > PAGE_KEEP_MIN)
+        box_trim(b, PAGE_KEEP_MIN);
+    else if (b->bytes > page_out_bytes())
+        box_trim(b, page_out_bytes() / 2);
+}
+
+/* Writer thread: copy the page for the loop (msgs are valid only now). */
+static void page_cb(void *ud, int rc, const mqs_message *msgs, size_t n,
+                    int end, const char *errmsg)
+{
+    op *o = ud;
+    page *pg = o->pg;
+    if (!rc && n) {
+        size_t total = 0;
+        for (size_t i = 0; i < n; i++)
+            total += msgs[i].headers_len + msgs[i].body_len;
+        pg->rows = xmalloc(n * sizeof *pg->rows);
+        pg->arena = xmalloc(total ? total : 1);
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            const mqs_message *m = &msgs[i];
+            pg->rows[i] = (prow){m->id, m->expires_ms, m->priority,
+                                 m->redeliveries, off, m->headers_len,
+                                 m->body_len};
+            if (m->headers_len)
+                memcpy(pg->arena + off, m->headers, m->headers_len);
+            off += m->headers_len;
+            if (m->body_len)
+                memcpy(pg->arena + off, m->body, m->body_len);
+            off += m->body_len;
+        }
+        pg->n = n;
+    }
+    pg->end = end != 0;
+    op_complete(o, rc, errmsg);
+}
+
+static void box_read(box *b, size_t room)
+{
+    dest *d = b->d;
+    op *o = op_new(OP_PAGE, NULL, NULL);
+    o->pg = xcalloc(1, sizeof *o->pg);
+    o->pg->dest = xstrdup(d->name);
+    o->pg->sub_id = b->type == BOX_DURABLE ? b->sub_id : 0;
+    o->pg->t0 = mono_ms();
+    o->pending = 1;
+    size_t bytes = B.cfg.max_dest_bytes / 8;
+    size_t rows = room < PAGE_ROWS ? PAGE_ROWS
+                  : room > PAGE_ROWS_MAX ? PAGE_ROWS_MAX : room;
+    mqs_page_req req = {d->kind, d->store_name, o->pg->sub_id, b->pg_prio,
+                        b->pg_id, rows,
+                        bytes < (4u << 20) ? bytes : (4u << 20)};
+    int rc = mqs_page_async(B.store, &req, page_cb, o);
+    if (rc) {
+        broker_log_store_failure("page read", rc);
+        page_op_free(o);
+        if (!b->pg_retry_ms)
+            B.page_failed++;
+        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        return;
+    }
+    b->pg_reading = true;
+}
+
+void page_op_free(op *o)
+{
+    if (!o->pg)
+        return;
+    free(o->pg->dest);
+    free(o->pg->rows);
+    free(o->pg->arena);
+    free(o->pg);
+    o->pg = NULL;
+}
+
+static box *page_box(const page *pg)
+{
+    dest *d = dest_get(pg->dest, false);
+    if (!d)
+        return NULL;
+    return pg->sub_id ? dest_find_durable_id(d, pg->sub_id) : &d->qbox;
+}
+
+void page_apply(op *o, bool live)
+{
+    page *pg = o->pg;
+    box *b = live ? page_box(pg) : NULL;
+    if (!b || !b->pg_reading) {
+        page_op_free(o);
+        return;
+    }
+    b->pg_reading = false;
+    if (o->rc) {
+        log_msg(LOG_WARN, "paging: reading %s%s%s from the store failed: "
+                "%s; retrying in %d ms", b->d->name,
+                b->name ? " subscription " : "", b->name ? b->name : "",
+                o->err ? o->err : mqs_strerror(o->rc), PAGE_RETRY_MS);
+        if (!b->pg_retry_ms)
+            B.page_failed++;
+        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        o->rc = 0;
+        page_op_free(o);
+        return;
+    }
+    for (size_t i = 0; i < pg->n; i++) {
+        const prow *r = &pg->rows[i];
+        const char *h = (const char *)pg->arena + r->off;
+        bool ok = msg_hdrs_valid(h, r->hlen);
+        if (!ok)
+            log_msg(LOG_WARN, "paging: message %" PRId64 " has headers in "
+                    "an unknown encoding; delivering it without them",
+                    r->id);
+        msg *m = msg_new(ok ? h : NULL, ok ? r->hlen : 0, h + r->hlen,
+                         r->blen);
+        if (ok) { /* its replay is a duplicate */
+            audit_note_hdrs(h, r->hlen);
+            origin_note_hdrs(h, r->hlen);
+        }
+        m->id = r->id;
+        m->persistent = true;
+        m->priority = r->priority < 0 ? 0
+                      : r->priority >= NPRIO ? NPRIO - 1 : r->priority;
+        m->expires_ms = r->expires_ms;
+        entry *e = entry_add(b, m);
+        msg_unref(m);
+        /* Delivered before (a failover, or nacked): say so. The store
+         * counts the first-delivery mark and every NACK. */
+        if (r->redeliveries > 0)
+            e->redelivered = e->marked = true;
+        if (r->redeliveries > 1)
+            e->nacks = (uint32_t)r->redeliveries - 1;
+    }
+    log_msg(LOG_DEBUG, "paging: %s%s%s: %zu messages read in %" PRId64
+            " ms%s", b->d->name, b->name ? " subscription " : "",
+            b->name ? b->name : "", pg->n, mono_ms() - pg->t0,
+            pg->end ? " (the rest of it)" : "");
+    if (pg->n) {
+        b->pg_prio = pg->rows[pg->n - 1].priority;
+        b->pg_id = pg->rows[pg->n - 1].id;
+    }
+    if (pg->end)
+        b->paged = false; /* from now on every new message comes here */
+    page_op_free(o);
+    box_kick(b);
+    if (b->bytes > page_out_bytes())
+        box_trim(b, page_out_bytes() / 2);
+    gc_check(b->d);
+}
+
+static void page_retry(box *b, int64_t now)
+{
+    if (b->pg_retry_ms && now >= b->pg_retry_ms) {
+        b->pg_retry_ms = 0;
+        B.page_failed--;
+        box_kick(b);
+    }
+}
+
+void pages_tick(int64_t now)
+{
+    if (!B.page_failed)
+        return;
+    for (qlink *l = B.dests.next; l != &B.dests; l = l->next) {
+        dest *d = container_of(l, dest, link);
+        page_retry(&d->qbox, now);
+        for (qlink *k = d->boxes.next; k != &d->boxes; k = k->next)
+            page_retry(container_of(k, box, dlink), now);
     }
 }

@@ -300,7 +300,7 @@ def main():
                 takeover_ms = round((info["at"] - t_kill) * 1000)
                 recovered = info
                 say("demo", f"{standby.name} took over in {takeover_ms} ms (token "
-                            f"{info['token']}, recovered {info['recovered']} messages in "
+                            f"{info['token']}, recovered {info['recovered']} destinations in "
                             f"{info['recover_ms']} ms)")
                 master.start()  # the old master comes back as the standby
                 master.wait_standby(hold=0.2)
@@ -358,8 +358,9 @@ def main():
                   f"by the new master)")
         if takeover_ms is not None:
             print(f"takeover time:                     {takeover_ms} ms (kill -9 -> "
-                  f"standby accepting connections; it recovered {recovered['recovered']} "
-                  f"messages in {recovered['recover_ms']} ms)")
+                  f"standby accepting connections; it listed {recovered['recovered']} "
+                  f"destinations in {recovered['recover_ms']} ms and reads their "
+                  f"messages in pages)")
             print("producer pause:                    "
                   + (f"{pause_ms} ms (last receipt before the failover -> first after)"
                      if pause_ms is not None else "(no receipt on one side of the kill)"))

@@ -440,8 +440,11 @@ def connect_client(port, name, headers=None, timeout=DEFAULT_TIMEOUT):
 # ---------------------------------------------------------------------------
 # Brokers as subprocesses
 # ---------------------------------------------------------------------------
+# "recovered Q queues and S durable subscriptions in T ms (...)": messages
+# are paged from the store, so the count is of destinations.
 MASTER_RE = re.compile(
-    r"master \(token (\d+)\): recovered (\d+) messages? in (\d+) ms, listening on (\S+)"
+    r"master \(token (\d+)\): recovered (\d+) queues? and (\d+) durable "
+    r"subscriptions? in (\d+) ms .*?listening on (\S+)"
 )
 WAITING_RE = re.compile(r"waiting for the store lock \(cluster ([^)]*)\)")
 
@@ -515,9 +518,10 @@ class Broker:
              f"log {self.log_path}:\n{self.log_tail()}")
 
     def wait_master(self, timeout=DEFAULT_TIMEOUT):
-        """Wait for the "master (token N): recovered M messages in T ms,
-        listening on ..." line and an open port. Returns a dict with token,
-        recovered, recover_ms and at (monotonic time the port was seen open)."""
+        """Wait for the "master (token N): recovered Q queues and S durable
+        subscriptions in T ms (...), listening on ..." line and an open port.
+        Returns a dict with token, recovered (Q + S), queues, subs,
+        recover_ms and at (monotonic time the port was seen open)."""
         deadline = time.monotonic() + timeout
         info = None
         while time.monotonic() < deadline:
@@ -526,8 +530,10 @@ class Broker:
             if info is None:
                 m = MASTER_RE.search(self.log_text())
                 if m:
-                    info = {"token": int(m.group(1)), "recovered": int(m.group(2)),
-                            "recover_ms": int(m.group(3)), "listen": m.group(4)}
+                    info = {"token": int(m.group(1)),
+                            "recovered": int(m.group(2)) + int(m.group(3)),
+                            "queues": int(m.group(2)), "subs": int(m.group(3)),
+                            "recover_ms": int(m.group(4)), "listen": m.group(5)}
             st = port_state(self.port, timeout=0.2)
             if info and st == "open":
                 info["at"] = time.monotonic()
@@ -535,8 +541,8 @@ class Broker:
             time.sleep(0.01)
         st = port_state(self.port)
         fail(f"{self.name} did not become master within {timeout:.0f} s "
-             f"(log line 'master (token N): recovered M messages in T ms, listening on "
-             f"...' {'seen' if info else 'NOT seen'}; port {self.port} {st}); log:\n"
+             f"(log line 'master (token N): recovered Q queues and S durable "
+             f"subscriptions in T ms (...), listening on ...' {'seen' if info else 'NOT seen'}; port {self.port} {st}); log:\n"
              f"{self.log_tail()}")
 
     def wait_standby(self, timeout=DEFAULT_TIMEOUT, hold=1.0):

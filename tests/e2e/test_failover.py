@@ -143,7 +143,7 @@ def main(env):
     env.result("takeover_1_recovered", ib["recovered"])
     env.result("takeover_1_recover_ms", ib["recover_ms"])
     e.log(f"broker-b took over in {takeover} ms (token {ib['token']}, recovered "
-          f"{ib['recovered']} messages in {ib['recover_ms']} ms)")
+          f"{ib['recovered']} destinations in {ib['recover_ms']} ms)")
     e.check(ib["token"] > ia["token"],
             f"broker-b's fencing token {ib['token']} is not above broker-a's {ia['token']}")
     try:

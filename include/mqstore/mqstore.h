@@ -134,6 +134,12 @@ MQS_API const char *mqs_uri(const mqs_store *s);
  * option, capped by what the backend can store). */
 MQS_API size_t mqs_max_message_size(const mqs_store *s);
 
+/* The max_pending_bytes option: message bytes queued for the writer past
+ * which an async submit waits (or, with mqs_completion_fd, gets
+ * MQS_EBUSY). A caller that keeps its own bytes in flight (submitted, not
+ * completed) at or below it, or at zero, never waits. */
+MQS_API size_t mqs_max_pending_bytes(const mqs_store *s);
+
 /* Copy uri into buf with the password replaced by "***". Returns the length
  * the masked URI needs (like snprintf). Any thread. */
 MQS_API size_t mqs_uri_mask(const char *uri, char *buf, size_t buflen);

@@ -516,9 +516,78 @@ static void txn_free_stale(stx *x)
     free(x);
 }
 
+/* ------------------------------------------------------------------------
+ * Room in the store's write queue
+ *
+ * An async submit waits while the store's queue holds more than
+ * max_pending_bytes (and more than nothing). The loop keeps its own
+ * submitted-and-not-completed bytes (B.store_bytes, an upper bound of what
+ * is queued) so that the next submit always fits: a frame that would not
+ * fit is left unread and its connection waits here, while every other
+ * connection is served. That covers a database outage: producers wait,
+ * CONNECT, heart-beats, ACKs and ERRORs go on.
+ * ---------------------------------------------------------------------- */
+
+bool store_room(size_t need)
+{
+    return B.store_bytes == 0 || B.store_bytes + need <= B.store_pending_max;
+}
+
+void store_pause(conn *c)
+{
+    if (c->store_paused)
+        return;
+    c->store_paused = true;
+    q_push_back(&B.store_paused, &c->slink);
+    log_msg(LOG_DEBUG, "conn %" PRIu64 ": paused: %zu bytes queued for the "
+            "store (max_pending_bytes %zu)", c->serial, B.store_bytes,
+            B.store_pending_max);
+}
+
+void store_unpause(conn *c)
+{
+    if (!c->store_paused)
+        return;
+    q_remove(&c->slink);
+    c->store_paused = false;
+}
+
+void store_done(size_t n)
+{
+    B.store_bytes -= n;
+}
+
+/* After completions: with a quarter of the room free (or none in flight)
+ * every waiting connection reads on; one whose frame still does not fit
+ * waits again. */
+void store_resume(void)
+{
+    if (q_empty(&B.store_paused) ||
+        (B.store_bytes &&
+         B.store_bytes > B.store_pending_max - B.store_pending_max / 4))
+        return;
+    qlink list;
+    q_init(&list);
+    while (!q_empty(&B.store_paused)) {
+        qlink *l = B.store_paused.next;
+        q_remove(l);
+        q_push_back(&list, l);
+    }
+    while (!q_empty(&list)) {
+        conn *c = container_of(list.next, conn, slink);
+        q_remove(&c->slink);
+        c->store_paused = false;
+        conn_process_input(c); /* may pause it again */
+    }
+}
+
 static void op_finish(op *o)
 {
     bool live = o->epoch == B.epoch;
+    if (o->store_bytes) {
+        store_done(o->store_bytes);
+        o->store_bytes = 0;
+    }
     switch (o->type) {
     case OP_SEND:
         if (live && o->producer)
@@ -692,6 +761,7 @@ static int setup(const config *cfg)
     q_init(&B.dirty_boxes);
     q_init(&B.resume_dests);
     q_init(&B.gc_dests);
+    q_init(&B.store_paused);
     q_init(&B.dests);
     B.cluster = config_store_cluster(cfg->store);
     q_init(&B.demand_conns);
@@ -739,6 +809,7 @@ static int setup(const config *cfg)
         return -1;
     }
     B.store_max = mqs_max_message_size(B.store);
+    B.store_pending_max = mqs_max_pending_bytes(B.store);
     log_msg(LOG_INFO, "mqbroker %s: store %s, STOMP on %s when master",
             MQBROKER_VERSION, mqs_uri(B.store), cfg->listen);
     if (pthread_create(&ha.th, NULL, ha_main, NULL)) {
@@ -854,8 +925,10 @@ int broker_run(const config *cfg)
                 sig = true;
         }
         /* After the batch: these may close any connection. */
-        if (ops)
+        if (ops) {
             drain_ops();
+            store_resume();
+        }
         if (sig) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)

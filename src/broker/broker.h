@@ -225,6 +225,11 @@ struct conn {
     bool authenticating; /* CONNECT waits for the verifier: read nothing */
     bool store_wait; /* a SUBSCRIBE/UNSUBSCRIBE waits for the store: read
                         nothing (its frames depend on the answer) */
+    /* Its next frame would queue more for the store's writer than there
+     * is room for (B.store_bytes): not read until writes complete, so the
+     * loop never waits in a submit (stomp.c store_room). */
+    bool store_paused;
+    qlink slink; /* B.store_paused */
     bool connect_accept; /* CONNECT had accept-version (CONNECTED says it) */
     uint64_t ip_key;     /* its entry in B.per_ip */
     int64_t frame_since_ms; /* a partial frame is buffered since; 0 = none */
@@ -284,6 +289,7 @@ typedef struct op {
     char *origin; /* OP_SEND of a network connection: its mq-origin */
     struct subreq *sr; /* OP_SUBCREATE, OP_SUBREMOVE (stomp.c) */
     struct page *pg;   /* OP_PAGE (dest.c) */
+    size_t store_bytes; /* OP_SEND, OP_TXN: counted in B.store_bytes */
 } op;
 
 typedef struct broker {
@@ -325,6 +331,11 @@ typedef struct broker {
     qlink later_boxes;      /* box->dirty_link: dispatch on the next round */
     uint64_t demand_seq;    /* message-ids of demand frames */
     size_t page_failed;     /* boxes waiting to retry a failed page read */
+    /* Message bytes submitted to the store and not completed, against
+     * mqs_max_pending_bytes: the loop never submits past it, so no async
+     * submit waits (docs/broker.md, "Limits"). */
+    size_t store_bytes, store_pending_max;
+    qlink store_paused; /* conn->slink */
 } broker;
 
 extern broker B;
@@ -431,6 +442,16 @@ const char *auth_right_name(unsigned right);
 int auth_hash_password(void); /* mqbroker --hash-password */
 /* stomp.c: flow control after c added to d. */
 void maybe_pause(conn *c, dest *d);
+/* stomp.c: bytes frame f would queue for the store's writer (an upper
+ * bound; 0 for frames that queue none). */
+size_t stomp_store_need(conn *c, const frame *f);
+/* Room in the store's queue for need more bytes (none in flight: always). */
+bool store_room(size_t need);
+/* broker.c: store bytes completed; paused connections resume. */
+void store_done(size_t n);
+void store_pause(conn *c);
+void store_unpause(conn *c);
+void store_resume(void);
 /* stomp.c: the second half of CONNECT, once the password was checked. */
 void stomp_connect_done(conn *c, int rc);
 /* stomp.c: the second half of a durable SUBSCRIBE / UNSUBSCRIBE, once the

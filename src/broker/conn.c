@@ -192,7 +192,7 @@ static bool reading(const conn *c)
 {
     return (c->state == CS_CONNECTING || c->state == CS_OPEN) &&
            !c->disconnecting && !c->paused_on && !c->authenticating &&
-           !c->store_wait &&
+           !c->store_wait && !c->store_paused &&
            buf_used(&c->out) < B.cfg.max_out_buffer;
 }
 
@@ -295,6 +295,15 @@ void conn_process_input(conn *c)
             break;
         }
         c->frame_since_ms = 0;
+        /* No room in the store's queue for what this frame would submit:
+         * left unread (parsed again on resume) rather than waited for. */
+        if (c->state == CS_OPEN) {
+            size_t need = stomp_store_need(c, &f);
+            if (need && !store_room(need)) {
+                store_pause(c);
+                break;
+            }
+        }
         /* f.body points into c->in: consume only after handling. */
         stomp_handle(c, &f);
         buf_consume(&c->in, used);
@@ -467,6 +476,7 @@ void conn_event(conn *c, uint32_t events)
 void conn_teardown(conn *c)
 {
     dest_unpause(c);
+    store_unpause(c);
     network_conn_teardown(c);
     while (!q_empty(&c->subs)) {
         sub *s = container_of(c->subs.next, sub, clink);
@@ -765,7 +775,7 @@ void conns_tick(int64_t now)
          * its heart-beats sit unread in the socket, so it counts as
          * heard from. */
         if (c->paused_on || c->authenticating || c->store_wait ||
-            c->out_full)
+            c->store_paused || c->out_full)
             c->last_rx_ms = now;
         /* Without heart-beats a dead peer is never noticed: a connection
          * silent both ways this long gives its slot back. A paused
@@ -773,6 +783,7 @@ void conns_tick(int64_t now)
         int64_t last = c->last_rx_ms > c->last_tx_ms ? c->last_rx_ms
                                                      : c->last_tx_ms;
         if (!c->hb_recv_ms && B.cfg.idle_timeout_ms && !c->paused_on &&
+            !c->store_paused &&
             now - last > B.cfg.idle_timeout_ms) {
             snprintf(why, sizeof why, "idle for %" PRId64 " ms without "
                      "heart-beats (idle-timeout-ms)", now - last);

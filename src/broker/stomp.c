@@ -330,6 +330,25 @@ static bool consumes_from(conn *c, const dest *d)
     return false;
 }
 
+size_t stomp_store_need(conn *c, const frame *f)
+{
+    switch (f->cmd) {
+    case CMD_SEND: /* buffered in memory inside a transaction */
+        return frame_get(f, "transaction")
+                   ? 0
+                   : f->body_len + B.cfg.max_header_bytes;
+    case CMD_COMMIT: {
+        const char *name = frame_get(f, "transaction");
+        stx *x = name ? find_txn(c, name) : NULL;
+        return x ? x->bytes : 0;
+    }
+    case CMD_NACK: /* may move a message to its dead-letter queue */
+        return B.cfg.max_body + B.cfg.max_header_bytes;
+    default:
+        return 0;
+    }
+}
+
 /* Producer flow control: stop reading from a connection whose destination
  * holds too much. One that holds messages of that same destination
  * unacked is not paused (its ACKs, behind its SENDs, would never be read:
@@ -532,6 +551,8 @@ static void on_send(conn *c, const frame *f)
     o->seq = ++B.seq;
     o->pending = 1;
     dest_reserve(d, m->size);
+    o->store_bytes = m->hdrs_len + m->body_len;
+    B.store_bytes += o->store_bytes;
     mqs_msg mm = {kind,    d->store_name, m->hdrs, m->hdrs_len,
                   m->body, m->body_len,   prio,    expires};
     int rc = mqs_enqueue_async(B.store, &mm, op_done_cb, o);
@@ -1287,12 +1308,14 @@ static void txn_commit(conn *c, stx *x, const char *receipt)
      * subscriptions is decided at the same moment as the snapshot. */
     mqs_txn *t = NULL;
     int rc = 0;
+    size_t sbytes = 0;
     for (qlink *l = x->items.next; l != &x->items && !rc; l = l->next) {
         txitem *it = container_of(l, txitem, link);
         if (it->kind == TX_SEND) {
             it->stored = wants_store(it->m, it->d);
             if (!it->stored)
                 continue;
+            sbytes += it->m->hdrs_len + it->m->body_len;
             if (!t && (rc = mqs_txn_begin(B.store, &t)))
                 break;
             const msg *m = it->m;
@@ -1328,6 +1351,8 @@ static void txn_commit(conn *c, stx *x, const char *receipt)
     o->x = x;
     o->seq = ++B.seq;
     o->pending = 1;
+    o->store_bytes = sbytes;
+    B.store_bytes += sbytes;
     rc = mqs_txn_commit_async(t, txn_done_cb, o);
     if (rc)
         op_complete(o, rc, mqs_errmsg(B.store));

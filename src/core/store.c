@@ -181,6 +181,11 @@ size_t mqs_max_message_size(const mqs_store *s)
     return s ? s->max_message : 0;
 }
 
+size_t mqs_max_pending_bytes(const mqs_store *s)
+{
+    return s ? (size_t)s->uri.cfg.max_pending_bytes : 0;
+}
+
 /* ------------------------------------------------------------------------
  * Writes
  * ---------------------------------------------------------------------- */

@@ -375,41 +375,111 @@ static int rec_dest(void *ud, const mqs_dest_info *di)
     return 0;
 }
 
-/* The duplicate audits learn the newest stored messages' ids: a client
- * replays only what it sent without getting a RECEIPT, and a lost RECEIPT
- * belongs to one of the last commits before the crash (docs/broker.md,
- * "Duplicate detection"). */
-static int rec_hdrs(void *ud, int64_t id, const void *h, size_t len)
+static int recover(rctx *r)
 {
-    (void)id;
-    size_t *n = ud;
-    if (msg_hdrs_valid(h, len)) {
-        audit_note_hdrs(h, len);
-        origin_note_hdrs(h, len);
-    }
-    (*n)++;
-    return 0;
-}
-
-static int recover(rctx *r, size_t *audited)
-{
-    *audited = 0;
     int rc = mqs_dest_names(B.store, rec_dest, r);
-    if (rc || !B.cfg.recover_audit_rows)
-        return rc;
-    rc = mqs_recent_headers(B.store, B.cfg.recover_audit_rows, rec_hdrs,
-                            audited);
-    if (rc == MQS_ENOTSUP) {
-        log_msg(LOG_WARN, "recovery: the store's backend cannot list its "
-                "newest messages (ABI before 2.3): SENDs replayed after "
-                "this takeover are recognized only once their originals "
-                "are read: %s", mqs_errmsg(B.store));
-        rc = 0;
-    }
     if (r->skipped)
         log_msg(LOG_WARN, "recovery: skipped %zu destinations with unusable "
                 "names", r->skipped);
     return rc;
+}
+
+/* The duplicate audits learn the newest stored messages' ids: a client
+ * replays only what it sent without getting a RECEIPT, and a lost RECEIPT
+ * belongs to one of the last commits before the crash (docs/broker.md,
+ * "Duplicate detection"). Read by a thread while the port is already
+ * open (65,536 rows take ~150 ms on PostgreSQL); until its OP_AUDIT is
+ * applied, SENDs that carry ids wait unread (conn.c), nothing else does. */
+static struct {
+    pthread_t th;
+    bool running;
+} aud;
+
+static int aud_row(void *ud, int64_t id, const void *h, size_t len)
+{
+    (void)id;
+    op *o = ud;
+    if (!msg_hdrs_valid(h, len))
+        return 0;
+    uint32_t n = (uint32_t)len;
+    buf_add(&o->hdrs, &n, sizeof n);
+    buf_add(&o->hdrs, h, len);
+    o->n_hdrs++;
+    return 0;
+}
+
+static void *aud_main(void *arg)
+{
+    op *o = arg;
+    int rc = mqs_recent_headers(B.store, B.cfg.recover_audit_rows, aud_row, o);
+    if (rc) {
+        o->rc = rc;
+        o->err = xstrdup(mqs_errmsg(B.store));
+    }
+    broker_post(o);
+    return NULL;
+}
+
+static void audit_join(void);
+
+static void audit_start(void)
+{
+    if (!B.cfg.recover_audit_rows)
+        return;
+    audit_join(); /* one of a term lost meanwhile (rare: waits for it) */
+    op *o = op_new(OP_AUDIT, NULL, NULL);
+    o->id = mono_ms();
+    B.audit_loading = true;
+    if (pthread_create(&aud.th, NULL, aud_main, o) != 0) {
+        log_msg(LOG_WARN, "recovery: cannot start the audit reader thread: "
+                "SENDs replayed after this takeover are recognized only once "
+                "their originals are read");
+        B.audit_loading = false;
+        free(o);
+        return;
+    }
+    aud.running = true;
+}
+
+/* The reader uses the store: it must be gone before mqs_close. */
+static void audit_join(void)
+{
+    if (aud.running) {
+        pthread_join(aud.th, NULL);
+        aud.running = false;
+    }
+}
+
+static void audit_apply(op *o, bool live)
+{
+    audit_join(); /* it posted this and returned */
+    if (live) {
+        B.audit_loading = false;
+        if (o->rc == MQS_ENOTSUP)
+            log_msg(LOG_WARN, "recovery: the store's backend cannot list its "
+                    "newest messages (ABI before 2.3): SENDs replayed after "
+                    "this takeover are recognized only once their originals "
+                    "are read: %s", o->err ? o->err : "");
+        else if (o->rc)
+            log_msg(LOG_WARN, "recovery: reading the newest messages' ids "
+                    "failed (%s): %s; replays of them may be stored twice",
+                    mqs_errname(o->rc), o->err ? o->err : "");
+        size_t off = 0;
+        for (size_t i = 0; i < o->n_hdrs; i++) {
+            uint32_t n;
+            memcpy(&n, o->hdrs.p + off, sizeof n);
+            off += sizeof n;
+            audit_note_hdrs(o->hdrs.p + off, n);
+            origin_note_hdrs(o->hdrs.p + off, n);
+            off += n;
+        }
+        log_msg(LOG_INFO, "recovery: the newest %zu stored messages' ids read "
+                "into the duplicate audits in %" PRId64 " ms", o->n_hdrs,
+                mono_ms() - o->id);
+        store_resume();
+    }
+    o->rc = 0;
+    buf_free(&o->hdrs);
 }
 
 /* ------------------------------------------------------------------------
@@ -433,6 +503,7 @@ static void drop_state(void)
     dests_free_all();
     audit_clear(); /* the next term rebuilds it from the store */
     origin_clear();
+    B.audit_loading = false; /* its OP_AUDIT, of the old term, is ignored */
     /* Connections and destinations are gone; writes of the old term in
      * flight release nothing (op_finish), so the account starts over. */
     B.mem_used = 0;
@@ -455,9 +526,8 @@ static void on_master(int64_t token)
     B.master = true;
     int64_t t0 = mono_ms();
     rctx r = {0, 0, 0};
-    size_t audited = 0;
-    audit_load_marks(); /* consumed messages' ids; recover() adds the rest */
-    int rc = recover(&r, &audited);
+    audit_load_marks(); /* consumed messages' ids; audit_start adds more */
+    int rc = recover(&r);
     if (rc) {
         log_msg(LOG_ERROR, "recovery from the store failed (%s): %s; "
                 "releasing the lock and retrying", mqs_errname(rc),
@@ -478,10 +548,11 @@ static void on_master(int64_t token)
         B.stopping = true;
         return;
     }
+    audit_start();
     log_msg(LOG_INFO, "master (token %" PRId64 "): recovered %zu queues "
-            "and %zu durable subscriptions in %" PRId64 " ms (%zu newest "
-            "messages audited; messages are read in pages), listening on %s",
-            token, r.queues, r.subs, mono_ms() - t0, audited, B.cfg.listen);
+            "and %zu durable subscriptions in %" PRId64 " ms (messages are "
+            "read in pages), listening on %s", token, r.queues, r.subs,
+            mono_ms() - t0, B.cfg.listen);
     if (origin_count())
         log_msg(LOG_INFO, "recovery: %zu message origins (mq-origin) "
                 "remembered for the network audit", origin_count());
@@ -562,7 +633,7 @@ void store_done(size_t n)
  * waits again. */
 void store_resume(void)
 {
-    if (q_empty(&B.store_paused) ||
+    if (q_empty(&B.store_paused) || B.audit_loading ||
         (B.store_bytes &&
          B.store_bytes > B.store_pending_max - B.store_pending_max / 4))
         return;
@@ -637,6 +708,9 @@ static void op_finish(op *o)
         break;
     case OP_PAGE:
         page_apply(o, live);
+        break;
+    case OP_AUDIT:
+        audit_apply(o, live);
         break;
     case OP_MASTER:
         on_master(o->token);
@@ -872,6 +946,7 @@ static void teardown(void)
     B.epoch++;
     /* Finishes queued writes, then releases the lock. Completions still
      * arrive through the op list, drained below. */
+    audit_join();
     if (B.store) {
         mqs_close(B.store);
         B.store = NULL;

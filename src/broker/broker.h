@@ -261,7 +261,8 @@ typedef enum op_type {
      * SUBSCRIBE / UNSUBSCRIBE that asked waits, reading nothing). */
     OP_SUBCREATE,
     OP_SUBREMOVE,
-    OP_PAGE /* a page of a paged box read from the store (dest.c) */
+    OP_PAGE, /* a page of a paged box read from the store (dest.c) */
+    OP_AUDIT /* takeover: the newest stored messages' headers (broker.c) */
 } op_type;
 typedef struct op {
     struct op *next;
@@ -290,6 +291,8 @@ typedef struct op {
     struct subreq *sr; /* OP_SUBCREATE, OP_SUBREMOVE (stomp.c) */
     struct page *pg;   /* OP_PAGE (dest.c) */
     size_t store_bytes; /* OP_SEND, OP_TXN: counted in B.store_bytes */
+    buf hdrs;           /* OP_AUDIT: header blobs, each after its length */
+    size_t n_hdrs;
 } op;
 
 typedef struct broker {
@@ -336,6 +339,9 @@ typedef struct broker {
      * submit waits (docs/broker.md, "Limits"). */
     size_t store_bytes, store_pending_max;
     qlink store_paused; /* conn->slink */
+    /* Takeover: the newest messages' ids are being read into the
+     * duplicate audits (a thread; OP_AUDIT): SENDs that carry ids wait. */
+    bool audit_loading;
 } broker;
 
 extern broker B;
@@ -445,6 +451,8 @@ void maybe_pause(conn *c, dest *d);
 /* stomp.c: bytes frame f would queue for the store's writer (an upper
  * bound; 0 for frames that queue none). */
 size_t stomp_store_need(conn *c, const frame *f);
+/* Does f carry ids a duplicate audit checks (mq-producer, mq-origin)? */
+bool stomp_audited(const frame *f);
 /* Room in the store's queue for need more bytes (none in flight: always). */
 bool store_room(size_t need);
 /* broker.c: store bytes completed; paused connections resume. */

@@ -299,7 +299,9 @@ void conn_process_input(conn *c)
          * left unread (parsed again on resume) rather than waited for. */
         if (c->state == CS_OPEN) {
             size_t need = stomp_store_need(c, &f);
-            if (need && !store_room(need)) {
+            /* Or the takeover's audit is not read yet and it has ids. */
+            if ((need && !store_room(need)) ||
+                (B.audit_loading && stomp_audited(&f))) {
                 store_pause(c);
                 break;
             }

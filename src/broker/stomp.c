@@ -330,6 +330,12 @@ static bool consumes_from(conn *c, const dest *d)
     return false;
 }
 
+bool stomp_audited(const frame *f)
+{
+    return f->cmd == CMD_SEND && !frame_get(f, "transaction") &&
+           (frame_get(f, AUDIT_HDR_PRODUCER) || frame_get(f, NET_HDR_ORIGIN));
+}
+
 size_t stomp_store_need(conn *c, const frame *f)
 {
     switch (f->cmd) {

@@ -525,6 +525,7 @@ void listener_backoff(void);
 void conn_accept(int lfd);
 void conn_event(conn *c, uint32_t events);
 void conn_process_input(conn *c);
+void conns_mem_resumed(void); /* below --max-memory again */
 void conn_out_changed(conn *c);
 /* Bring c's buffer bytes into B.mem_used (after they changed). */
 void conn_mem_sync(conn *c);

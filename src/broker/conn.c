@@ -188,11 +188,20 @@ void conn_accept(int lfd)
  * over max-out-buffer: every frame may add an answer (RECEIPT, ERROR),
  * and a client that does not read must not park them here without
  * bound; the slow-consumer cut ends it if it never reads again. */
+/* A frame has begun and the broker is over --max-memory: reading more of
+ * it would add to what is held, so it is not read until memory is back
+ * (its frame deadline still runs). A connection without a partial frame
+ * may start one: at most a read chunk each. */
+static bool mem_stopped(const conn *c)
+{
+    return mem_full() && c->frame_since_ms && buf_used(&c->in);
+}
+
 static bool reading(const conn *c)
 {
     return (c->state == CS_CONNECTING || c->state == CS_OPEN) &&
            !c->disconnecting && !c->paused_on && !c->authenticating &&
-           !c->store_wait && !c->store_paused &&
+           !c->store_wait && !c->store_paused && !mem_stopped(c) &&
            buf_used(&c->out) < B.cfg.max_out_buffer;
 }
 
@@ -271,6 +280,18 @@ void conn_out_changed(conn *c)
     }
     update_full(c, false);
     conn_mem_sync(c);
+}
+
+/* Memory is below --max-memory again: connections stopped mid-frame
+ * read on. (A TLS one whose bytes OpenSSL holds already, which no epoll
+ * event announces, is read by conns_tick.) */
+void conns_mem_resumed(void)
+{
+    for (qlink *l = B.conns.next; l != &B.conns; l = l->next) {
+        conn *c = container_of(l, conn, link);
+        if (c->frame_since_ms && c->state != CS_DEAD)
+            set_events(c);
+    }
 }
 
 void conn_process_input(conn *c)
@@ -773,11 +794,16 @@ void conns_tick(int64_t now)
         }
         if (c->state != CS_OPEN)
             continue;
+        if (c->ssl && reading(c) && tls_pending(c)) {
+            conn_event(c, EPOLLIN); /* decrypted bytes left while stopped */
+            if (c->state != CS_OPEN)
+                continue;
+        }
         /* Not read while paused (flow control) or waiting for its login:
          * its heart-beats sit unread in the socket, so it counts as
          * heard from. */
         if (c->paused_on || c->authenticating || c->store_wait ||
-            c->store_paused || c->out_full)
+            c->store_paused || mem_stopped(c) || c->out_full)
             c->last_rx_ms = now;
         /* Without heart-beats a dead peer is never noticed: a connection
          * silent both ways this long gives its slot back. A paused

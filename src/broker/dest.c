@@ -243,6 +243,7 @@ void mem_sub(size_t n)
                 "--max-memory again: producers resume", B.mem_used);
         for (qlink *l = B.dests.next; l != &B.dests; l = l->next)
             queue_resume(container_of(l, dest, link));
+        conns_mem_resumed();
     }
 }
 

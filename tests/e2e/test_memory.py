@@ -18,7 +18,13 @@ below used to cost hundreds of MB; after each, the broker's peak RSS
   f. --max-memory 24m: 8 producers flood 8 queues (8 MB each would be
      allowed per queue, 64 MB in all): the broker holds at most about
      24 MB (peak RSS under --max-global-mb), and once consumers drain the
-     queues every producer resumes and gets its last RECEIPT.
+     queues every producer resumes and gets its last RECEIPT;
+  g. a persistent flood to a topic whose one durable subscriber is
+     offline: 48 MB get through (the subscription pages to the store)
+     where it used to pause at --max-dest-bytes;
+  h. --max-memory 24m: 100 connections each start a 1 MB SEND and write
+     900 KB of it: a connection in the middle of a frame is not read
+     while the broker is over --max-memory.
 
 Every flood is bounded (bytes and seconds); a client the broker stops
 reading simply blocks until the flood's time runs out.
@@ -127,6 +133,53 @@ def global_ceiling(env, results):
     cons.close()
     e.log(f"f. drained {len(drained)} messages; all 8 producers resumed")
 
+    # h. 100 connections each start a 1 MB frame and send 900 KB of it: input
+    # buffers count in --max-memory, and past it a connection in the middle
+    # of a frame is not read further (it used to hold 90 MB here).
+    base_h = hwm_mb(pid)
+    socks = [raw(b.port, f"h{i}") for i in range(100)]
+    head = (f"SEND\ndestination:{env.dest('queue', 'partial')}\n"
+            f"content-length:1000000\n\n").encode()
+    todo = {i: head + b"h" * 900000 for i in range(100)}
+    for s_ in socks:
+        s_.setblocking(False)
+    end = time.monotonic() + args.seconds
+    written = 0
+    while todo and time.monotonic() < end:
+        progress = False
+        for i in list(todo):
+            try:
+                n = socks[i].send(todo[i][:262144])
+            except BlockingIOError:
+                continue
+            except OSError:
+                del todo[i]
+                continue
+            written += n
+            progress = True
+            todo[i] = todo[i][n:]
+            if not todo[i]:
+                del todo[i]
+        if not progress:
+            time.sleep(0.05)
+    time.sleep(0.5)
+    peak = hwm_mb(pid)
+    e.log(f"h. 100 partial 1 MB frames: {written / 1e6:.0f} MB written, broker peak "
+          f"{peak:.1f} MB (--max-memory 24m)")
+    results.append(("h. 100 partial 1 MB frames, --max-memory 24m", written, peak))
+    e.check(peak < base_h + args.max_global_mb,
+            f"h: peak RSS {peak:.1f} MB over {base_h + args.max_global_mb:.1f} MB: partial "
+            f"input frames escaped --max-memory")
+    probe = env.client(b.port, "probe-h")
+    t0 = time.monotonic()
+    probe.send(env.dest("queue", "probe-h"), b"p")
+    ms = (time.monotonic() - t0) * 1000
+    e.log(f"h. a SEND with receipt from another client meanwhile: {ms:.1f} ms")
+    e.check(ms < 1000, f"h: another client's SEND took {ms:.0f} ms")
+    probe.close()
+    for s_ in socks:
+        s_.close()
+
     b.terminate()
 
 
@@ -218,6 +271,22 @@ def main(env):
     sent = pump(s, frames_of(q5, b"", lambda i: {"receipt": f"{rid}{i}"}), args.seconds,
                 args.flood_mb * 1e6)
     checkpoint("e. never-reading client with 2 KiB receipts", sent)
+    s.close()
+
+    # g. an abandoned durable subscription: the topic's producers are not
+    # paused at --max-dest-bytes any more (its messages page to the store).
+    topic_g = env.dest("topic", "abandoned")
+    dc = env.client(b.port, "durable-g", headers={"client-id": "G"})
+    dc.subscribe(topic_g, "g", ack="client-individual",
+                 headers={"durable-subscription-name": "G1"})
+    dc.disconnect()
+    s = raw(b.port, "g")
+    sent = pump(s, frames_of(topic_g, b"w" * 65536, lambda i: {"persistent": "true"}),
+                args.seconds * 2, 48e6)
+    checkpoint("g. persistent flood to a topic with an offline durable subscriber", sent)
+    e.check(sent >= 40e6, f"g: the producer got only {sent / 1e6:.1f} of 48 MB through in "
+                          f"{args.seconds * 2:.0f} s: an offline durable subscriber paused "
+                          f"the topic (--max-dest-bytes 8m)")
     s.close()
 
     # The broker still serves others.

@@ -110,7 +110,10 @@ static paudit *lookup(const char *name, bool create)
 
 bool audit_ids(const char *producer, const char *seq, uint64_t *out)
 {
-    if (!producer || !seq || !*producer || strlen(producer) > AUDIT_MAX_ID)
+    /* The broker's own dispatch marks share the store's mark table: a
+     * client cannot write one by naming its producer like them. */
+    if (!producer || !seq || !*producer || strlen(producer) > AUDIT_MAX_ID ||
+        dmark_name(producer))
         return false;
     uint64_t v = 0;
     for (const char *s = seq; *s; s++) {

@@ -526,8 +526,12 @@ static void on_master(int64_t token)
     B.master = true;
     int64_t t0 = mono_ms();
     rctx r = {0, 0, 0};
-    audit_load_marks(); /* consumed messages' ids; audit_start adds more */
     int rc = recover(&r);
+    if (!rc) {
+        dmarks_load();      /* before the prune below may drop idle ones */
+        audit_load_marks(); /* consumed messages' ids; audit_start adds more */
+        dmarks_refresh();
+    }
     if (rc) {
         log_msg(LOG_ERROR, "recovery from the store failed (%s): %s; "
                 "releasing the lock and retrying", mqs_errname(rc),
@@ -711,6 +715,9 @@ static void op_finish(op *o)
         break;
     case OP_AUDIT:
         audit_apply(o, live);
+        break;
+    case OP_DMARK:
+        dmark_apply(o, live);
         break;
     case OP_MASTER:
         on_master(o->token);

@@ -63,7 +63,6 @@ typedef struct entry {
     sub *s;       /* set while delivered and unacked */
     uint64_t tag; /* its ack id on that connection */
     bool redelivered;
-    bool marked; /* "delivered once" already persisted */
     uint64_t mid_key; /* str_key(message-id) in s->c->mids, while delivered */
     uint32_t nacks; /* NACKs so far (from the store's count at recovery) */
 } entry;
@@ -109,6 +108,12 @@ struct box {
     int pg_prio;      /* NPRIO = before everything */
     int64_t pg_id;
     int64_t pg_retry_ms; /* a failed read is retried from then (mono) */
+    /* Dispatch marks (dest.c "Dispatch marks"), per priority: the store
+     * knows that no stored message above hmark was delivered; loaded: what
+     * the previous master left (messages up to it may have been
+     * delivered); disp_max: the highest id delivered in this term. */
+    int64_t hmark[NPRIO], hloaded[NPRIO], disp_max[NPRIO];
+    uint16_t hmark_busy; /* bit p: a mark for priority p is being stored */
 };
 
 struct dest {
@@ -262,7 +267,8 @@ typedef enum op_type {
     OP_SUBCREATE,
     OP_SUBREMOVE,
     OP_PAGE, /* a page of a paged box read from the store (dest.c) */
-    OP_AUDIT /* takeover: the newest stored messages' headers (broker.c) */
+    OP_AUDIT, /* takeover: the newest stored messages' headers (broker.c) */
+    OP_DMARK  /* a box's dispatch mark stored (dest.c) */
 } op_type;
 typedef struct op {
     struct op *next;
@@ -395,6 +401,12 @@ void page_apply(op *o, bool live);
 void page_op_free(op *o);
 /* Retry page reads that failed (every tick). */
 void pages_tick(int64_t now);
+/* Dispatch marks: OP_DMARK reached the loop; at takeover, load them (after
+ * the boxes exist) and keep them from the producer-mark prune. */
+void dmark_apply(op *o, bool live);
+void dmarks_load(void);
+void dmarks_refresh(void);
+bool dmark_name(const char *producer); /* one of ours, not a producer's */
 entry *entry_add(box *b, msg *m); /* pending, at the tail */
 void entry_free(entry *e);        /* unlinked by the caller */
 bool entry_stored(const entry *e);

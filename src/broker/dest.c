@@ -24,6 +24,7 @@
 #define PAGE_KEEP_MIN (512u << 10) /* kept per box over --max-memory */
 static void box_put(box *b, msg *m);
 static size_t page_out_bytes(void);
+static bool dmark_covers(box *b, const entry *e);
 
 /* ------------------------------------------------------------------------
  * Messages
@@ -654,6 +655,8 @@ static void deliver(entry *e, sub *s)
     conn *c = s->c;
     q_remove(&e->link);
     b->npending--;
+    if (entry_stored(e) && e->m->id > b->disp_max[e->m->priority])
+        b->disp_max[e->m->priority] = e->m->id;
     if (s->ack == ACK_AUTO) {
         conn_write_message(c, s, e);
         /* Auto mode: delivered is consumed. */
@@ -673,12 +676,6 @@ static void deliver(entry *e, sub *s)
     e->mid_key = str_key(mid); /* kept: undeliver needs no new string */
     idmap_put(&c->mids, e->mid_key, e); /* the newest, if one is twice */
     conn_write_message(c, s, e);
-    if (entry_stored(e) && !e->marked) {
-        /* Persist "delivered once" without waiting, so after a failover
-         * this message comes back flagged as redelivered. */
-        e->marked = true;
-        submit_logged(mqs_nack_async, e, "delivery mark");
-    }
 }
 
 /* Expired: dropped from the box (and acked in the store). */
@@ -767,6 +764,8 @@ static void box_dispatch_net(box *b)
                 }
                 continue;
             }
+            if (!dmark_covers(b, e))
+                return; /* kicked again once its mark is stored */
             q_remove(&s->blink);
             q_push_back(&b->consumers, &s->blink);
             deliver(e, s);
@@ -817,6 +816,8 @@ static void box_dispatch_mem(box *b)
         entry *e = box_head(b);
         if (drop_expired(b, e, &now))
             continue;
+        if (!dmark_covers(b, e))
+            break; /* its mark is being stored: the box is kicked then */
         sub *s = NULL;
         for (qlink *l = b->consumers.next; l != &b->consumers; l = l->next) {
             sub *cand = container_of(l, sub, blink);
@@ -1128,12 +1129,13 @@ void page_apply(op *o, bool live)
         m->expires_ms = r->expires_ms;
         entry *e = entry_add(b, m);
         msg_unref(m);
-        /* Delivered before (a failover, or nacked): say so. The store
-         * counts the first-delivery mark and every NACK. */
-        if (r->redeliveries > 0)
-            e->redelivered = e->marked = true;
-        if (r->redeliveries > 1)
-            e->nacks = (uint32_t)r->redeliveries - 1;
+        /* Delivered before: nacked (the store counts NACKs), covered by
+         * the previous master's dispatch mark, or by this term's. */
+        int p = m->priority;
+        if (r->redeliveries > 0 || r->id <= b->hloaded[p] ||
+            r->id <= b->disp_max[p])
+            e->redelivered = true;
+        e->nacks = (uint32_t)r->redeliveries;
     }
     log_msg(LOG_DEBUG, "paging: %s%s%s: %zu messages read in %" PRId64
             " ms%s", b->d->name, b->name ? " subscription " : "",
@@ -1172,3 +1174,190 @@ void pages_tick(int64_t now)
             page_retry(container_of(k, box, dlink), now);
     }
 }
+
+/* ------------------------------------------------------------------------
+ * Dispatch marks (docs/broker.md "Redelivered flag")
+ *
+ * A message must come back flagged redelivered after a failover if it was
+ * delivered before. Writing that per delivery is a row write per message
+ * (the third, beside insert and delete). Instead each box keeps, per
+ * priority, a mark in the store: "no stored message above this id was
+ * delivered". A stored message is written to a consumer only once the
+ * mark covers it; when it does not, the mark is raised to its id plus
+ * DMARK_AHEAD (one store write for the next DMARK_AHEAD ids of that
+ * priority) and the box waits for that commit. Within a priority a box
+ * delivers in id order, so after a crash every message at or below the
+ * mark may have been delivered: the new master flags those. The flag is
+ * never missing; it may be set on a message that was not delivered yet,
+ * at most DMARK_AHEAD ids past the last delivered one (JMS allows it:
+ * redelivered means "may have been delivered").
+ *
+ * The marks live in the store's producer-mark table (mark = max(mark, v))
+ * under names no client can use: "mq-dispatch:<hash of the box>:<prio>".
+ * ---------------------------------------------------------------------- */
+
+#define DMARK_AHEAD 1024
+#define DMARK_PREFIX "mq-dispatch:"
+
+bool dmark_name(const char *producer)
+{
+    return !strncmp(producer, DMARK_PREFIX, sizeof DMARK_PREFIX - 1);
+}
+
+static uint64_t box_key(const box *b)
+{
+    uint64_t h = 1469598103934665603ULL;
+    char who[24];
+    snprintf(who, sizeof who, "%c%" PRId64, b->d->kind == MQS_QUEUE ? 'q' : 't',
+             b->type == BOX_DURABLE ? b->sub_id : 0);
+    for (const char *s = who; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    for (const char *s = b->d->store_name; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+static void dmark_format(const box *b, int p, char *out, size_t n)
+{
+    snprintf(out, n, DMARK_PREFIX "%016" PRIx64 ":%d", box_key(b), p);
+}
+
+static void dmark_cb(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    (void)id;
+    op_complete(ud, rc, errmsg);
+}
+
+static void dmark_submit(box *b, int p, int64_t v)
+{
+    char name[64];
+    dmark_format(b, p, name, sizeof name);
+    op *o = op_new(OP_DMARK, NULL, NULL);
+    o->pg = xcalloc(1, sizeof *o->pg);
+    o->pg->dest = xstrdup(b->d->name);
+    o->pg->sub_id = b->type == BOX_DURABLE ? b->sub_id : 0;
+    o->id = v;
+    o->pseq = (uint64_t)p;
+    o->pending = 1;
+    int rc = mqs_mark_async(B.store, name, v, dmark_cb, o);
+    if (rc) {
+        broker_log_store_failure("dispatch mark", rc);
+        page_op_free(o);
+        free(o);
+        if (!b->pg_retry_ms)
+            B.page_failed++;
+        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        return;
+    }
+    b->hmark_busy |= (uint16_t)(1u << p);
+}
+
+/* May e be written to a consumer now? A stored message needs its box's
+ * mark to cover it; if not, one is stored first (and false until then). */
+static bool dmark_covers(box *b, const entry *e)
+{
+    if (!entry_stored(e))
+        return true;
+    int p = e->m->priority;
+    if (e->m->id <= b->hmark[p])
+        return true;
+    if (!(b->hmark_busy & (1u << p)) && !b->pg_retry_ms)
+        dmark_submit(b, p, e->m->id + DMARK_AHEAD);
+    return false;
+}
+
+void dmark_apply(op *o, bool live)
+{
+    box *b = live ? page_box(o->pg) : NULL;
+    int p = (int)o->pseq;
+    if (b) {
+        b->hmark_busy &= (uint16_t)~(1u << p);
+        if (o->rc) {
+            log_msg(LOG_WARN, "dispatch mark of %s%s%s failed: %s; its "
+                    "deliveries wait, retrying in %d ms", b->d->name,
+                    b->name ? " subscription " : "", b->name ? b->name : "",
+                    o->err ? o->err : mqs_strerror(o->rc), PAGE_RETRY_MS);
+            if (!b->pg_retry_ms)
+                B.page_failed++;
+            b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        } else {
+            if (o->id > b->hmark[p])
+                b->hmark[p] = o->id;
+            box_kick(b);
+        }
+    }
+    o->rc = 0;
+    page_op_free(o);
+}
+
+/* Takeover: boxes by key, then every mark of ours. */
+typedef struct dmload {
+    idmap boxes; /* box_key -> box */
+    size_t n;
+} dmload;
+
+static int dmark_load_one(void *ud, const char *producer, int64_t v)
+{
+    dmload *x = ud;
+    if (!dmark_name(producer))
+        return 0;
+    const char *k = producer + sizeof DMARK_PREFIX - 1;
+    char *end;
+    uint64_t key = strtoull(k, &end, 16);
+    if (*end != ':')
+        return 0;
+    long p = strtol(end + 1, &end, 10);
+    if (*end || p < 0 || p >= NPRIO)
+        return 0;
+    box *b = idmap_get(&x->boxes, key);
+    if (!b)
+        return 0; /* a box gone (removed subscription): the prune takes it */
+    b->hloaded[p] = b->hmark[p] = v;
+    x->n++;
+    return 0;
+}
+
+static void boxes_each(void (*fn)(box *, void *), void *ud)
+{
+    for (qlink *l = B.dests.next; l != &B.dests; l = l->next) {
+        dest *d = container_of(l, dest, link);
+        if (d->kind == MQS_QUEUE)
+            fn(&d->qbox, ud);
+        for (qlink *k = d->boxes.next; k != &d->boxes; k = k->next) {
+            box *b = container_of(k, box, dlink);
+            if (b->type == BOX_DURABLE)
+                fn(b, ud);
+        }
+    }
+}
+
+static void key_box(box *b, void *ud)
+{
+    idmap_put(&((dmload *)ud)->boxes, box_key(b), b);
+}
+
+void dmarks_load(void)
+{
+    dmload x = {{0}, 0};
+    boxes_each(key_box, &x);
+    int rc = mqs_mark_foreach(B.store, dmark_load_one, &x);
+    if (rc && rc != MQS_ENOTSUP)
+        broker_log_store_failure("dispatch mark load", rc);
+    idmap_free(&x.boxes);
+    if (x.n)
+        log_msg(LOG_INFO, "recovery: %zu dispatch marks loaded (messages at "
+                "or below them come back flagged redelivered)", x.n);
+}
+
+/* Marks a week idle are pruned with the producers' (audit.c): the loaded
+ * ones are written again, so a box that delivered nothing for a week keeps
+ * its flags. */
+static void refresh_box(box *b, void *ud)
+{
+    (void)ud;
+    for (int p = 0; p < NPRIO; p++)
+        if (b->hloaded[p] && !(b->hmark_busy & (1u << p)))
+            dmark_submit(b, p, b->hloaded[p]);
+}
+
+void dmarks_refresh(void) { boxes_each(refresh_box, NULL); }

@@ -25,6 +25,7 @@
 static void box_put(box *b, msg *m);
 static size_t page_out_bytes(void);
 static bool dmark_covers(box *b, const entry *e);
+static bool no_dmarks; /* the backend has no marks: per-delivery writes */
 
 /* ------------------------------------------------------------------------
  * Messages
@@ -676,6 +677,8 @@ static void deliver(entry *e, sub *s)
     e->mid_key = str_key(mid); /* kept: undeliver needs no new string */
     idmap_put(&c->mids, e->mid_key, e); /* the newest, if one is twice */
     conn_write_message(c, s, e);
+    if (no_dmarks && entry_stored(e) && !e->redelivered)
+        submit_logged(mqs_nack_async, e, "delivery mark");
 }
 
 /* Expired: dropped from the box (and acked in the store). */
@@ -1199,6 +1202,7 @@ void pages_tick(int64_t now)
 #define DMARK_AHEAD 1024
 #define DMARK_PREFIX "mq-dispatch:"
 
+
 bool dmark_name(const char *producer)
 {
     return !strncmp(producer, DMARK_PREFIX, sizeof DMARK_PREFIX - 1);
@@ -1241,9 +1245,19 @@ static void dmark_submit(box *b, int p, int64_t v)
     o->pending = 1;
     int rc = mqs_mark_async(B.store, name, v, dmark_cb, o);
     if (rc) {
-        broker_log_store_failure("dispatch mark", rc);
         page_op_free(o);
         free(o);
+        if (rc == MQS_ENOTSUP) {
+            /* A backend module without marks (ABI before 2.1): each first
+             * delivery is counted in the store instead (deliver). */
+            log_msg(LOG_WARN, "the store cannot keep dispatch marks (%s): "
+                    "every first delivery is written to the store instead",
+                    mqs_errmsg(B.store));
+            no_dmarks = true;
+            box_kick(b);
+            return;
+        }
+        broker_log_store_failure("dispatch mark", rc);
         if (!b->pg_retry_ms)
             B.page_failed++;
         b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
@@ -1256,7 +1270,7 @@ static void dmark_submit(box *b, int p, int64_t v)
  * mark to cover it; if not, one is stored first (and false until then). */
 static bool dmark_covers(box *b, const entry *e)
 {
-    if (!entry_stored(e))
+    if (!entry_stored(e) || no_dmarks)
         return true;
     int p = e->m->priority;
     if (e->m->id <= b->hmark[p])

@@ -801,11 +801,11 @@ static size_t box_window(const box *b)
     size_t w = 0;
     for (qlink *k = b->consumers.next; k != &b->consumers; k = k->next) {
         const sub *s = container_of(k, sub, blink);
-        w += s->ack == ACK_AUTO ? PAGE_ROWS : s->prefetch;
+        w += 2 * (s->ack == ACK_AUTO ? PAGE_ROWS : s->prefetch);
         if (w >= PAGE_ROWS_MAX)
             return PAGE_ROWS_MAX;
     }
-    return w < PAGE_LOW ? PAGE_LOW : w;
+    return w < PAGE_ROWS ? PAGE_ROWS : w;
 }
 
 static void box_dispatch_mem(box *b)

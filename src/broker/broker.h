@@ -103,6 +103,8 @@ struct box {
      * the store's writer in order with the writes (mqs_page_async), which
      * is what makes the publish rule in dest_publish exact. */
     size_t bytes;     /* entries in memory (pending and delivered) */
+    size_t dbytes;    /* of them delivered and unacked (bounded by prefetch:
+                         never paged out, never a reason not to read) */
     bool paged;
     bool pg_reading;  /* a page read is in flight */
     int pg_prio;      /* NPRIO = before everything */

@@ -21,9 +21,10 @@
 #define PAGE_ROWS_MAX 4096 /* ... and at most (consumers' room) */
 #define PAGE_LOW 256  /* read when fewer are pending in memory */
 #define PAGE_RETRY_MS 1000
-#define PAGE_KEEP_MIN (512u << 10) /* kept per box over --max-memory */
 static void box_put(box *b, msg *m);
+static void dest_trim(dest *d, size_t keep);
 static size_t page_out_bytes(void);
+static size_t box_pending_bytes(const box *b);
 static bool dmark_covers(box *b, const entry *e);
 static bool no_dmarks; /* the backend has no marks: per-delivery writes */
 
@@ -552,6 +553,7 @@ static void submit_logged(ref_async_fn fn, const entry *e, const char *what)
 static void entry_undeliver(entry *e)
 {
     sub *s = e->s;
+    e->b->dbytes -= e->m->size + sizeof *e;
     q_remove(&e->link);
     s->nunacked--;
     s->c->nunacked--;
@@ -668,6 +670,7 @@ static void deliver(entry *e, sub *s)
     }
     e->s = s;
     e->tag = ++c->next_tag;
+    b->dbytes += e->m->size + sizeof *e;
     q_push_back(&s->unacked, &e->link);
     s->nunacked++;
     c->nunacked++;
@@ -787,7 +790,7 @@ static void box_dispatch(box *b)
      * window is what the consumers may hold (their prefetch), so a page
      * is read while they work through the one before. */
     if (b->paged && !b->pg_reading && !b->pg_retry_ms && b->nconsumers &&
-        b->bytes < page_out_bytes() / 2) {
+        box_pending_bytes(b) < page_out_bytes() / 2) {
         size_t want = box_window(b);
         if (b->npending < want)
             box_read(b, want - b->npending + PAGE_LOW);
@@ -933,6 +936,9 @@ static bool pos_after(int p, int64_t id, int cp, int64_t cid)
  * what must stay in memory (delivered, non-persistent, being stored). */
 static size_t page_out_bytes(void) { return B.cfg.max_dest_bytes / 2; }
 
+/* What paging is about: bytes waiting in memory, not those delivered. */
+static size_t box_pending_bytes(const box *b) { return b->bytes - b->dbytes; }
+
 void box_set_paged(box *b)
 {
     b->paged = true;
@@ -946,7 +952,7 @@ void box_set_paged(box *b)
  * the split must be in memory, and delivered ones cannot leave. */
 static void box_trim(box *b, size_t keep)
 {
-    if (b->type == BOX_TOPIC || b->pg_reading || b->bytes <= keep)
+    if (b->type == BOX_TOPIC || b->pg_reading || box_pending_bytes(b) <= keep)
         return;
     box_unpark(b);
     /* The latest delivered stored entry bounds the split from below. */
@@ -965,9 +971,9 @@ static void box_trim(box *b, size_t keep)
     size_t evicted = 0;
     int sp = -1;
     int64_t sid = 0;
-    for (int p = 0; p < NPRIO && b->bytes > keep; p++) {
+    for (int p = 0; p < NPRIO && box_pending_bytes(b) > keep; p++) {
         qlink *h = &b->pending[p];
-        for (qlink *l = h->prev; l != h && b->bytes > keep;) {
+        for (qlink *l = h->prev; l != h && box_pending_bytes(b) > keep;) {
             entry *e = container_of(l, entry, link);
             l = l->prev;
             if (!entry_stored(e))
@@ -998,6 +1004,16 @@ done:
     b->paged = true;
 }
 
+/* Every durable box of topic d down to keep pending bytes. */
+static void dest_trim(dest *d, size_t keep)
+{
+    for (qlink *l = d->boxes.next; l != &d->boxes; l = l->next) {
+        box *b = container_of(l, box, dlink);
+        if (b->type == BOX_DURABLE)
+            box_trim(b, keep);
+    }
+}
+
 /* A message for b, once stored (or not persistent): to memory, unless b
  * is paged and it comes after the split (the store gives it back). */
 static void box_put(box *b, msg *m)
@@ -1006,11 +1022,16 @@ static void box_put(box *b, msg *m)
         pos_after(m->priority, m->id, b->pg_prio, b->pg_id))
         return;
     entry_add(b, m);
-    /* Over --max-memory every box gives back what the store holds. */
-    if (mem_full() && b->bytes > PAGE_KEEP_MIN)
-        box_trim(b, PAGE_KEEP_MIN);
-    else if (b->bytes > page_out_bytes())
+    /* Over --max-memory every box gives back all the store holds (and
+     * pages_tick trims the others): consumers read it again in pages. */
+    if (mem_full())
+        box_trim(b, 0);
+    else if (box_pending_bytes(b) > page_out_bytes())
         box_trim(b, page_out_bytes() / 2);
+    /* Producers pause on the destination's total: a topic's durable
+     * subscriptions share it, so they give back their share. */
+    if (b->d->bytes > page_out_bytes() && b->d->ndurable > 1)
+        dest_trim(b->d, page_out_bytes() / 2 / b->d->ndurable);
 }
 
 /* Writer thread: copy the page for the loop (msgs are valid only now). */
@@ -1063,6 +1084,7 @@ static void box_read(box *b, size_t room)
     if (rc) {
         broker_log_store_failure("page read", rc);
         page_op_free(o);
+        free(o);
         if (!b->pg_retry_ms)
             B.page_failed++;
         b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
@@ -1121,10 +1143,9 @@ void page_apply(op *o, bool live)
                     r->id);
         msg *m = msg_new(ok ? h : NULL, ok ? r->hlen : 0, h + r->hlen,
                          r->blen);
-        if (ok) { /* its replay is a duplicate */
-            audit_note_hdrs(h, r->hlen);
-            origin_note_hdrs(h, r->hlen);
-        }
+        /* Not noted in the duplicate audits: a drain of old messages
+         * from many producers would push live ones out of them. The
+         * newest messages were read into them at takeover. */
         m->id = r->id;
         m->persistent = true;
         m->priority = r->priority < 0 ? 0
@@ -1138,7 +1159,9 @@ void page_apply(op *o, bool live)
         if (r->redeliveries > 0 || r->id <= b->hloaded[p] ||
             r->id <= b->disp_max[p])
             e->redelivered = true;
-        e->nacks = (uint32_t)r->redeliveries;
+        /* Without dispatch marks the store also counts first deliveries. */
+        e->nacks = (uint32_t)r->redeliveries -
+                   (no_dmarks && r->redeliveries > 0 ? 1 : 0);
     }
     log_msg(LOG_DEBUG, "paging: %s%s%s: %zu messages read in %" PRId64
             " ms%s", b->d->name, b->name ? " subscription " : "",
@@ -1152,7 +1175,7 @@ void page_apply(op *o, bool live)
         b->paged = false; /* from now on every new message comes here */
     page_op_free(o);
     box_kick(b);
-    if (b->bytes > page_out_bytes())
+    if (box_pending_bytes(b) > page_out_bytes())
         box_trim(b, page_out_bytes() / 2);
     gc_check(b->d);
 }
@@ -1166,8 +1189,20 @@ static void page_retry(box *b, int64_t now)
     }
 }
 
+static void trim_all(box *b, void *ud)
+{
+    (void)ud;
+    box_trim(b, 0);
+}
+
+static void boxes_each(void (*fn)(box *, void *), void *ud);
+
 void pages_tick(int64_t now)
 {
+    /* Over --max-memory with producers paused, no box_put trims: what the
+     * store holds leaves memory here, every box, so they can resume. */
+    if (B.mem_over)
+        boxes_each(trim_all, NULL);
     if (!B.page_failed)
         return;
     for (qlink *l = B.dests.next; l != &B.dests; l = l->next) {

@@ -441,6 +441,59 @@ def read_until(sock, needle, timeout=5.0):
     return data
 
 
+def raw_connect(port, name="raw", heartbeat="0,0", timeout=5.0):
+    """A bare socket after its CONNECTED: for many idle clients, abuse that
+    a client object would not send, and probes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(encode_frame("CONNECT", {"accept-version": "1.2", "host": "localhost",
+                                       "heart-beat": heartbeat}))
+    d = read_until(s, b"\0", timeout=timeout)
+    check(d.startswith(b"CONNECTED"), f"{name}: {d[:100]!r}")
+    return s
+
+
+def probe_round_trip(port, timeout=10.0):
+    """A new connection, its CONNECT, and a SEND without destination: the ms
+    until that SEND's ERROR came, and the reply. Measures how long the
+    broker's loop keeps a client waiting."""
+    t0 = time.monotonic()
+    s = raw_connect(port, "probe", timeout=timeout)
+    try:
+        s.sendall(encode_frame("SEND", {"persistent": "true"}, b"no destination"))
+        reply = read_until(s, b"\0", timeout=timeout)
+    finally:
+        s.close()
+    return (time.monotonic() - t0) * 1000, reply
+
+
+def proc_mem_mb(pid):
+    """(VmRSS, VmHWM) of a process in MB."""
+    vals = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                vals[k] = int(v.split()[0]) / 1024.0
+    return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+
+
+def collect(c, n, label, timeout=20.0, ack=False, quiet=1.0):
+    """Exactly n messages (then `quiet` s of silence); with ack each of the
+    n is acked without a receipt."""
+    out = []
+    end = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < end:
+        m = c.recv_message(timeout=max(end - time.monotonic(), 0.05))
+        if m is None:
+            break
+        out.append(m)
+        if ack:
+            c.ack(m, receipt=False)
+    out += c.drain(quiet=quiet, max_total=5)
+    check(len(out) == n, f"{label}: received {len(out)} messages, expected {n}")
+    return out
+
+
 def connect_client(port, name, headers=None, timeout=DEFAULT_TIMEOUT):
     c = StompClient(port, name=name, timeout=timeout)
     try:
@@ -793,10 +846,12 @@ def body_for(seq, tag="m"):
     return f"{tag}-{seq:06d}".encode()
 
 
-def produce(client, dest, seqs, tag="m", window=64, headers=None):
-    """Send persistent messages with a receipt each, up to `window` receipts
-    outstanding; returns when every receipt came back. Each message carries
-    header seq:<n> and body <tag>-<n>."""
+def produce(client, dest, seqs, tag="m", window=64, headers=None, persistent=True,
+            tx=None, body=body_for):
+    """Send messages (persistent unless told) with a receipt each, up to
+    `window` receipts outstanding; returns when every receipt came back. Each
+    message carries header seq:<n> and body body(n, tag) (<tag>-<n>);
+    `headers` is a dict, or a function of n giving one; `tx` a transaction."""
     outstanding = {}
     it = iter(seqs)
     done = False
@@ -808,9 +863,13 @@ def produce(client, dest, seqs, tag="m", window=64, headers=None):
                 done = True
                 break
             rid = client.next_receipt_id("p")
-            h = {"destination": dest, "persistent": "true", "seq": str(s), "receipt": rid}
-            h.update(headers or {})
-            client.send_frame("SEND", h, body_for(s, tag))
+            h = {"destination": dest, "seq": str(s), "receipt": rid}
+            if persistent:
+                h["persistent"] = "true"
+            if tx:
+                h["transaction"] = tx
+            h.update((headers(s) if callable(headers) else headers) or {})
+            client.send_frame("SEND", h, body(s, tag))
             outstanding[rid] = s
         if not outstanding:
             return

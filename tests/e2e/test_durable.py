@@ -45,20 +45,6 @@ def expect_seqs(msgs, want, label, ordered=True):
                                               f"{e.summarize(seqs)}")
 
 
-def collect(c, n, label, timeout=20):
-    """Exactly n messages (then 1 s of silence)."""
-    out = []
-    end = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < end:
-        m = c.recv_message(timeout=max(end - time.monotonic(), 0.05))
-        if m is None:
-            break
-        out.append(m)
-    out += c.drain(quiet=1.0, max_total=5)
-    e.check(len(out) == n, f"{label}: received {len(out)} messages, expected {n}")
-    return out
-
-
 def main(env):
     topic = env.dest("topic", "prices")
     a = env.broker("broker-a")
@@ -78,11 +64,11 @@ def main(env):
     n.subscribe(topic, "sub-n", ack="auto")
 
     e.produce(prod, topic, range(101, 301))
-    got1 = collect(s1, 200, "S1 on broker-a")
+    got1 = e.collect(s1, 200, "S1 on broker-a")
     expect_seqs(got1, list(range(101, 301)), "S1 on broker-a")
     for m in got1[:100]:
         s1.ack(m)
-    gotn = collect(n, 200, "N on broker-a")
+    gotn = e.collect(n, 200, "N on broker-a")
     expect_seqs(gotn, list(range(101, 301)), "N (non-durable) on broker-a")
     e.log("S1 acked 101..200; S2 offline; N got 101..300")
     env.expect_store_pending(topic, 300, "before the kill (S1: 100, S2: 200)")
@@ -93,13 +79,13 @@ def main(env):
     env.result("recovered", ib["recovered"])
 
     s1b = durable(env, b.port, "S1@b", "C1", "S1", topic, "durable-subscription-name")
-    got = collect(s1b, 100, "S1 on broker-b")
+    got = e.collect(s1b, 100, "S1 on broker-b")
     expect_seqs(got, list(range(201, 301)), "S1 on broker-b (acked 101..200 before the kill)")
     unflagged = [e.seq_of(m) for m in got if not m.redelivered]
     e.check(not unflagged, f"S1 on broker-b: {len(unflagged)} messages S1 had received "
                            f"before the kill lack redelivered:true: {e.summarize(unflagged)}")
     s2b = durable(env, b.port, "S2@b", "C2", "S2", topic, "activemq.subscriptionName")
-    got2 = collect(s2b, 200, "S2 on broker-b")
+    got2 = e.collect(s2b, 200, "S2 on broker-b")
     expect_seqs(got2, list(range(101, 301)), "S2 on broker-b (offline durable subscriber)")
     env.result("s2_flagged_redelivered", sum(1 for m in got2 if m.redelivered))
     nb = e.connect_retry(b.port, "N@b")
@@ -113,7 +99,7 @@ def main(env):
     env.clients.append(prod_b)
     e.produce(prod_b, topic, range(301, 311))
     for c, label in ((s1b, "S1"), (s2b, "S2"), (nb, "N")):
-        got_new = collect(c, 10, f"{label} on broker-b, new messages")
+        got_new = e.collect(c, 10, f"{label} on broker-b, new messages")
         expect_seqs(got_new, list(range(301, 311)), f"{label} on broker-b, new messages")
         if c is not nb:
             for m in got_new:

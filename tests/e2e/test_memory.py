@@ -40,20 +40,7 @@ import mqe2e as e  # noqa: E402
 
 
 def hwm_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def raw(port, name):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(e.encode_frame("CONNECT", {"accept-version": "1.2", "host": "x",
-                                         "heart-beat": "0,0"}))
-    d = s.recv(4096)
-    e.check(d.startswith(b"CONNECTED"), f"{name}: {d[:100]!r}")
-    return s
+    return e.proc_mem_mb(pid)[1]
 
 
 def pump(sock, frames, seconds, total_bytes):
@@ -97,7 +84,7 @@ def global_ceiling(env, results):
     pid = b.proc.pid
     base = hwm_mb(pid)
     qs = [env.dest("queue", f"glob{i}") for i in range(8)]
-    prods = [raw(b.port, f"f{i}") for i in range(8)]
+    prods = [e.raw_connect(b.port, f"f{i}") for i in range(8)]
     body = b"g" * 65536
     threads, sent_f = [], [0] * 8
 
@@ -137,7 +124,7 @@ def global_ceiling(env, results):
     # buffers count in --max-memory, and past it a connection in the middle
     # of a frame is not read further (it used to hold 90 MB here).
     base_h = hwm_mb(pid)
-    socks = [raw(b.port, f"h{i}") for i in range(100)]
+    socks = [e.raw_connect(b.port, f"h{i}") for i in range(100)]
     head = (f"SEND\ndestination:{env.dest('queue', 'partial')}\n"
             f"content-length:1000000\n\n").encode()
     todo = {i: head + b"h" * 900000 for i in range(100)}
@@ -207,7 +194,7 @@ def main(env):
     p = env.client(b.port, "seed")
     p.send(q1, b"hold-me")
     p.disconnect()
-    s = raw(b.port, "a")
+    s = e.raw_connect(b.port, "a")
     s.sendall(e.encode_frame("SUBSCRIBE", {"destination": q1, "id": "1",
                                            "ack": "client-individual"}))
     time.sleep(0.3)
@@ -217,7 +204,7 @@ def main(env):
 
     # b. topic fan-out to 500 client-ack subscriptions of the producer.
     topic = env.dest("topic", "fan")
-    s = raw(b.port, "b")
+    s = e.raw_connect(b.port, "b")
     s.sendall(b"".join(e.encode_frame("SUBSCRIBE", {"destination": topic, "id": str(i),
                                                     "ack": "client"})
                        for i in range(500)))
@@ -228,7 +215,7 @@ def main(env):
 
     # c. 64 transactions, each trying to hold 8 MB.
     q3 = env.dest("queue", "txn")
-    s = raw(b.port, "c")
+    s = e.raw_connect(b.port, "c")
 
     def txn_frames():
         for t in range(64):
@@ -265,7 +252,7 @@ def main(env):
 
     # e. a client that never reads: receipts must not pile up.
     q5 = env.dest("queue", "noread")
-    s = raw(b.port, "e")
+    s = e.raw_connect(b.port, "e")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     rid = "r" * 2048
     sent = pump(s, frames_of(q5, b"", lambda i: {"receipt": f"{rid}{i}"}), args.seconds,
@@ -280,7 +267,7 @@ def main(env):
     dc.subscribe(topic_g, "g", ack="client-individual",
                  headers={"durable-subscription-name": "G1"})
     dc.disconnect()
-    s = raw(b.port, "g")
+    s = e.raw_connect(b.port, "g")
     sent = pump(s, frames_of(topic_g, b"w" * 65536, lambda i: {"persistent": "true"}),
                 args.seconds * 2, 48e6)
     checkpoint("g. persistent flood to a topic with an offline durable subscriber", sent)

@@ -91,42 +91,10 @@ def stop(env, *brokers):
 
 
 def send_many(c, dest, seqs, hdrs=None, persistent=True, window=64, tx=None, tag="m"):
-    """Persistent (or not) SENDs with a receipt each, `window` outstanding;
-    hdrs(seq) -> extra headers. Returns when every receipt came back."""
-    outstanding = {}
-    it = iter(seqs)
-    done = False
-    while True:
-        while not done and len(outstanding) < window:
-            try:
-                s = next(it)
-            except StopIteration:
-                done = True
-                break
-            rid = c.next_receipt_id("p")
-            h = {"destination": dest, "seq": str(s), "receipt": rid}
-            if persistent:
-                h["persistent"] = "true"
-            if tx:
-                h["transaction"] = tx
-            if hdrs:
-                h.update(hdrs(s))
-            c.send_frame("SEND", h, body(s, tag))
-            outstanding[rid] = s
-        if not outstanding:
-            return
-        f = c._read_frame(c.timeout)
-        if f is None:
-            e.fail(f"{c.name}: {len(outstanding)} SEND receipts missing after "
-                   f"{c.timeout:.0f} s (e.g. seq {sorted(outstanding.values())[:5]})")
-        if f.command == "RECEIPT":
-            rid = f.headers.get("receipt-id")
-            e.check(rid in outstanding, f"{c.name}: unexpected receipt-id {rid!r}")
-            del outstanding[rid]
-        elif f.command == "ERROR":
-            raise e.StompErrorFrame(f)
-        else:
-            c.pending.append(f)
+    """mqe2e.produce with this file's ~1 KiB bodies; hdrs(seq) -> extra
+    headers. Returns when every receipt came back."""
+    e.produce(c, dest, seqs, tag=tag, window=window, headers=hdrs,
+              persistent=persistent, tx=tx, body=body)
 
 
 def expect_paged(b, dest, timeout=5.0):

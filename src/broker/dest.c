@@ -1065,15 +1065,32 @@ static void page_cb(void *ud, int rc, const mqs_message *msgs, size_t n,
     op_complete(o, rc, errmsg);
 }
 
+/* A store request about b (a page read, a dispatch mark) that completes
+ * on the loop: it names b by destination and subscription, looked up
+ * again then (page_box), since b may be gone by that time. */
+static op *box_op(box *b, op_type type)
+{
+    op *o = op_new(type, NULL, NULL);
+    o->pg = xcalloc(1, sizeof *o->pg);
+    o->pg->dest = xstrdup(b->d->name);
+    o->pg->sub_id = b->type == BOX_DURABLE ? b->sub_id : 0;
+    o->pending = 1;
+    return o;
+}
+
+/* A read or mark of b failed: pages_tick kicks b again in a while. */
+static void box_retry_later(box *b)
+{
+    if (!b->pg_retry_ms)
+        B.page_failed++;
+    b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+}
+
 static void box_read(box *b, size_t room)
 {
     dest *d = b->d;
-    op *o = op_new(OP_PAGE, NULL, NULL);
-    o->pg = xcalloc(1, sizeof *o->pg);
-    o->pg->dest = xstrdup(d->name);
-    o->pg->sub_id = b->type == BOX_DURABLE ? b->sub_id : 0;
+    op *o = box_op(b, OP_PAGE);
     o->pg->t0 = mono_ms();
-    o->pending = 1;
     size_t bytes = B.cfg.max_dest_bytes / 8;
     size_t rows = room < PAGE_ROWS ? PAGE_ROWS
                   : room > PAGE_ROWS_MAX ? PAGE_ROWS_MAX : room;
@@ -1085,9 +1102,7 @@ static void box_read(box *b, size_t room)
         broker_log_store_failure("page read", rc);
         page_op_free(o);
         free(o);
-        if (!b->pg_retry_ms)
-            B.page_failed++;
-        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        box_retry_later(b);
         return;
     }
     b->pg_reading = true;
@@ -1126,9 +1141,7 @@ void page_apply(op *o, bool live)
                 "%s; retrying in %d ms", b->d->name,
                 b->name ? " subscription " : "", b->name ? b->name : "",
                 o->err ? o->err : mqs_strerror(o->rc), PAGE_RETRY_MS);
-        if (!b->pg_retry_ms)
-            B.page_failed++;
-        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        box_retry_later(b);
         o->rc = 0;
         page_op_free(o);
         return;
@@ -1180,8 +1193,9 @@ void page_apply(op *o, bool live)
     gc_check(b->d);
 }
 
-static void page_retry(box *b, int64_t now)
+static void page_retry(box *b, void *ud)
 {
+    int64_t now = *(const int64_t *)ud;
     if (b->pg_retry_ms && now >= b->pg_retry_ms) {
         b->pg_retry_ms = 0;
         B.page_failed--;
@@ -1203,14 +1217,8 @@ void pages_tick(int64_t now)
      * store holds leaves memory here, every box, so they can resume. */
     if (B.mem_over)
         boxes_each(trim_all, NULL);
-    if (!B.page_failed)
-        return;
-    for (qlink *l = B.dests.next; l != &B.dests; l = l->next) {
-        dest *d = container_of(l, dest, link);
-        page_retry(&d->qbox, now);
-        for (qlink *k = d->boxes.next; k != &d->boxes; k = k->next)
-            page_retry(container_of(k, box, dlink), now);
-    }
+    if (B.page_failed)
+        boxes_each(page_retry, &now);
 }
 
 /* ------------------------------------------------------------------------
@@ -1245,15 +1253,10 @@ bool dmark_name(const char *producer)
 
 static uint64_t box_key(const box *b)
 {
-    uint64_t h = 1469598103934665603ULL;
-    char who[24];
-    snprintf(who, sizeof who, "%c%" PRId64, b->d->kind == MQS_QUEUE ? 'q' : 't',
-             b->type == BOX_DURABLE ? b->sub_id : 0);
-    for (const char *s = who; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    for (const char *s = b->d->store_name; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h ? h : 1;
+    char k[300]; /* kind, subscription id, name of at most 255 bytes */
+    snprintf(k, sizeof k, "%c%" PRId64 ":%s", b->d->kind == MQS_QUEUE ? 'q' : 't',
+             b->type == BOX_DURABLE ? b->sub_id : 0, b->d->store_name);
+    return str_key(k);
 }
 
 static void dmark_format(const box *b, int p, char *out, size_t n)
@@ -1271,13 +1274,9 @@ static void dmark_submit(box *b, int p, int64_t v)
 {
     char name[64];
     dmark_format(b, p, name, sizeof name);
-    op *o = op_new(OP_DMARK, NULL, NULL);
-    o->pg = xcalloc(1, sizeof *o->pg);
-    o->pg->dest = xstrdup(b->d->name);
-    o->pg->sub_id = b->type == BOX_DURABLE ? b->sub_id : 0;
+    op *o = box_op(b, OP_DMARK);
     o->id = v;
     o->pseq = (uint64_t)p;
-    o->pending = 1;
     int rc = mqs_mark_async(B.store, name, v, dmark_cb, o);
     if (rc) {
         page_op_free(o);
@@ -1293,9 +1292,7 @@ static void dmark_submit(box *b, int p, int64_t v)
             return;
         }
         broker_log_store_failure("dispatch mark", rc);
-        if (!b->pg_retry_ms)
-            B.page_failed++;
-        b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+        box_retry_later(b);
         return;
     }
     b->hmark_busy |= (uint16_t)(1u << p);
@@ -1326,9 +1323,7 @@ void dmark_apply(op *o, bool live)
                     "deliveries wait, retrying in %d ms", b->d->name,
                     b->name ? " subscription " : "", b->name ? b->name : "",
                     o->err ? o->err : mqs_strerror(o->rc), PAGE_RETRY_MS);
-            if (!b->pg_retry_ms)
-                B.page_failed++;
-            b->pg_retry_ms = mono_ms() + PAGE_RETRY_MS;
+            box_retry_later(b);
         } else {
             if (o->id > b->hmark[p])
                 b->hmark[p] = o->id;

@@ -179,6 +179,88 @@ static void test_password_never_shown(void **state)
     }
 }
 
+/* The core takes every URI apart once, before any backend sees it: a bad
+ * port, a fragment, a broken percent-escape or an empty host in a list is
+ * refused with the part named, the password never shown. */
+static void test_uri_parts_refused(void **state)
+{
+    (void)state;
+    char u[512];
+    static const struct {
+        const char *tail, *needle;
+    } cases[] = {
+        {"@127.0.0.1:99999/db", "port of host 1"},
+        {"@127.0.0.1:54x/db", "port of host 1"},
+        {"@127.0.0.1:/db", "port of host 1"},
+        {"@h1:5432,,h3/db", "host 2 is empty"},
+        {"@[::1/db", "']'"},
+        {"@h/d%zzb", "bad percent-escape in the path"},
+        {"@h/db#frag", "fragment"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(u, sizeof u, "%s://eve:" SECRET "%s", g_scheme,
+                 cases[i].tail);
+        open_fails(u, MQS_EINVAL, MQS_EINVAL, cases[i].needle);
+        if (strstr(mqs_errmsg(NULL), SECRET))
+            fail_msg("password shown for %s: %s", cases[i].tail,
+                     mqs_errmsg(NULL));
+    }
+    /* A broken escape in the password itself: named, not shown. */
+    snprintf(u, sizeof u, "%s://eve:" SECRET "%%4@h/db", g_scheme);
+    open_fails(u, MQS_EINVAL, MQS_EINVAL, "bad percent-escape in the password");
+    if (strstr(mqs_errmsg(NULL), SECRET))
+        fail_msg("password shown: %s", mqs_errmsg(NULL));
+}
+
+/* Structs that grow travel with their size (mqstore.h): the library reads
+ * and writes only what the caller's struct has, and refuses a size below
+ * the struct's first version. */
+static void test_sized_structs(void **state)
+{
+    (void)state;
+    mqs_store *s = tu_open();
+    /* An output struct from a newer header: bigger than the library's. The
+     * library fills its own part and leaves the rest alone. */
+    struct {
+        mqs_stats st;
+        unsigned char newer[32];
+    } big;
+    memset(&big, 0xAB, sizeof big);
+    TU_OK(mqs_stats_get_sz(s, &big.st, sizeof big), s);
+    for (size_t i = 0; i < sizeof big.newer; i++)
+        assert_int_equal(big.newer[i], 0xAB);
+    assert_true(big.st.schema_version > 0);
+    /* Smaller than the first version: refused, nothing written. */
+    mqs_stats small;
+    memset(&small, 0xCD, sizeof small);
+    assert_int_equal(mqs_stats_get_sz(s, &small, 8), MQS_EINVAL);
+    assert_int_equal(((unsigned char *)&small)[0], 0xCD);
+    assert_non_null(strstr(mqs_errmsg(NULL), "first version"));
+    /* The macro passes the caller's sizeof: same result as the plain call. */
+    mqs_stats a, b;
+    TU_OK(mqs_stats_get(s, &a), s);
+    TU_OK(mqs_stats_get_sz(s, &b, sizeof b), s);
+    assert_int_equal(a.schema_version, b.schema_version);
+    mqs_close(s);
+
+    /* An input struct from a newer header: fields the library does not
+     * know are ignored, the known ones used. */
+    struct {
+        mqs_open_opts o;
+        unsigned char newer[32];
+    } in;
+    memset(&in, 0x5A, sizeof in);
+    in.o.log = NULL;
+    in.o.log_ud = NULL;
+    in.o.log_level = MQS_LOG_ERROR;
+    mqs_store *t = NULL;
+    TU_OK(mqs_open_sz(g_uri, &in.o, sizeof in, &t), NULL);
+    mqs_close(t);
+    t = (mqs_store *)(uintptr_t)0x1;
+    assert_int_equal(mqs_open_sz(g_uri, &in.o, 4, &t), MQS_EINVAL);
+    assert_null(t);
+}
+
 static void check_mask(const char *uri, const char *want)
 {
     char buf[512];
@@ -568,6 +650,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_bad_option_value),
     cmocka_unit_test(test_unopenable_path),
     cmocka_unit_test(test_password_never_shown),
+    cmocka_unit_test(test_uri_parts_refused),
+    cmocka_unit_test(test_sized_structs),
     cmocka_unit_test(test_uri_mask),
     cmocka_unit_test(test_uri_mask_spellings),
     cmocka_unit_test(test_password_from_file),

@@ -51,6 +51,14 @@
  *   2.3  msg_recent: the newest message rows, by primary key (optional).
  *        dest_resolve with create == 0 may also be called outside a write
  *        transaction (the core's page reads, mqs_page_async).
+ *   3.0  the URI is parsed once, by the core: conn_open gets it taken apart
+ *        (mqs_be_open_args.parts: user, password, hosts, path, decoded
+ *        options) instead of a string to parse again. Every call into a
+ *        module goes through one wrapper per member in the core
+ *        (src/core/be_call.h), which normalises return codes, scrubs the
+ *        password from messages and bounds page row counts. The 3.0 table
+ *        holds every member up to msg_recent; optional ones are NULL when
+ *        absent. Modules built for 2.x are refused (rebuild them).
  */
 #ifndef MQSTORE_BACKEND_H
 #define MQSTORE_BACKEND_H
@@ -65,8 +73,8 @@ extern "C" {
 #endif
 
 #define MQS_BACKEND_MAGIC 0x4d5153424b454e44ULL /* "MQSBKEND" */
-#define MQS_BACKEND_ABI_MAJOR 2 /* bumped on incompatible change */
-#define MQS_BACKEND_ABI_MINOR 3 /* bumped when members are appended */
+#define MQS_BACKEND_ABI_MAJOR 3 /* bumped on incompatible change */
+#define MQS_BACKEND_ABI_MINOR 0 /* bumped when members are appended */
 
 /* The one symbol a module exports. */
 #define MQS_BACKEND_ENTRY mqs_backend_entry
@@ -88,12 +96,44 @@ typedef struct mqs_be_option {
     const char *doc;
 } mqs_be_option;
 
+/* One host of a URI's authority, percent-decoded, IPv6 brackets removed.
+ * port is NULL when the URI gives none (checked: digits, 1..65535). */
+typedef struct mqs_be_host {
+    const char *host;
+    const char *port;
+} mqs_be_host;
+
+/* One query option of a URI for the backend (mqstore's core options are
+ * removed), key and value percent-decoded, in the order written. Only keys
+ * the backend declares in `options` reach it. */
+typedef struct mqs_be_kv {
+    const char *key;
+    const char *value;
+} mqs_be_kv;
+
+/* A store URI taken apart once, by the core: RFC 3986's generic syntax
+ * (scheme ":" ["//" authority] path ["?" query]), with libpq's and
+ * JDBC's list of hosts in the authority ("h1:5432,h2:5433"). A fragment
+ * ('#') is refused by the core. Every string is percent-decoded and
+ * valid for the call only; the backend copies what it keeps. */
+typedef struct mqs_be_uri {
+    const char *scheme;   /* lower-cased, as written: "postgres", "mariadb" */
+    int has_authority;    /* "//" follows the scheme */
+    const char *user;     /* NULL when the URI has no userinfo */
+    const char *password; /* NULL when the userinfo has no ':' */
+    const mqs_be_host *hosts; /* nhosts entries; 0 when the host is empty */
+    size_t nhosts;
+    const char *path;     /* after the authority, leading '/' kept; "" */
+    const mqs_be_kv *opts;
+    size_t nopts;
+} mqs_be_uri;
+
 /* What conn_open gets. */
 typedef struct mqs_be_open_args {
-    /* The URI with mqstore's core options removed (backend options and
-     * anything the driver understands are kept). Contains the password. */
-    const char *uri;
-    /* The same URI with the password masked: use it in every message. */
+    /* The URI taken apart (see mqs_be_uri). Holds the password. */
+    const mqs_be_uri *parts;
+    /* The URI with the password and every secret option masked: the only
+     * spelling of the URI a message may contain. */
     const char *uri_masked;
     /* Purpose of the connection, for logs/application_name. */
     const char *role; /* "writer", "reader", "admin" */
@@ -422,7 +462,7 @@ typedef struct mqs_backend {
                       void *ud);
 } mqs_backend;
 
-/* Whether table be has an optional member that a later 2.x minor may have
+/* Whether table be has an optional member that a later 3.x minor may have
  * appended: it lies inside the module's struct_size and is set. The core
  * reads no member past struct_size without this check. */
 #define MQS_BE_HAS(be, member)                                                 \

@@ -144,6 +144,13 @@ MQS_API size_t mqs_max_pending_bytes(const mqs_store *s);
  * the masked URI needs (like snprintf). Any thread. */
 MQS_API size_t mqs_uri_mask(const char *uri, char *buf, size_t buflen);
 
+/* The HA cluster name a store URI selects (its cluster= option,
+ * percent-decoded; "default" when absent), read by the library's own URI
+ * parser without opening anything: for callers that name themselves after
+ * it before the store is open. Returns the length the name needs (like
+ * snprintf), 0 when uri has no scheme. Any thread. */
+MQS_API size_t mqs_uri_cluster(const char *uri, char *buf, size_t buflen);
+
 /* ---------------------------------------------------------------------------
  * Messages. Each call below is its own atomic write: it returns only after
  * the write committed (durable per the backend's settings) or failed.
@@ -578,6 +585,53 @@ typedef struct mqs_option_info {
 typedef void (*mqs_option_fn)(void *ud, const mqs_option_info *o);
 /* Core options, then, if scheme != NULL, that backend's (loads its module). */
 MQS_API int mqs_option_foreach(const char *scheme, mqs_option_fn fn, void *ud);
+
+/* ---------------------------------------------------------------------------
+ * Structs that grow
+ *
+ * mqs_open_opts, mqs_cursor_opts, mqs_page_req and mqs_lock_cbs (given to
+ * the library) and mqs_stats and mqs_lock_info (filled by it) may get new
+ * fields, only ever at the end. Each travels with its size: the names of
+ * the functions that take one are macros that pass sizeof the struct as
+ * the caller compiled it to the _sz function. A program built against an
+ * older header passes the older, smaller size: the library reads only that
+ * much of what it is given (a newer field takes its default, as if 0) and
+ * writes only that much of what it fills. So a field can be added without
+ * an ABI break, under the same soname. A size smaller than the struct's
+ * first version is refused with MQS_EINVAL. The plain functions stay
+ * exported (and keep meaning the first version) for programs that call
+ * them by name or through a pointer. Callers write nothing different:
+ * mqs_stats_get(s, &st) expands to mqs_stats_get_sz(s, &st, sizeof st).
+ * ------------------------------------------------------------------------- */
+MQS_API int mqs_open_sz(const char *uri, const mqs_open_opts *opts,
+                        size_t opts_size, mqs_store **out);
+MQS_API int mqs_open_nomigrate_sz(const char *uri, const mqs_open_opts *opts,
+                                  size_t opts_size, mqs_store **out);
+MQS_API int mqs_cursor_open_sz(mqs_store *s, const mqs_cursor_opts *opts,
+                               size_t opts_size, mqs_cursor **out);
+MQS_API int mqs_page_async_sz(mqs_store *s, const mqs_page_req *req,
+                              size_t req_size, mqs_page_fn done, void *ud);
+MQS_API int mqs_lock_acquire_sz(mqs_store *s, int64_t timeout_ms,
+                                const mqs_lock_cbs *cbs, size_t cbs_size);
+MQS_API int mqs_stats_get_sz(mqs_store *s, mqs_stats *out, size_t out_size);
+MQS_API int mqs_lock_status_sz(mqs_store *s, mqs_lock_info *out,
+                               size_t out_size);
+
+#ifndef MQS_BUILDING_LIBRARY
+#define mqs_open(uri, opts, out)                                               \
+    mqs_open_sz((uri), (opts), sizeof(mqs_open_opts), (out))
+#define mqs_open_nomigrate(uri, opts, out)                                     \
+    mqs_open_nomigrate_sz((uri), (opts), sizeof(mqs_open_opts), (out))
+#define mqs_cursor_open(s, opts, out)                                          \
+    mqs_cursor_open_sz((s), (opts), sizeof(mqs_cursor_opts), (out))
+#define mqs_page_async(s, req, done, ud)                                       \
+    mqs_page_async_sz((s), (req), sizeof(mqs_page_req), (done), (ud))
+#define mqs_lock_acquire(s, timeout_ms, cbs)                                   \
+    mqs_lock_acquire_sz((s), (timeout_ms), (cbs), sizeof(mqs_lock_cbs))
+#define mqs_stats_get(s, out) mqs_stats_get_sz((s), (out), sizeof(mqs_stats))
+#define mqs_lock_status(s, out)                                                \
+    mqs_lock_status_sz((s), (out), sizeof(mqs_lock_info))
+#endif
 
 #ifdef __cplusplus
 }

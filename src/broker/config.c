@@ -449,15 +449,14 @@ static bool advertise_ok(const char *s)
     return true;
 }
 
-static char *store_option(const char *uri, const char *key);
-
-/* The default broker name: the store's cluster option (a master/slave
- * pair shares it), else HOSTNAME:PORT; characters a name may not hold
- * become '_' (an existing cluster name must not stop a broker starting). */
+/* The default broker name: the store's cluster (a master/slave pair
+ * shares it) unless that is the library's "default", else HOSTNAME:PORT;
+ * characters a name may not hold become '_' (an existing cluster name must
+ * not stop a broker starting). */
 static char *default_broker_name(const config *c)
 {
-    char *s = store_option(c->store, "cluster");
-    if (!s || !*s) {
+    char *s = config_store_cluster(c->store);
+    if (!strcmp(s, "default")) {
         free(s);
         char host[256];
         if (gethostname(host, sizeof host))
@@ -652,53 +651,15 @@ void config_free(config *c)
     memset(c, 0, sizeof *c);
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* A store URI option's value, percent-decoded; NULL when absent. */
-static char *store_option(const char *uri, const char *key)
-{
-    size_t kl = strlen(key);
-    const char *q = strchr(uri, '?');
-    while (q) {
-        q++;
-        const char *end = strchr(q, '&');
-        size_t n = end ? (size_t)(end - q) : strlen(q);
-        if (n > kl + 1 && !strncmp(q, key, kl) && q[kl] == '=') {
-            /* Percent-decode, as the library does for option values. */
-            char *out = xmalloc(n);
-            size_t o = 0;
-            for (size_t i = kl + 1; i < n; i++) {
-                int h1, h2;
-                if (q[i] == '%' && i + 2 < n &&
-                    (h1 = hexval(q[i + 1])) >= 0 &&
-                    (h2 = hexval(q[i + 2])) >= 0) {
-                    out[o++] = (char)(h1 * 16 + h2);
-                    i += 2;
-                } else {
-                    out[o++] = q[i];
-                }
-            }
-            out[o] = '\0';
-            return out;
-        }
-        q = end;
-    }
-    return NULL;
-}
-
+/* The store's own parser names the cluster (mqs_uri_cluster). */
 char *config_store_cluster(const char *uri)
 {
-    char *s = store_option(uri, "cluster");
-    return s ? s : xstrdup("default");
+    size_t n = mqs_uri_cluster(uri, NULL, 0);
+    if (n == 0) /* no scheme: refused when the store opens */
+        return xstrdup("default");
+    char *s = xmalloc(n + 1);
+    mqs_uri_cluster(uri, s, n + 1);
+    return s;
 }
 
 /* ------------------------------------------------------------------------

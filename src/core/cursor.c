@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "be_call.h"
 #include "internal.h"
 
 #define PAGE_ROWS_DEFAULT 256
@@ -93,7 +94,7 @@ static int collect(void *ud, const mqs_be_dest *d)
  * opening a cursor cost as much as reading the whole backlog. */
 static int do_list(mqs_store *s, mqs_be_conn *conn, void *arg)
 {
-    return mqs__be_dest_names(s, conn, collect, arg);
+    return mqs__bc_dest_names(MQS_BCX(s), conn, collect, arg);
 }
 
 /* ---- pages ---- */
@@ -127,7 +128,9 @@ static int do_page(mqs_store *s, mqs_be_conn *conn, void *arg)
     target *t = &c->t[c->cur];
     mqs_be_page p = {t->dest_id, t->sub_id, c->after_priority, c->after_id,
                      c->page_rows};
-    return s->be->page_read(conn, &p, take_row, c);
+    /* The wrapper stops a backend at page_rows rows: c->rows holds no
+     * more. */
+    return mqs__bc_page_read(MQS_BCX(s), conn, &p, take_row, c);
 }
 
 /* Remove the expired messages seen so far, as one write. */

@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include <time.h>
 
+/* The library defines the plain functions that mqstore.h maps to their
+ * _sz variants for callers (see "Structs that grow" there). */
+#define MQS_BUILDING_LIBRARY 1
 #include "mqstore/backend.h"
 #include "mqstore/mqstore.h"
 
@@ -96,9 +99,17 @@ typedef struct mqs_config {
 /* A parsed URI. All strings owned by the struct (mqs_uri_free). */
 typedef struct mqs_parsed_uri {
     char *scheme;     /* as written, lower-cased */
-    char *be_uri;     /* URI minus core options, for the backend */
+    char *be_uri;     /* URI minus core options (lock.c parses it again) */
     char *masked;     /* full URI with the password masked */
     mqs_config cfg;
+    /* The URI taken apart for the backend (conn_open's args->parts); its
+     * strings point into the allocations below. */
+    mqs_be_uri parts;
+    char *user, *password, *path; /* decoded; NULL when absent */
+    char *pw_raw;                 /* the password as written; NULL */
+    char *pw_opt; /* the first secret option's value (password=...), decoded */
+    mqs_be_host *hosts;           /* host and port strings malloc'd */
+    mqs_be_kv *opts;              /* key and value strings malloc'd */
 } mqs_parsed_uri;
 
 /* ---- errors (errors.c) ---- */
@@ -139,9 +150,6 @@ MQS_INTERNAL void mqs__uri_free(mqs_parsed_uri *u);
 /* Scheme of uri into buf (lower-cased); MQS_EINVAL if there is none. */
 MQS_INTERNAL int mqs__uri_scheme(const char *uri, char *buf, size_t buflen);
 
-/* dest_names when the module has it (ABI 2.2), else dest_list (store.c). */
-MQS_INTERNAL int mqs__be_dest_names(mqs_store *s, mqs_be_conn *c,
-                                    mqs_be_dest_cb cb, void *ud);
 
 /* ---- write requests (writer.c) ---- */
 typedef enum op_kind {

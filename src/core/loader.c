@@ -10,11 +10,11 @@
 
 #include "internal.h"
 
-/* Size of the table in ABI 2.0, the first of this major: every member up
- * to session_unlock. Members appended in 2.x come after it. */
-#define MQS_BACKEND_SIZE_2_0                                                   \
-    (offsetof(mqs_backend, session_unlock) +                                   \
-     sizeof(((mqs_backend *)0)->session_unlock))
+/* Size of the table in ABI 3.0, the first of this major: every member up
+ * to msg_recent. Members appended in 3.x come after it. */
+#define MQS_BACKEND_SIZE_3_0                                                   \
+    (offsetof(mqs_backend, msg_recent) +                                       \
+     sizeof(((mqs_backend *)0)->msg_recent))
 
 #ifndef MQS_MODULE_DIR
 #define MQS_MODULE_DIR "/usr/local/lib/mqstore"
@@ -71,13 +71,13 @@ static int validate(const mqs_backend *be, const char *path)
                         path, be->abi_major, be->abi_minor, MQS_VERSION_MAJOR,
                         MQS_VERSION_MINOR, MQS_VERSION_PATCH,
                         MQS_BACKEND_ABI_MAJOR);
-    /* Members are only appended within a major, so a 2.x table holds at
-     * least the 2.0 members. */
-    if (be->struct_size < MQS_BACKEND_SIZE_2_0)
+    /* Members are only appended within a major, so a 3.x table holds at
+     * least the 3.0 members. */
+    if (be->struct_size < MQS_BACKEND_SIZE_3_0)
         return mqs__err(NULL, MQS_ENOMODULE,
-                        "%s: table size %u is smaller than ABI 2.0 needs "
+                        "%s: table size %u is smaller than ABI 3.0 needs "
                         "(%zu)",
-                        path, be->struct_size, (size_t)MQS_BACKEND_SIZE_2_0);
+                        path, be->struct_size, (size_t)MQS_BACKEND_SIZE_3_0);
     if (!be->name || !be->schemes)
         return mqs__err(NULL, MQS_ENOMODULE, "%s: table has no name/schemes",
                         path);

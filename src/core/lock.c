@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "be_call.h"
 #include "internal.h"
 
 /* The master stops believing in its lease this long before the database
@@ -14,16 +15,10 @@
  * already ends first; the margin also covers clock-rate drift. */
 static int64_t margin(const mqs_store *s) { return s->uri.cfg.lease_ms / 10; }
 
-static bool has_lock(const mqs_backend *be)
-{
-    return be->lock_acquire && be->lock_renew && be->lock_release &&
-           be->lock_read && be->lock_force && be->lock_fence;
-}
-
 static bool has_session(const mqs_store *s)
 {
     return s->uri.cfg.crash_detect && !s->session_off &&
-           MQS_BE_HAS(s->be, session_lock); /* the pair: checked at load */
+           mqs__bc_has_session(s->be);
 }
 
 /* How long the lease agent's renewal may wait for a row lock: it must end
@@ -76,8 +71,13 @@ typedef struct mqs_session {
     uint64_t renew_seq;    /* finished renewals */
     char renew_err[512];
     const mqs_backend *be;
+    /* For the wrappers: be, and the secrets of pu to scrub from the
+     * backend's messages. */
+    mqs_bcx bcx;
     mqs_be_conn *conn; /* owned by the thread */
-    char *uri, *masked;
+    char *masked;
+    mqs_parsed_uri pu; /* its own copy: it may outlive the store */
+    bool pu_ok;
     char cluster[128];
     char node[256];
 } mqs_session;
@@ -90,10 +90,11 @@ static void session_unref(mqs_session *x)
     if (!last)
         return;
     if (x->conn)
-        x->be->conn_close(x->conn);
+        mqs__bc_conn_close(&x->bcx, x->conn);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
-    free(x->uri);
+    if (x->pu_ok)
+        mqs__uri_free(&x->pu);
     free(x->masked);
     free(x);
 }
@@ -104,9 +105,9 @@ static void agent_check_session(mqs_session *x, int *rc_out, int64_t *sid_out)
     int rc = MQS_ECONN;
     int64_t sid = 0;
     if (x->conn) {
-        rc = x->be->session_lock(x->conn, x->cluster, 0, &sid);
+        rc = mqs__bc_session_lock(&x->bcx, x->conn, x->cluster, 0, &sid);
         if (rc == MQS_ECONN) { /* gone: reopen on the next round */
-            x->be->conn_close(x->conn);
+            mqs__bc_conn_close(&x->bcx, x->conn);
             x->conn = NULL;
         }
     }
@@ -130,8 +131,9 @@ static void *session_main(void *arg)
         pthread_mutex_unlock(&x->mu);
         if (!x->conn) {
             char err[512];
-            mqs_be_open_args a = {x->uri, x->masked, "lock"};
-            if (x->be->conn_open(&a, &x->conn, err, sizeof err) != 0) {
+            mqs_be_open_args a = {.parts = &x->pu.parts,
+                                  .uri_masked = x->masked, .role = "lock"};
+            if (mqs__bc_conn_open(&x->bcx, &a, &x->conn, err, sizeof err)) {
                 x->conn = NULL;
                 pthread_mutex_lock(&x->mu);
                 if (renew) {
@@ -161,12 +163,12 @@ static void *session_main(void *arg)
                 snprintf(rerr, sizeof rerr, "the lease connection was lost");
             } else {
                 mqs_be_lock_state st;
-                rrc = x->be->lock_renew(x->conn, &l, &st);
+                rrc = mqs__bc_lock_renew(&x->bcx, x->conn, &l, &st);
                 if (rrc)
                     snprintf(rerr, sizeof rerr, "%s",
-                             x->be->conn_errmsg(x->conn));
+                             mqs__bc_conn_errmsg(&x->bcx, x->conn));
                 if (rrc == MQS_ECONN || rrc == MQS_EUNKNOWN) {
-                    x->be->conn_close(x->conn);
+                    mqs__bc_conn_close(&x->bcx, x->conn);
                     x->conn = NULL;
                 }
             }
@@ -191,7 +193,7 @@ static void *session_main(void *arg)
     x->conn = NULL;
     pthread_mutex_unlock(&x->mu);
     if (c)
-        x->be->conn_close(c);
+        mqs__bc_conn_close(&x->bcx, c);
     pthread_mutex_lock(&x->mu);
     x->done = true;
     pthread_cond_broadcast(&x->cv);
@@ -240,13 +242,15 @@ static mqs_session *session_start(mqs_store *s, mqs_be_conn *conn, int64_t sid,
     x->held = conn != NULL;
     x->sid = conn ? sid : 0;
     x->renew_ok_start = renewed_at;
-    x->uri = mqs__strdup(s->uri.be_uri);
+    /* The backend's URI parses to the same parts as the store's. */
+    x->pu_ok = mqs__uri_parse(s->uri.be_uri, s->be, &x->pu) == 0;
+    x->bcx = (mqs_bcx){x->be, x->pu.password, x->pu.pw_raw, x->pu.pw_opt};
     x->masked = mqs__strdup(s->uri.masked);
     snprintf(x->cluster, sizeof x->cluster, "%s", s->uri.cfg.cluster);
     snprintf(x->node, sizeof x->node, "%s", s->uri.cfg.node_id);
     x->l = (mqs_be_lock){x->cluster, x->node, token, s->uri.cfg.lease_ms, 0, 0,
                          renew_wait(s)};
-    if (!x->uri || !x->masked ||
+    if (!x->pu_ok || !x->masked ||
         pthread_create(&x->tid, NULL, session_main, x) != 0) {
         x->conn = NULL; /* the caller keeps and closes conn */
         x->refs = 1;
@@ -566,29 +570,29 @@ typedef struct acq_arg {
 static int do_acquire(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     acq_arg *a = arg;
-    return s->be->lock_acquire(c, &a->l, &a->st);
+    return mqs__bc_lock_acquire(MQS_BCX(s), c, &a->l, &a->st);
 }
 
 static int do_renew(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     acq_arg *a = arg;
-    return s->be->lock_renew(c, &a->l, &a->st);
+    return mqs__bc_lock_renew(MQS_BCX(s), c, &a->l, &a->st);
 }
 
 static int do_release(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return s->be->lock_release(c, arg);
+    return mqs__bc_lock_release(MQS_BCX(s), c, arg);
 }
 
 static int do_read(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     acq_arg *a = arg;
-    return s->be->lock_read(c, a->l.cluster, &a->st);
+    return mqs__bc_lock_read(MQS_BCX(s), c, a->l.cluster, &a->st);
 }
 
 static int do_force(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return s->be->lock_force(c, arg);
+    return mqs__bc_lock_force(MQS_BCX(s), c, arg);
 }
 
 static int no_lock(mqs_store *s)
@@ -606,27 +610,28 @@ static int standby_session(mqs_store *s, mqs_be_conn **c, int64_t wait_ms,
 {
     if (!*c && mqs__conn_open(s, "lock", c) != 0)
         return MQS_ECONN;
-    int rc = s->be->session_lock(*c, s->uri.cfg.cluster, wait_ms, sid);
+    const mqs_bcx *b = MQS_BCX(s);
+    int rc = mqs__bc_session_lock(b, *c, s->uri.cfg.cluster, wait_ms, sid);
     if (rc == MQS_EINVAL) {
         /* The configuration cannot work, e.g. crash_detect=on through a
          * transaction pooler (where a session lock proves nothing): the
          * backend's message says how to fix the URI. Refused, not worked
          * around: the operator asked for a crash detector and would
          * otherwise get takeovers a lease slower without knowing. */
-        mqs__err(s, rc, "%s", s->be->conn_errmsg(*c));
+        mqs__err(s, rc, "%s", mqs__bc_conn_errmsg(b, *c));
     } else if (rc && rc != MQS_EBUSY && rc != MQS_ECONN &&
                rc != MQS_ETIMEDOUT) {
         /* Anything else the detector cannot get past: say so once and
          * fall back to the lease alone, instead of opening a connection
          * on every poll. */
         mqs__log(s, MQS_LOG_WARN, "crash detector disabled for this store, "
-                 "the lease alone decides: %s", s->be->conn_errmsg(*c));
+                 "the lease alone decides: %s", mqs__bc_conn_errmsg(b, *c));
         pthread_mutex_lock(&s->ha_mu);
         s->session_off = true;
         pthread_mutex_unlock(&s->ha_mu);
     }
     if (rc == MQS_ECONN || (rc && rc != MQS_EBUSY)) {
-        s->be->conn_close(*c);
+        mqs__bc_conn_close(b, *c);
         *c = NULL;
     }
     return rc;
@@ -651,7 +656,7 @@ typedef struct acq_run {
 static void acq_close_session(acq_run *r)
 {
     if (r->sc)
-        r->s->be->conn_close(r->sc);
+        mqs__bc_conn_close(MQS_BCX(r->s), r->sc);
 }
 
 /* One attempt at the lock row. With the crash detector the standby first
@@ -696,7 +701,7 @@ static bool acq_lease_fresh(acq_run *r)
                  "acquire failed (%s): waiting again: %s",
                  mqs_errname(rrc), mqs_errmsg(s));
         if (r->got)
-            s->be->session_unlock(r->sc, r->cfg->cluster);
+            mqs__bc_session_unlock(MQS_BCX(s), r->sc, r->cfg->cluster);
         mqs__sleep_ms(r->cfg->poll_ms);
         return false;
     }
@@ -833,7 +838,7 @@ static void acq_wait(acq_run *r, int64_t left)
         /* We hold the session lock but the holder's lease stands (the
          * database restarted, or it is re-arming): let go for a while
          * so the master can take it back. */
-        s->be->session_unlock(r->sc, cfg->cluster);
+        mqs__bc_session_unlock(MQS_BCX(s), r->sc, cfg->cluster);
         int64_t pause = cfg->renew_ms + cfg->poll_ms;
         mqs__sleep_ms(pause < left ? pause : left);
     } else if (has_session(s) && r->sc) {
@@ -849,7 +854,7 @@ int mqs_lock_acquire(mqs_store *s, int64_t timeout_ms, const mqs_lock_cbs *cbs)
 {
     if (!s)
         return mqs__err(NULL, MQS_EINVAL, "mqs_lock_acquire: store is NULL");
-    if (!has_lock(s->be))
+    if (!mqs__bc_has_lock(s->be))
         return no_lock(s);
     pthread_mutex_lock(&s->ha_mu);
     if (s->ha_state == HA_MASTER) {
@@ -882,7 +887,7 @@ int mqs_lock_release(mqs_store *s)
 {
     if (!s)
         return mqs__err(NULL, MQS_EINVAL, "mqs_lock_release: store is NULL");
-    if (!has_lock(s->be))
+    if (!mqs__bc_has_lock(s->be))
         return no_lock(s);
     pthread_mutex_lock(&s->ha_mu);
     if (s->ha_state != HA_MASTER) {
@@ -911,7 +916,7 @@ int mqs_lock_status(mqs_store *s, mqs_lock_info *out)
 {
     if (!s || !out)
         return mqs__err(s, MQS_EINVAL, "mqs_lock_status: NULL argument");
-    if (!has_lock(s->be))
+    if (!mqs__bc_has_lock(s->be))
         return no_lock(s);
     acq_arg a = {{s->uri.cfg.cluster, NULL, 0, 0, 0, 0, 0}, {{0}, 0, 0, 0, 0}};
     int rc = mqs__with_reader(s, do_read, &a);
@@ -935,7 +940,7 @@ int mqs_lock_force_release(mqs_store *s)
 {
     if (!s)
         return mqs__err(NULL, MQS_EINVAL, "store is NULL");
-    if (!has_lock(s->be))
+    if (!mqs__bc_has_lock(s->be))
         return no_lock(s);
     mqs__log(s, MQS_LOG_WARN, "forcing the lock of cluster '%s' free: a live "
              "holder will be fenced on its next write",

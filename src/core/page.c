@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "be_call.h"
 #include "internal.h"
 
 #define PAGE_ROWS_DEFAULT 256
@@ -160,13 +161,14 @@ int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r, char *err,
     int rc;
     if (op->dkind == MQS_QUEUE &&
         !(dest_id = mqs__cache_get(s, MQS_QUEUE, op->dest))) {
-        rc = s->be->dest_resolve(c, MQS_QUEUE, op->dest, 0, &dest_id);
+        rc = mqs__bc_dest_resolve(MQS_BCX(s), c, MQS_QUEUE, op->dest, 0,
+                                  &dest_id);
         if (rc == MQS_ENOTFOUND) { /* never written to: nothing pending */
             p->end = true;
             return 0;
         }
         if (rc) {
-            snprintf(err, errlen, "%s", s->be->conn_errmsg(c));
+            snprintf(err, errlen, "%s", mqs__bc_conn_errmsg(MQS_BCX(s), c));
             return rc;
         }
         /* Read outside any transaction, so committed: ids never change. */
@@ -174,7 +176,7 @@ int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r, char *err,
     }
     mqs_be_page q = {dest_id, op->dkind == MQS_TOPIC ? op->sub_id : 0,
                      op->priority, op->id, p->max_rows};
-    rc = s->be->page_read(c, &q, take_row, p);
+    rc = mqs__bc_page_read(MQS_BCX(s), c, &q, take_row, p);
     if (rc == 0 && p->oom)
         rc = MQS_ENOMEM;
     if (rc == 0 && p->n &&
@@ -187,7 +189,7 @@ int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r, char *err,
                      op->dkind == MQS_QUEUE ? "queue" : "topic",
                      op->dest ? op->dest : "?", p->n, p->len);
         else
-            snprintf(err, errlen, "%s", s->be->conn_errmsg(c));
+            snprintf(err, errlen, "%s", mqs__bc_conn_errmsg(MQS_BCX(s), c));
         p->n = p->len = 0;
         return rc;
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "be_call.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------------------
@@ -14,10 +15,11 @@
 static int schema_check(mqs_store *s, bool migrate)
 {
     int v = 0, lib = (int)s->be->n_migrations;
-    int rc = s->be->schema_version(s->wconn, &v);
+    int rc = mqs__bc_schema_version(MQS_BCX(s), s->wconn, &v);
     if (rc)
         return mqs__err(NULL, rc, "cannot read the schema version of %s: %s",
-                        s->uri.masked, s->be->conn_errmsg(s->wconn));
+                        s->uri.masked,
+                        mqs__bc_conn_errmsg(MQS_BCX(s), s->wconn));
     s->stats.schema_version = v;
     if (v > lib && !migrate) {
         /* Tools may still look (status, stats); writes are refused. */
@@ -43,13 +45,13 @@ static int schema_check(mqs_store *s, bool migrate)
         const mqs_be_migration *m = &s->be->migrations[i];
         mqs__log(s, MQS_LOG_INFO, "applying %s (schema %d -> %d) to %s",
                  m->name, i, m->version, s->uri.masked);
-        rc = s->be->schema_apply(s->wconn, m);
+        rc = mqs__bc_schema_apply(MQS_BCX(s), s->wconn, m);
         if (rc)
             return mqs__err(NULL, rc,
                             "migration %s (schema %d -> %d) failed on %s: "
                             "%s; the database stays at version %d",
                             m->name, i, m->version, s->uri.masked,
-                            s->be->conn_errmsg(s->wconn), i);
+                            mqs__bc_conn_errmsg(MQS_BCX(s), s->wconn), i);
         s->stats.schema_version = m->version;
     }
     return 0;
@@ -117,7 +119,7 @@ static int open_impl(const char *uri, const mqs_open_opts *opts, bool migrate,
 
     s->max_message = s->uri.cfg.max_message_size;
     size_t be_max = 0;
-    if (MQS_BE_HAS(be, conn_max_message) && be->conn_max_message(s->wconn, &be_max) == 0 &&
+    if (mqs__bc_conn_max_message(MQS_BCX(s), s->wconn, &be_max) == 0 &&
         be_max && be_max < s->max_message)
         s->max_message = be_max;
 
@@ -153,10 +155,10 @@ void mqs_close(mqs_store *s)
     mqs__completions_close(s);
     mqs__lock_shutdown(s); /* then hands the lock over, if held */
     if (s->wconn)
-        s->be->conn_close(s->wconn);
+        mqs__bc_conn_close(MQS_BCX(s), s->wconn);
     for (size_t i = 0; i < s->pool.n; i++)
         if (s->pool.conns[i])
-            s->be->conn_close(s->pool.conns[i]);
+            mqs__bc_conn_close(MQS_BCX(s), s->pool.conns[i]);
     free(s->pool.conns);
     free(s->pool.busy);
     free(s->batch);
@@ -335,7 +337,7 @@ static int run_op(mqs_store *s, const mqs_op *tmpl, const char *dest,
 
 static int marks_supported(mqs_store *s)
 {
-    if (MQS_BE_HAS(s->be, mark_put))
+    if (mqs__bc_has_marks(s->be))
         return 0;
     return mqs__err(s, MQS_ENOTSUP, "the %s backend keeps no producer marks",
                     s->be->name);
@@ -383,7 +385,7 @@ static int mark_adapter(void *ud, const char *producer, int64_t seq)
 
 static int do_mark_list(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    int rc = s->be->mark_list(c, mark_adapter, arg);
+    int rc = mqs__bc_mark_list(MQS_BCX(s), c, mark_adapter, arg);
     return ((mark_ctx *)arg)->stopped ? 0 : rc;
 }
 
@@ -646,7 +648,7 @@ int mqs__with_reader(mqs_store *s, mqs_reader_fn fn, void *arg)
             return rc;
         rc = fn(s, *slot, arg);
         if (rc)
-            mqs__err(s, rc, "%s", s->be->conn_errmsg(*slot));
+            mqs__err(s, rc, "%s", mqs__bc_conn_errmsg(MQS_BCX(s), *slot));
         /* A connection the backend calls broken is dropped, and reopened
          * by the next borrower. */
         mqs__pool_put(s, slot, rc == MQS_ECONN || rc == MQS_EUNKNOWN);
@@ -664,7 +666,7 @@ typedef struct lookup_arg {
 static int do_lookup(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     lookup_arg *a = arg;
-    return s->be->sub_lookup(c, a->topic, a->name, &a->id);
+    return mqs__bc_sub_lookup(MQS_BCX(s), c, a->topic, a->name, &a->id);
 }
 
 int mqs_sub_lookup(mqs_store *s, const char *topic, const char *name,
@@ -714,7 +716,7 @@ static int do_recent(mqs_store *s, mqs_be_conn *c, void *arg)
     recent_ctx *x = arg;
     if (x->stopped)
         return 0;
-    return s->be->msg_recent(c, x->limit, recent_adapter, x);
+    return mqs__bc_msg_recent(MQS_BCX(s), c, x->limit, recent_adapter, x);
 }
 
 int mqs_recent_headers(mqs_store *s, size_t max_rows, mqs_headers_fn fn,
@@ -723,7 +725,7 @@ int mqs_recent_headers(mqs_store *s, size_t max_rows, mqs_headers_fn fn,
     CHECK_STORE(s);
     if (!fn)
         return mqs__err(s, MQS_EINVAL, "mqs_recent_headers: fn is NULL");
-    if (!MQS_BE_HAS(s->be, msg_recent))
+    if (!mqs__bc_has_msg_recent(s->be))
         return mqs__err(s, MQS_ENOTSUP, "mqs_recent_headers: the %s backend "
                         "module (ABI %u.%u) cannot list the newest messages; "
                         "that needs ABI 2.3: install the module that came "
@@ -760,19 +762,19 @@ static int dest_adapter(void *ud, const mqs_be_dest *d);
 
 static int do_dest_list(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return s->be->dest_list(c, dest_adapter, arg);
+    return mqs__bc_dest_list(MQS_BCX(s), c, dest_adapter, arg);
 }
 
 static int do_schema_version(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return s->be->schema_version(c, arg);
+    return mqs__bc_schema_version(MQS_BCX(s), c, arg);
 }
 
 /* arg: a const mqs_be_migration ** (the migration table is const). */
 static int do_schema_apply(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     const mqs_be_migration *const *m = arg;
-    return s->be->schema_apply(c, *m);
+    return mqs__bc_schema_apply(MQS_BCX(s), c, *m);
 }
 
 static int dest_adapter(void *ud, const mqs_be_dest *d)
@@ -792,14 +794,6 @@ int mqs_dest_foreach(mqs_store *s, mqs_dest_fn fn, void *ud)
     return mqs__with_reader(s, do_dest_list, &x);
 }
 
-int mqs__be_dest_names(mqs_store *s, mqs_be_conn *c, mqs_be_dest_cb cb,
-                       void *ud)
-{
-    if (MQS_BE_HAS(s->be, dest_names))
-        return s->be->dest_names(c, cb, ud);
-    return s->be->dest_list(c, cb, ud); /* a module before ABI 2.2 */
-}
-
 static int names_adapter(void *ud, const mqs_be_dest *d)
 {
     dest_ctx *x = ud;
@@ -810,7 +804,7 @@ static int names_adapter(void *ud, const mqs_be_dest *d)
 
 static int do_dest_names(mqs_store *s, mqs_be_conn *c, void *arg)
 {
-    return mqs__be_dest_names(s, c, names_adapter, arg);
+    return mqs__bc_dest_names(MQS_BCX(s), c, names_adapter, arg);
 }
 
 int mqs_dest_names(mqs_store *s, mqs_dest_fn fn, void *ud)
@@ -830,7 +824,7 @@ typedef struct vacuum_ctx {
 static int do_vacuum(mqs_store *s, mqs_be_conn *c, void *arg)
 {
     vacuum_ctx *v = arg;
-    return s->be->vacuum(c, v->what, v->len);
+    return mqs__bc_vacuum(MQS_BCX(s), c, v->what, v->len);
 }
 
 int mqs_vacuum(mqs_store *s, char *what, size_t what_len)
@@ -840,11 +834,8 @@ int mqs_vacuum(mqs_store *s, char *what, size_t what_len)
     vacuum_ctx v = {what && what_len ? what : buf,
                     what && what_len ? what_len : sizeof buf};
     v.what[0] = '\0';
-    if (!MQS_BE_HAS(s->be, vacuum)) {
-        snprintf(v.what, v.len, "nothing to do on %s: consumed rows leave "
-                 "its indexes by themselves", s->be->name);
-        return 0;
-    }
+    if (!mqs__bc_has_vacuum(s->be)) /* says so in v.what; no connection */
+        return mqs__bc_vacuum(MQS_BCX(s), NULL, v.what, v.len);
     if (s->schema_newer)
         return mqs__err(s, MQS_ESCHEMA, "the schema is newer than this "
                         "library: not vacuuming");

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "be_call.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------------------
@@ -204,8 +205,9 @@ void mqs__cache_free(mqs_store *s)
 int mqs__conn_open(mqs_store *s, const char *role, mqs_be_conn **out)
 {
     char err[1024] = "";
-    mqs_be_open_args a = {s->uri.be_uri, s->uri.masked, role};
-    int rc = s->be->conn_open(&a, out, err, sizeof err);
+    mqs_be_open_args a = {.parts = &s->uri.parts,
+                          .uri_masked = s->uri.masked, .role = role};
+    int rc = mqs__bc_conn_open(MQS_BCX(s), &a, out, err, sizeof err);
     if (rc) {
         *out = NULL;
         return mqs__err(s, rc, "%s", err[0] ? err : mqs_strerror(rc));
@@ -243,7 +245,7 @@ void mqs__pool_put(mqs_store *s, mqs_be_conn **slot, bool broken)
 {
     mqs_pool *p = &s->pool;
     if (broken && *slot) {
-        s->be->conn_close(*slot);
+        mqs__bc_conn_close(MQS_BCX(s), *slot);
         *slot = NULL;
     }
     pthread_mutex_lock(&p->mu);
@@ -319,7 +321,8 @@ static int resolve(txn_ctx *t, mqs_kind kind, const char *name, int create,
             *id = t->nd[i].id;
             return 0;
         }
-    int rc = t->s->be->dest_resolve(t->c, kind, name, create, id);
+    int rc = mqs__bc_dest_resolve(MQS_BCX(t->s), t->c, kind, name, create,
+                                  id);
     if (rc)
         return rc;
     /* Cache only after commit: a rolled-back insert leaves no destination. */
@@ -351,7 +354,7 @@ static int run_inserts(txn_ctx *t, mqs_op **ops, size_t n, int64_t now)
         m[i].id = 0;
     }
     t->n_msgs += n;
-    return t->s->be->msg_insert(t->c, m, n);
+    return mqs__bc_msg_insert(MQS_BCX(t->s), t->c, m, n);
 }
 
 /* Run a run of consecutive ACK ops natively batched (see run_inserts). */
@@ -361,29 +364,29 @@ static int run_acks(txn_ctx *t, mqs_op **ops, size_t n)
     for (size_t i = 0; i < n; i++)
         r[i] = (mqs_be_ref){ops[i]->id, ops[i]->sub_id};
     t->n_refs += n;
-    return t->s->be->msg_ack(t->c, r, n);
+    return mqs__bc_msg_ack(MQS_BCX(t->s), t->c, r, n);
 }
 
 static int run_one(txn_ctx *t, mqs_op *op)
 {
-    const mqs_backend *be = t->s->be;
+    const mqs_bcx *b = MQS_BCX(t->s);
     int64_t dest_id = 0;
     int rc;
     switch (op->kind) {
     case OP_NACK: {
         mqs_be_ref r = {op->id, op->sub_id};
-        return be->msg_nack(t->c, &r);
+        return mqs__bc_msg_nack(b, t->c, &r);
     }
     case OP_SUB_CREATE:
         if ((rc = resolve(t, MQS_TOPIC, op->dest, 1, &dest_id)))
             return rc;
-        return be->sub_create(t->c, dest_id, op->name, &op->sub_id);
+        return mqs__bc_sub_create(b, t->c, dest_id, op->name, &op->sub_id);
     case OP_SUB_REMOVE:
-        return be->sub_remove(t->c, op->sub_id);
-    case OP_MARK: /* mqs_mark_async checked MQS_BE_HAS */
-        return be->mark_put(t->c, op->name, op->id, mqs__now_ms());
+        return mqs__bc_sub_remove(b, t->c, op->sub_id);
+    case OP_MARK: /* mqs_mark_async checked the module has marks */
+        return mqs__bc_mark_put(b, t->c, op->name, op->id, mqs__now_ms());
     case OP_MARK_PRUNE:
-        return be->mark_prune(t->c, op->id, &op->count);
+        return mqs__bc_mark_prune(b, t->c, op->id, &op->count);
     case OP_PURGE:
         if (op->dest) {
             rc = resolve(t, op->dkind, op->dest, 0, &dest_id);
@@ -394,7 +397,7 @@ static int run_one(txn_ctx *t, mqs_op *op)
             if (rc)
                 return rc;
         }
-        return be->purge(t->c, dest_id, &op->count);
+        return mqs__bc_purge(b, t->c, dest_id, &op->count);
     default:
         return MQS_EINVAL;
     }
@@ -405,7 +408,7 @@ static int run_one(txn_ctx *t, mqs_op *op)
 static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
                     size_t n, char *err, size_t errlen)
 {
-    const mqs_backend *be = s->be;
+    const mqs_bcx *b = MQS_BCX(s);
     txn_ctx t = {.s = s, .c = c};
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
@@ -442,13 +445,13 @@ static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
         free(ops);
         return rc;
     }
-    rc = be->txn_begin(c);
+    rc = mqs__bc_txn_begin(b, c);
     /* Fencing: the COMMIT of this transaction is conditional on this node
      * still holding the lock (see lock_fence in backend.h), so a deposed
      * master's commit writes nothing. Nothing here writes the lock row:
      * only the lease agent renews. */
     if (rc == 0 && fence.active)
-        rc = be->lock_fence(c, &fence.f);
+        rc = mqs__bc_lock_fence(b, c, &fence.f);
     /* Consecutive inserts and consecutive acks go to the backend as one
      * native batch; everything else runs in order. Order is kept, so a
      * transaction's semantics never depend on batching. */
@@ -470,12 +473,13 @@ static int exec_txn(mqs_store *s, mqs_be_conn *c, mqs_request **reqs,
     if (rc == 0 && (rc = mqs__fence_commit(s, &fence, err, errlen)))
         own_err = true;
     if (rc == 0)
-        rc = be->txn_commit(c);
+        rc = mqs__bc_txn_commit(b, c);
     if (rc) {
         if (!own_err)
             snprintf(err, errlen, "%s",
-                     rc == MQS_ENOMEM ? "out of memory" : be->conn_errmsg(c));
-        (void)be->txn_rollback(c); /* the failure above is what counts */
+                     rc == MQS_ENOMEM ? "out of memory"
+                                      : mqs__bc_conn_errmsg(b, c));
+        (void)mqs__bc_txn_rollback(b, c); /* the failure above counts */
     } else {
         for (size_t i = 0; i < t.n_nd; i++)
             mqs__cache_put(s, t.nd[i].kind, t.nd[i].name, t.nd[i].id);
@@ -544,7 +548,7 @@ static void run_batch(mqs_store *s, mqs_be_conn **c, const char *role,
             break;
         rc = exec_txn(s, *c, reqs, n, err, sizeof err);
         if (rc == MQS_ECONN || rc == MQS_EUNKNOWN) {
-            s->be->conn_close(*c);
+            mqs__bc_conn_close(MQS_BCX(s), *c);
             *c = NULL;
         }
         if (rc != MQS_ECONN || mqs__mono_ms() > deadline)
@@ -592,7 +596,7 @@ static void run_page(mqs_store *s, mqs_request *r)
             break;
         rc = mqs__page_read(s, s->wconn, r, err, sizeof err);
         if (rc == MQS_ECONN || rc == MQS_EUNKNOWN) {
-            s->be->conn_close(s->wconn);
+            mqs__bc_conn_close(MQS_BCX(s), s->wconn);
             s->wconn = NULL;
         }
         if (rc != MQS_ECONN || mqs__mono_ms() > deadline)

@@ -209,6 +209,33 @@ int bad_usage(const char *fmt, ...)
     return EXIT_USAGE;
 }
 
+int bench_opt(int argc, char **argv, int *i, const char *const *with_value,
+              char *name, size_t namelen, const char **val)
+{
+    const char *a = argv[*i];
+    const char *eq = strchr(a, '=');
+    size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+    *val = NULL;
+    if (nl >= namelen)
+        return bad_usage("unknown option '%s'", a);
+    memcpy(name, a, nl);
+    name[nl] = '\0';
+    bool needs = false;
+    for (size_t k = 0; with_value[k]; k++)
+        needs |= strcmp(name, with_value[k]) == 0;
+    if (needs) {
+        if (eq)
+            *val = eq + 1;
+        else if (*i + 1 < argc)
+            *val = argv[++*i];
+        else
+            return bad_usage("%s needs a value", name);
+    } else if (eq) {
+        return bad_usage("%s takes no value", name);
+    }
+    return EXIT_OK;
+}
+
 bool parse_long(const char *s, long min, long max, long *out)
 {
     char *end;

@@ -22,6 +22,13 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 /* "PROG: <message>" and "Try 'PROG --help'." on stderr; returns EXIT_USAGE. */
 int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The option at argv[*i] ("--name=value", "--name value" or a flag) into
+ * name (namelen bytes) and *val (NULL for a flag); with_value is the
+ * NULL-terminated list of the options that take a value (the value may be
+ * the next argument: *i moves past it). EXIT_OK, or EXIT_USAGE after a
+ * message (too long, a missing value, a value given to a flag). */
+int bench_opt(int argc, char **argv, int *i, const char *const *with_value,
+              char *name, size_t namelen, const char **val);
 /* A whole decimal number in [min, max] (nothing after it). */
 bool parse_long(const char *s, long min, long max, long *out);
 

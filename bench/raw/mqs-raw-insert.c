@@ -877,31 +877,16 @@ static int parse_args(int argc, char **argv)
             cfg.uri = a;
             continue;
         }
-        char name[32];
-        const char *eq = strchr(a, '=');
-        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
-        if (nl >= sizeof name)
-            return bad_usage("unknown option '%s'", a);
-        memcpy(name, a, nl);
-        name[nl] = '\0';
         static const char *const with_value[] = {"--producers", "--size",
                                                  "--duration", "--messages",
                                                  "--txn", "--table", "--stall",
-                                                 "--json"};
-        bool needs = false;
-        const char *val = NULL;
-        for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
-            needs |= strcmp(name, with_value[k]) == 0;
-        if (needs) {
-            if (eq)
-                val = eq + 1;
-            else if (i + 1 < argc)
-                val = argv[++i];
-            else
-                return bad_usage("%s needs a value", name);
-        } else if (eq) {
-            return bad_usage("%s takes no value", name);
-        }
+                                                 "--json",
+                                                 NULL};
+        char name[32];
+        const char *val;
+        int urc = bench_opt(argc, argv, &i, with_value, name, sizeof name, &val);
+        if (urc)
+            return urc;
         long v;
         if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
             usage(stdout);

@@ -100,13 +100,8 @@ const char *dest_check(const char *name, mqs_kind *kind)
     return NULL;
 }
 
-static size_t hash_name(const char *s)
-{
-    size_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
+/* The destination table's hash: the same FNV-1a as idmap keys. */
+static size_t hash_name(const char *s) { return (size_t)str_key(s); }
 
 static void rehash(void)
 {

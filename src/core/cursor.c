@@ -20,11 +20,6 @@ typedef struct target {
     char *sub_name;
 } target;
 
-typedef struct row {
-    mqs_be_row r;
-    size_t off; /* headers then body, in the arena */
-} row;
-
 struct mqs_cursor {
     mqs_store *s;
     target *t;
@@ -35,11 +30,9 @@ struct mqs_cursor {
     bool target_done;
     bool started; /* mqs_cursor_next was called */
 
-    row *rows;
-    size_t n_rows, pos;
+    mqs_rowbuf b; /* the page being read */
+    size_t pos;
     bool stopped_early;
-    unsigned char *arena;
-    size_t arena_len, arena_cap;
     int oom;
 
     mqs_be_ref *expired;
@@ -99,23 +92,16 @@ static int do_list(mqs_store *s, mqs_be_conn *conn, void *arg)
 
 /* ---- pages ---- */
 
+/* Row callback: keep the row; past PAGE_BYTES_MAX the page stops after it
+ * (unlike mqs_page_async's cap, which a page never passes). */
 static int take_row(void *ud, const mqs_be_row *r)
 {
     mqs_cursor *c = ud;
-    size_t len = r->headers_len + r->body_len;
-    if (mqs__grow(&c->arena, &c->arena_cap, c->arena_len + len, 1, 65536)) {
+    if (mqs__rowbuf_add(&c->b, r)) {
         c->oom = 1;
         return 1;
     }
-    row *w = &c->rows[c->n_rows++];
-    w->r = *r;
-    w->off = c->arena_len;
-    if (r->headers_len)
-        memcpy(c->arena + c->arena_len, r->headers, r->headers_len);
-    if (r->body_len)
-        memcpy(c->arena + c->arena_len + r->headers_len, r->body, r->body_len);
-    c->arena_len += len;
-    if (c->n_rows < c->page_rows && c->arena_len >= PAGE_BYTES_MAX) {
+    if (c->b.n < c->page_rows && c->b.len >= PAGE_BYTES_MAX) {
         c->stopped_early = true;
         return 1;
     }
@@ -128,8 +114,7 @@ static int do_page(mqs_store *s, mqs_be_conn *conn, void *arg)
     target *t = &c->t[c->cur];
     mqs_be_page p = {t->dest_id, t->sub_id, c->after_priority, c->after_id,
                      c->page_rows};
-    /* The wrapper stops a backend at page_rows rows: c->rows holds no
-     * more. */
+    /* The wrapper stops a backend at page_rows rows. */
     return mqs__bc_page_read(MQS_BCX(s), conn, &p, take_row, c);
 }
 
@@ -178,8 +163,9 @@ int mqs_cursor_open(mqs_store *s, const mqs_cursor_opts *opts,
     c->s = s;
     c->page_rows = opts && opts->page_rows ? opts->page_rows
                                            : PAGE_ROWS_DEFAULT;
-    c->rows = malloc(c->page_rows * sizeof *c->rows);
-    if (!c->rows) {
+    /* Room for a whole page up front: a page_rows too big fails here. */
+    if (mqs__grow(&c->b.rows, &c->b.cap, c->page_rows, sizeof *c->b.rows,
+                  c->page_rows)) {
         mqs_cursor_close(c);
         return mqs__err(s, MQS_ENOMEM, "out of memory for a %zu-row page",
                         c->page_rows);
@@ -206,10 +192,10 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
                         "mqs_cursor_next: NULL argument");
     c->started = true;
     for (;;) {
-        while (c->pos < c->n_rows) {
-            row *w = &c->rows[c->pos++];
+        while (c->pos < c->b.n) {
+            const mqs_be_row *w = &c->b.rows[c->pos++].r;
             target *t = &c->t[c->cur];
-            if (w->r.expires_ms != 0 && w->r.expires_ms <= c->now) {
+            if (w->expires_ms != 0 && w->expires_ms <= c->now) {
                 /* Skipped always; removed only by a store that may write
                  * unasked: never on a read-only store (newer schema) or an
                  * HA node that does not hold the lock (unfenced). */
@@ -218,24 +204,12 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
                 if (mqs__grow(&c->expired, &c->cap_exp, c->n_exp + 1,
                               sizeof *c->expired, 64))
                     return mqs__err(c->s, MQS_ENOMEM, "out of memory");
-                c->expired[c->n_exp++] = (mqs_be_ref){w->r.id, t->sub_id};
+                c->expired[c->n_exp++] = (mqs_be_ref){w->id, t->sub_id};
                 continue;
             }
-            mqs_message *msg = &c->msg;
-            msg->id = w->r.id;
-            msg->kind = t->kind;
-            msg->dest = t->name;
-            msg->sub_id = t->sub_id;
-            msg->sub_name = t->sub_name;
-            msg->priority = w->r.priority;
-            msg->expires_ms = w->r.expires_ms;
-            msg->enqueued_ms = w->r.enqueued_ms;
-            msg->redeliveries = w->r.redeliveries;
-            msg->headers = c->arena + w->off;
-            msg->headers_len = w->r.headers_len;
-            msg->body = c->arena + w->off + w->r.headers_len;
-            msg->body_len = w->r.body_len;
-            *m = msg;
+            mqs__rowbuf_msg(&c->b, c->pos - 1, &c->msg, t->kind, t->name,
+                            t->sub_id, t->sub_name);
+            *m = &c->msg;
             return 1;
         }
         /* Page consumed: expired ones go before the next read, so a
@@ -251,22 +225,21 @@ int mqs_cursor_next(mqs_cursor *c, const mqs_message **m)
         }
         if (c->cur >= c->n_t)
             return 0;
-        c->n_rows = c->pos = 0;
-        c->arena_len = 0;
+        c->b.n = c->b.len = c->pos = 0;
         c->stopped_early = false;
         c->oom = 0;
         rc = mqs__with_reader(c->s, do_page, c);
         if (rc == 0 && c->oom)
             rc = mqs__err(c->s, MQS_ENOMEM, "out of memory reading a page");
         if (rc) {
-            c->n_rows = 0; /* the same page is read again on retry */
+            c->b.n = 0; /* the same page is read again on retry */
             return rc;
         }
-        if (c->n_rows < c->page_rows && !c->stopped_early)
+        if (c->b.n < c->page_rows && !c->stopped_early)
             c->target_done = true;
-        if (c->n_rows) {
-            c->after_priority = c->rows[c->n_rows - 1].r.priority;
-            c->after_id = c->rows[c->n_rows - 1].r.id;
+        if (c->b.n) {
+            c->after_priority = c->b.rows[c->b.n - 1].r.priority;
+            c->after_id = c->b.rows[c->b.n - 1].r.id;
         }
     }
 }
@@ -306,8 +279,7 @@ void mqs_cursor_close(mqs_cursor *c)
         free(c->t[i].sub_name);
     }
     free(c->t);
-    free(c->rows);
-    free(c->arena);
+    mqs__rowbuf_free(&c->b);
     free(c->expired);
     free(c);
 }

@@ -135,6 +135,31 @@ MQS_INTERNAL void mqs__deadline(struct timespec *ts, int64_t ms);
 MQS_INTERNAL void mqs__deadline_us(struct timespec *ts, int64_t us);
 MQS_INTERNAL void mqs__sleep_ms(int64_t ms);
 
+/* ---- page rows (rowbuf.c): the backend's rows of one page, copied ----
+ * A backend's row pointers live only during its callback: the cursor and
+ * mqs_page_async copy each row's headers and body into one arena, and turn
+ * a kept row into an mqs_message once the page is complete (the arena no
+ * longer moves then). */
+typedef struct mqs_rowbuf_row {
+    mqs_be_row r; /* its pointers are the backend's: only off is used */
+    size_t off;   /* headers then body, in the arena */
+} mqs_rowbuf_row;
+typedef struct mqs_rowbuf {
+    mqs_rowbuf_row *rows;
+    size_t n, cap;
+    unsigned char *arena;
+    size_t len, arena_cap;
+} mqs_rowbuf;
+/* Append a copy of r; MQS_ENOMEM leaves b as it was. */
+MQS_INTERNAL int mqs__rowbuf_add(mqs_rowbuf *b, const mqs_be_row *r);
+/* Row i as a message of (kind, dest, sub_id, sub_name): pointers into b,
+ * valid until b changes. */
+MQS_INTERNAL void mqs__rowbuf_msg(const mqs_rowbuf *b, size_t i,
+                                  mqs_message *m, mqs_kind kind,
+                                  const char *dest, int64_t sub_id,
+                                  const char *sub_name);
+MQS_INTERNAL void mqs__rowbuf_free(mqs_rowbuf *b);
+
 /* ---- module loader (loader.c) ---- */
 /* Find, load and validate the module for scheme. On failure the message is
  * recorded for s == NULL. The module stays loaded for the process. */

@@ -14,21 +14,13 @@
 #define PAGE_ROWS_DEFAULT 256
 #define PAGE_BYTES_DEFAULT ((size_t)4 << 20)
 
-typedef struct page_row {
-    mqs_be_row r; /* its pointers are the backend's: only off is kept */
-    size_t off;   /* headers then body, in the arena */
-} page_row;
-
 struct mqs_page {
     size_t max_rows, max_bytes;
     mqs_page_fn cb;
     /* The result, written by the writer thread, read by whoever runs the
      * completion (handed over through the store's queue, under its lock). */
-    page_row *rows;
-    size_t n, cap;
-    unsigned char *arena;
-    size_t len, arena_cap;
-    mqs_message *msgs; /* n of them, built once the arena stops moving */
+    mqs_rowbuf b;
+    mqs_message *msgs; /* b.n of them, built once the arena stops moving */
     bool cut;          /* stopped by max_bytes: more may follow */
     bool oom;
     bool end;
@@ -38,8 +30,7 @@ void mqs__page_free(mqs_page *p)
 {
     if (!p)
         return;
-    free(p->rows);
-    free(p->arena);
+    mqs__rowbuf_free(&p->b);
     free(p->msgs);
     free(p);
 }
@@ -127,23 +118,15 @@ static int take_row(void *ud, const mqs_be_row *r)
 {
     mqs_page *p = ud;
     size_t len = r->headers_len + r->body_len;
-    if (p->n > 0 && (p->len >= p->max_bytes || len > p->max_bytes - p->len)) {
+    if (p->b.n > 0 &&
+        (p->b.len >= p->max_bytes || len > p->max_bytes - p->b.len)) {
         p->cut = true;
         return 1;
     }
-    if (mqs__grow(&p->rows, &p->cap, p->n + 1, sizeof *p->rows, 16) ||
-        mqs__grow(&p->arena, &p->arena_cap, p->len + len, 1, 65536)) {
+    if (mqs__rowbuf_add(&p->b, r)) {
         p->oom = true;
         return 1;
     }
-    page_row *w = &p->rows[p->n++];
-    w->r = *r;
-    w->off = p->len;
-    if (r->headers_len)
-        memcpy(p->arena + p->len, r->headers, r->headers_len);
-    if (r->body_len)
-        memcpy(p->arena + p->len + r->headers_len, r->body, r->body_len);
-    p->len += len;
     return 0;
 }
 
@@ -152,7 +135,7 @@ int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r, char *err,
 {
     mqs_page *p = r->page;
     const mqs_op *op = &r->ops[0];
-    p->n = p->len = 0;
+    p->b.n = p->b.len = 0;
     p->cut = p->oom = p->end = false;
     free(p->msgs);
     p->msgs = NULL;
@@ -179,41 +162,25 @@ int mqs__page_read(mqs_store *s, mqs_be_conn *c, mqs_request *r, char *err,
     rc = mqs__bc_page_read(MQS_BCX(s), c, &q, take_row, p);
     if (rc == 0 && p->oom)
         rc = MQS_ENOMEM;
-    if (rc == 0 && p->n &&
-        !(p->msgs = malloc(p->n * sizeof *p->msgs)))
+    if (rc == 0 && p->b.n &&
+        !(p->msgs = malloc(p->b.n * sizeof *p->msgs)))
         rc = MQS_ENOMEM;
     if (rc) {
         if (rc == MQS_ENOMEM)
             snprintf(err, errlen, "out of memory reading a page of %s '%s' "
                      "(%zu rows, %zu bytes so far)",
                      op->dkind == MQS_QUEUE ? "queue" : "topic",
-                     op->dest ? op->dest : "?", p->n, p->len);
+                     op->dest ? op->dest : "?", p->b.n, p->b.len);
         else
             snprintf(err, errlen, "%s", mqs__bc_conn_errmsg(MQS_BCX(s), c));
-        p->n = p->len = 0;
+        p->b.n = p->b.len = 0;
         return rc;
     }
-    p->end = p->n < p->max_rows && !p->cut;
+    p->end = p->b.n < p->max_rows && !p->cut;
     /* Every row's pointers go into the arena, which no longer moves. */
-    for (size_t i = 0; i < p->n; i++) {
-        const page_row *w = &p->rows[i];
-        const unsigned char *at = p->arena ? p->arena + w->off : NULL;
-        p->msgs[i] = (mqs_message){
-            .id = w->r.id,
-            .kind = op->dkind,
-            .dest = op->dest,
-            .sub_id = op->dkind == MQS_TOPIC ? op->sub_id : 0,
-            .sub_name = NULL,
-            .priority = w->r.priority,
-            .expires_ms = w->r.expires_ms,
-            .enqueued_ms = w->r.enqueued_ms,
-            .redeliveries = w->r.redeliveries,
-            .headers = at,
-            .headers_len = w->r.headers_len,
-            .body = at ? at + w->r.headers_len : NULL,
-            .body_len = w->r.body_len,
-        };
-    }
+    for (size_t i = 0; i < p->b.n; i++)
+        mqs__rowbuf_msg(&p->b, i, &p->msgs[i], op->dkind, op->dest,
+                        op->dkind == MQS_TOPIC ? op->sub_id : 0, NULL);
     return 0;
 }
 
@@ -223,5 +190,5 @@ void mqs__page_complete(mqs_request *r)
     if (r->rc)
         p->cb(r->ud, r->rc, NULL, 0, 0, r->errmsg ? r->errmsg : "");
     else
-        p->cb(r->ud, 0, p->msgs, p->n, p->end, "");
+        p->cb(r->ud, 0, p->msgs, p->b.n, p->end, "");
 }

@@ -38,6 +38,17 @@ static int sized_in(void *full, size_t full_size, const void *in,
     return 0;
 }
 
+/* After the plain call filled *full (rc 0): copy what the caller's struct
+ * has room for. */
+static int sized_out(int rc, void *out, size_t out_size, const void *full,
+                     size_t full_size)
+{
+    if (rc == 0)
+        memcpy(out, full, out_size < full_size ? out_size : full_size);
+    return rc;
+}
+
+/* An output struct smaller than its first version: refused up front. */
 static int sized_out_check(size_t out_size, size_t first, const char *what)
 {
     if (out_size < first)
@@ -112,10 +123,8 @@ int mqs_stats_get_sz(mqs_store *s, mqs_stats *out, size_t out_size)
     mqs_stats full;
     if (out && sized_out_check(out_size, FIRST_STATS, "mqs_stats_get"))
         return MQS_EINVAL;
-    int rc = mqs_stats_get(s, out ? &full : NULL);
-    if (rc == 0)
-        memcpy(out, &full, out_size < sizeof full ? out_size : sizeof full);
-    return rc;
+    return sized_out(mqs_stats_get(s, out ? &full : NULL), out, out_size,
+                     &full, sizeof full);
 }
 
 int mqs_lock_status_sz(mqs_store *s, mqs_lock_info *out, size_t out_size)
@@ -123,8 +132,6 @@ int mqs_lock_status_sz(mqs_store *s, mqs_lock_info *out, size_t out_size)
     mqs_lock_info full;
     if (out && sized_out_check(out_size, FIRST_LOCK_INFO, "mqs_lock_status"))
         return MQS_EINVAL;
-    int rc = mqs_lock_status(s, out ? &full : NULL);
-    if (rc == 0)
-        memcpy(out, &full, out_size < sizeof full ? out_size : sizeof full);
-    return rc;
+    return sized_out(mqs_lock_status(s, out ? &full : NULL), out, out_size,
+                     &full, sizeof full);
 }

@@ -722,6 +722,16 @@ class Env:
     def backend(self):
         return self.base_uri.split(":", 1)[0]
 
+    def lengthen_lease(self, lease_ms=6000):
+        """A lease of lease_ms for this test's brokers unless the URI sets one.
+        Two fills at once on a 2-core CI machine once stalled fsync for ~2 s
+        and deposed both masters (default lease 2000 ms): right, but not
+        what a paging or bridge test is about (test_freeze's subject is).
+        kill -9 takeovers do not wait for the lease: the crash detector
+        sees the dead session at once."""
+        if "lease_ms=" not in self.store_uri:
+            self.store_uri = with_option(self.store_uri, "lease_ms", str(lease_ms))
+
     def dest(self, kind, base):
         return f"/{kind}/e2e.{self.name}.{self.run_id}.{base}"
 

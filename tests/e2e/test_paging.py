@@ -82,6 +82,7 @@ def expect_priority_order(msgs, n, label):
 def main(env):
     e.check(env.args.stomp_load and os.access(env.args.stomp_load, os.X_OK),
             f"--stomp-load {env.args.stomp_load!r} is not an executable")
+    env.lengthen_lease()
     backlog = env.args.backlog
     big = env.dest("queue", "big")
     prio = env.dest("queue", "prio")

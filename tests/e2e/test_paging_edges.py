@@ -1084,6 +1084,7 @@ SCENARIOS = [
 
 
 def main(env):
+    env.lengthen_lease()
     only = [x for x in (env.args.only or "").split(",") if x]
     skip = [x for x in (env.args.skip or "").split(",") if x]
     unknown = set(only + skip) - {n for n, _ in SCENARIOS}

@@ -64,6 +64,20 @@ typedef struct node {
     int status; /* exit code once reaped, -1 before, 128+sig if killed */
 } node;
 
+/* Nodes started by the running test and not reaped yet: a test that fails
+ * midway (a frozen node among them) leaves none behind holding ctest's
+ * output until its timeout (reap_nodes, after every test). */
+static pid_t g_live[32];
+
+static void live_set(pid_t pid, bool add)
+{
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
+        if (add ? g_live[i] == 0 : g_live[i] == pid) {
+            g_live[i] = add ? pid : 0;
+            return;
+        }
+}
+
 /* Start a node. faketime: NULL, or an offset like "+1h" for its wall clock
  * only (the monotonic clock stays real, as on a host whose clock is off). */
 static void node_start(node *n, const char *uri, const char *faketime,
@@ -97,6 +111,20 @@ static void node_start(node *n, const char *uri, const char *faketime,
         execvp(argv[0], (char *const *)(uintptr_t)argv); /* not written by exec */
         _exit(127);
     }
+    live_set(n->pid, true);
+}
+
+static int reap_nodes(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof g_live / sizeof g_live[0]; i++)
+        if (g_live[i] > 0) {
+            kill(g_live[i], SIGKILL);
+            kill(g_live[i], SIGCONT); /* a stopped process dies on resume */
+            waitpid(g_live[i], NULL, 0);
+            g_live[i] = 0;
+        }
+    return 0;
 }
 
 static int node_wait(node *n, long timeout_ms)
@@ -107,11 +135,14 @@ static int node_wait(node *n, long timeout_ms)
         pid_t r = waitpid(n->pid, &st, WNOHANG);
         if (r == n->pid) {
             n->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            live_set(n->pid, false);
             break;
         }
         if (mono_ms() > end) {
             kill(n->pid, SIGKILL);
+            kill(n->pid, SIGCONT);
             waitpid(n->pid, &st, 0);
+            live_set(n->pid, false);
             n->status = 999;
             fail_msg("node %s did not finish within %ld ms", n->log,
                      timeout_ms);
@@ -826,17 +857,17 @@ int main(int argc, char **argv)
     if (n == 0)
         uris[n++] = deflt;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_lease_options),
-        cmocka_unit_test(test_try_busy),
-        cmocka_unit_test(test_release),
-        cmocka_unit_test(test_race_two),
-        cmocka_unit_test(test_race_three),
-        cmocka_unit_test(test_clock_skew),
-        cmocka_unit_test(test_kill9),
-        cmocka_unit_test(test_freeze),
-        cmocka_unit_test(test_frozen_connection),
-        cmocka_unit_test(test_db_restart_within_lease),
-        cmocka_unit_test(test_db_down_past_lease),
+        cmocka_unit_test_teardown(test_bad_lease_options, reap_nodes),
+        cmocka_unit_test_teardown(test_try_busy, reap_nodes),
+        cmocka_unit_test_teardown(test_release, reap_nodes),
+        cmocka_unit_test_teardown(test_race_two, reap_nodes),
+        cmocka_unit_test_teardown(test_race_three, reap_nodes),
+        cmocka_unit_test_teardown(test_clock_skew, reap_nodes),
+        cmocka_unit_test_teardown(test_kill9, reap_nodes),
+        cmocka_unit_test_teardown(test_freeze, reap_nodes),
+        cmocka_unit_test_teardown(test_frozen_connection, reap_nodes),
+        cmocka_unit_test_teardown(test_db_restart_within_lease, reap_nodes),
+        cmocka_unit_test_teardown(test_db_down_past_lease, reap_nodes),
     };
     int failed = 0;
     for (int i = 0; i < n; i++) {

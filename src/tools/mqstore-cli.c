@@ -351,20 +351,31 @@ typedef struct dest_rows {
     bool oom;
 } dest_rows;
 
+/* Room in *pp (an array of elem-byte items with *cap of them) for one more
+ * after n: doubled from 32. False when out of memory (the array is kept). */
+static bool room_for_one(void *pp, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap)
+        return true;
+    size_t want = *cap ? *cap * 2 : 32;
+    void *old;
+    memcpy(&old, pp, sizeof old);
+    void *v = realloc(old, want * elem);
+    if (!v)
+        return false;
+    memcpy(pp, &v, sizeof v);
+    *cap = want;
+    return true;
+}
+
 /* Rows are copied because the strings are only borrowed for the callback,
  * and the table needs every row before it knows its column widths. */
 static int collect_dest(void *ud, const mqs_dest_info *d)
 {
     dest_rows *r = ud;
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 32;
-        dest_row *v = realloc(r->v, cap * sizeof *v);
-        if (!v) {
-            r->oom = true;
-            return 1;
-        }
-        r->v = v;
-        r->cap = cap;
+    if (!room_for_one(&r->v, &r->cap, r->n, sizeof *r->v)) {
+        r->oom = true;
+        return 1;
     }
     dest_row *row = &r->v[r->n];
     row->kind = d->kind;
@@ -674,15 +685,9 @@ static void collect_option(void *ud, const mqs_option_info *o)
     opt_list *l = ud;
     if (l->oom)
         return;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 32;
-        mqs_option_info *v = realloc(l->v, cap * sizeof *v);
-        if (!v) {
-            l->oom = true;
-            return;
-        }
-        l->v = v;
-        l->cap = cap;
+    if (!room_for_one(&l->v, &l->cap, l->n, sizeof *l->v)) {
+        l->oom = true;
+        return;
     }
     l->v[l->n++] = *o; /* the strings are static */
 }

@@ -402,9 +402,16 @@ static int parse_frame(conn *c, frame *f)
             body_start = q + 2;
             break;
         }
-        /* A header line starts at q: note content-length on the way. */
-        if (clen < 0 && len - q > 15 && !memcmp(b + q, "content-length:", 15))
-            clen = strtoll(b + q + 15, NULL, 10);
+        /* A header line starts at q: note content-length on the way. The
+         * digits are read within len: the buffer has no NUL after the
+         * bytes received (strtoll read past it once, under ASan). */
+        if (clen < 0 && len - q > 15 && !memcmp(b + q, "content-length:", 15)) {
+            clen = 0;
+            for (size_t d = q + 15; d < len && b[d] >= '0' && b[d] <= '9' &&
+                                    clen <= (long long)MAX_FRAME;
+                 d++)
+                clen = clen * 10 + (b[d] - '0');
+        }
     }
     if (!body_start) {
         if (len > 1024 * 1024) {

@@ -236,6 +236,38 @@ int bench_opt(int argc, char **argv, int *i, const char *const *with_value,
     return EXIT_OK;
 }
 
+bool bench_std_opt(const char *name, void (*usage)(FILE *), const char *version)
+{
+    if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+        usage(stdout);
+        exit(EXIT_OK);
+    }
+    if (!strcmp(name, "--version") || !strcmp(name, "-V")) {
+        printf("%s %s\n", bench_prog, version);
+        exit(EXIT_OK);
+    }
+    return false;
+}
+
+FILE *bench_json_open(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        fprintf(stderr, "%s: --json %s: %s\n", bench_prog, path,
+                strerror(errno));
+    return f;
+}
+
+int bench_json_close(FILE *f, const char *path)
+{
+    if (fclose(f) != 0) {
+        fprintf(stderr, "%s: --json %s: %s\n", bench_prog, path,
+                strerror(errno));
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
 bool parse_long(const char *s, long min, long max, long *out)
 {
     char *end;

@@ -29,6 +29,15 @@ int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * message (too long, a missing value, a value given to a flag). */
 int bench_opt(int argc, char **argv, int *i, const char *const *with_value,
               char *name, size_t namelen, const char **val);
+/* --help/-h (usage(stdout)) and --version/-V ("PROG VERSION"): print and
+ * exit(EXIT_OK); false for any other option name. */
+bool bench_std_opt(const char *name, void (*usage)(FILE *), const char *version);
+/* A --json file: opened for writing, or NULL after "PROG: --json PATH:
+ * why" on stderr. */
+FILE *bench_json_open(const char *path);
+/* Close what bench_json_open gave: EXIT_OK, or EXIT_FAIL after the same
+ * kind of message (a full disk shows at fclose). */
+int bench_json_close(FILE *f, const char *path);
 /* A whole decimal number in [min, max] (nothing after it). */
 bool parse_long(const char *s, long min, long max, long *out);
 

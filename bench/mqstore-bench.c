@@ -948,11 +948,9 @@ static void print_tables(void)
 
 static int write_json(const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
+    FILE *f = bench_json_open(path);
+    if (!f)
         return EXIT_FAIL;
-    }
     struct utsname u;
     bool have_uname = uname(&u) == 0;
     fprintf(f, "{\n  \"tool\": \"mqstore-bench\",\n  \"version\": \"%s\",\n",
@@ -1034,11 +1032,7 @@ static int write_json(const char *path)
      * filled in by the backends' own benches; null until then. */
     fprintf(f, "%s],\n  \"peak_rss_kb\": %ld,\n  \"baseline\": null\n}\n",
             nrecs ? "\n  " : "", proc_status_kb("VmHWM"));
-    if (fclose(f) != 0) {
-        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
-        return EXIT_FAIL;
-    }
-    return EXIT_OK;
+    return bench_json_close(f, path);
 }
 
 /* Writes a gnuplot script to gnuplot's stdin: inline data blocks, one panel
@@ -1465,11 +1459,9 @@ static void sync_json_series(FILE *f, const sync_run *runs, sync_stat st)
 
 static int sync_write_json(const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
+    FILE *f = bench_json_open(path);
+    if (!f)
         return EXIT_FAIL;
-    }
     struct utsname u;
     bool have_uname = uname(&u) == 0;
     fprintf(f, "{\n  \"tool\": \"mqstore-bench\",\n  \"test\": \"sync\",\n"
@@ -1527,11 +1519,7 @@ static int sync_write_json(const char *path)
         fprintf(f, "}}");
     }
     fprintf(f, "\n  ]\n}\n");
-    if (fclose(f) != 0) {
-        fprintf(stderr, "mqstore-bench: --json %s: %s\n", path, strerror(errno));
-        return EXIT_FAIL;
-    }
-    return EXIT_OK;
+    return bench_json_close(f, path);
 }
 
 /* Two panels against producers: msg/s (median, min..max bars) and p50. */
@@ -1785,12 +1773,7 @@ static int parse_args(int argc, char **argv)
         if (urc)
             return urc;
         long v;
-        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
-            usage(stdout);
-            exit(EXIT_OK);
-        } else if (!strcmp(name, "--version") || !strcmp(name, "-V")) {
-            printf("mqstore-bench %s\n", MQS_BENCH_VERSION);
-            exit(EXIT_OK);
+        if (bench_std_opt(name, usage, MQS_BENCH_VERSION)) {
         } else if (!strcmp(name, "--producers")) {
             if (!parse_long(val, 1, MAX_THREADS, &v))
                 return bad_usage("--producers: 1..%d", MAX_THREADS);

@@ -544,11 +544,9 @@ static void json_ops(FILE *f, const set_result *r, const set_result *b)
 
 static int write_json(const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "mqs-scan-bench: --json %s: %s\n", path, strerror(errno));
+    FILE *f = bench_json_open(path);
+    if (!f)
         return EXIT_FAIL;
-    }
     struct utsname u;
     bool have_uname = uname(&u) == 0;
     fprintf(f, "{\n  \"tool\": \"mqs-scan-bench\",\n  \"version\": \"%s\",\n",
@@ -608,10 +606,8 @@ static int write_json(const char *path)
             cfg.npoints ? "\n  " : "", failures);
     json_str(f, first_error[0] ? first_error : NULL);
     fprintf(f, "\n}\n");
-    if (fclose(f) != 0) {
-        fprintf(stderr, "mqs-scan-bench: --json %s: %s\n", path, strerror(errno));
+    if (bench_json_close(f, path) != EXIT_OK)
         return EXIT_FAIL;
-    }
     fprintf(stderr, "JSON written to %s\n", path);
     return EXIT_OK;
 }
@@ -775,14 +771,7 @@ static int parse_args(int argc, char **argv)
             cfg.uri = a;
             continue;
         }
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            exit(EXIT_OK);
-        }
-        if (strcmp(a, "--version") == 0) {
-            printf("mqs-scan-bench %s\n", MQS_BENCH_VERSION);
-            exit(EXIT_OK);
-        }
+        bench_std_opt(a, usage, MQS_BENCH_VERSION); /* exits if it is one */
         if (i + 1 >= argc)
             return bad_usage("%s needs a value", a);
         const char *v = argv[++i];

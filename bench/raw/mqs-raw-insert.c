@@ -888,12 +888,7 @@ static int parse_args(int argc, char **argv)
         if (urc)
             return urc;
         long v;
-        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
-            usage(stdout);
-            exit(EXIT_OK);
-        } else if (!strcmp(name, "--version") || !strcmp(name, "-V")) {
-            printf("mqs-raw-insert %s\n", MQS_BENCH_VERSION);
-            exit(EXIT_OK);
+        if (bench_std_opt(name, usage, MQS_BENCH_VERSION)) {
         } else if (!strcmp(name, "--producers")) {
             if (!parse_long(val, 1, MAX_THREADS, &v))
                 return bad_usage("--producers: 1..%d", MAX_THREADS);
@@ -992,9 +987,8 @@ typedef struct result {
 static void write_json(const char *path, const result *r, const char *server,
                        const char *settings, int *ret)
 {
-    FILE *f = fopen(path, "w");
+    FILE *f = bench_json_open(path);
     if (!f) {
-        fprintf(stderr, "mqs-raw-insert: --json %s: %s\n", path, strerror(errno));
         *ret = EXIT_FAIL;
         return;
     }
@@ -1047,10 +1041,8 @@ static void write_json(const char *path, const result *r, const char *server,
     fprintf(f, ", \"producers\": %d, \"source\": \"mqs-raw-insert: %d connections, "
                "one %zu B INSERT per transaction (%s)\"}\n}\n",
             cfg.producers, cfg.producers, cfg.size, txn);
-    if (fclose(f) != 0) {
-        fprintf(stderr, "mqs-raw-insert: --json %s: %s\n", path, strerror(errno));
+    if (bench_json_close(f, path) != EXIT_OK)
         *ret = EXIT_FAIL;
-    }
 }
 
 static int drop_table(void *c, bool quiet)

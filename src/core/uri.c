@@ -222,16 +222,20 @@ size_t mqs_uri_cluster(const char *uri, char *buf, size_t buflen)
         copy_out(buf, buflen, "");
         return 0;
     }
-    /* The last cluster= wins here; opening refuses a URI with two. */
-    for (const char *p = strchr(uri, '?'); p && *++p;) {
+    /* Keys are decoded as opening decodes them (parse_query), so
+     * `clus%74er=` names the cluster here too. The last one wins here;
+     * opening refuses a URI with two. */
+    const char *q = strchr(uri, '?');
+    for (const char *p = q ? q + 1 : NULL; p && *p;) {
         size_t len = strcspn(p, "&");
-        if (len > 8 && memcmp(p, "cluster=", 8) == 0) {
+        const char *eq = memchr(p, '=', len);
+        char *key = eq ? pct_decode(p, (size_t)(eq - p)) : NULL;
+        if (key && !strcmp(key, "cluster")) {
             free(found);
-            found = pct_decode(p + 8, len - 8);
+            found = pct_decode(eq + 1, len - (size_t)(eq - p) - 1);
         }
-        p += len;
-        if (*p != '&')
-            break;
+        free(key);
+        p += len + (p[len] == '&');
     }
     if (found && *found)
         name = found;

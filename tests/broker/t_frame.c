@@ -356,6 +356,10 @@ static void t_config(void **state)
     cl = config_store_cluster("sqlite:///a.db");
     assert_string_equal(cl, "default");
     free(cl);
+    /* The key decoded as the store decodes it when it opens. */
+    cl = config_store_cluster("sqlite:///a.db?synchronous=full&clus%74er=c2");
+    assert_string_equal(cl, "c2");
+    free(cl);
 
     char *bad1[] = {"mqbroker", "--store", "s", "--listen", "nohost", NULL};
     assert_int_equal(config_load(&c, 5, bad1), CONFIG_ERROR);

@@ -1113,6 +1113,13 @@ static int write_plot(const char *path)
  * mqs-raw-insert does one INSERT per transaction from P connections on the
  * same URI for as long. Per point: msg/s median (min..max) over the
  * repeats, the median of the runs' p50/p99, and store/raw.
+ *
+ * At P > 1 a third series, "batch": mqs-raw-insert --rows P from ONE
+ * connection, the bare database committing batches of the size P waiting
+ * producers hand the writer (no fence, no delivery-order index). The store
+ * does that work and more, so store/batch says how close it comes to what
+ * the database itself can do, and when store/raw is low whether anything
+ * could be: raw's P connections share the server's WAL flushes as well.
  * ---------------------------------------------------------------------- */
 
 #define MAX_SYNC_POINTS 16
@@ -1132,6 +1139,7 @@ typedef struct sync_point {
     int producers;
     sync_run store[MAX_MODES][MAX_REPEATS];
     sync_run raw[MAX_REPEATS];
+    sync_run batch[MAX_REPEATS]; /* at 1 producer: raw's runs */
 } sync_point;
 
 static struct {
@@ -1221,21 +1229,22 @@ static void json_find_str(const char *text, const char *key, char *out, size_t n
 }
 
 /* Runs mqs-raw-insert as a child, bounded in time, and reads its --json. */
-static void sync_raw_run(int producers, int rep, sync_run *out)
+static void sync_raw_run(int producers, int rows, int rep, sync_run *out)
 {
     memset(out, 0, sizeof *out);
     if (!sync_cfg.raw_path[0])
         return;
     out->ran = true;
     const char *tmp = getenv("TMPDIR");
-    char json[4096], p[16], sz[32], dur[32], msgs[32];
-    snprintf(json, sizeof json, "%s/mqstore-bench-raw-%ld-p%d-r%d.json",
-             tmp && *tmp ? tmp : "/tmp", (long)getpid(), producers, rep);
+    char json[4096], p[16], rw[16], sz[32], dur[32], msgs[32];
+    snprintf(json, sizeof json, "%s/mqstore-bench-raw-%ld-p%d-x%d-r%d.json",
+             tmp && *tmp ? tmp : "/tmp", (long)getpid(), producers, rows, rep);
     snprintf(p, sizeof p, "%d", producers);
+    snprintf(rw, sizeof rw, "%d", rows);
     snprintf(sz, sizeof sz, "%zu", cfg.size);
     snprintf(dur, sizeof dur, "%g", cfg.duration);
     snprintf(msgs, sizeof msgs, "%ld", cfg.messages);
-    char *const argv[] = {sync_cfg.raw_path, "--producers", p, "--size", sz,
+    char *const argv[] = {sync_cfg.raw_path, "--producers", p, "--rows", rw, "--size", sz,
                           "--duration", dur, "--messages", msgs, "--json", json,
                           (char *)(uintptr_t)cfg.uri, NULL}; /* exec does not write */
     unlink(json);
@@ -1302,7 +1311,8 @@ static void sync_raw_run(int producers, int rep, sync_run *out)
     out->ops = v == v ? (uint64_t)v : 0;
     v = json_find_num(t, "errors");
     out->errors = v == v ? (uint64_t)v : 0;
-    out->transactions = out->ops;
+    v = json_find_num(t, "transactions");
+    out->transactions = v == v ? (uint64_t)v : out->ops;
     out->seconds = json_find_num(t, "seconds");
     out->rate = json_find_num(t, "msg_per_s");
     out->p50_ms = json_find_num(t, "p50");
@@ -1416,6 +1426,30 @@ static void sync_print_table(void)
     }
     printf("store/raw: median msg/s over median msg/s; p50 ratio: store p50 / raw p50"
            " (lower is better)\n");
+    if (!sync_cfg.raw_path[0])
+        return;
+    printf("\nbatch: the bare database committing the batches P producers make: "
+           "mqs-raw-insert, ONE connection,\none INSERT of P rows per transaction "
+           "(at P = 1: the raw runs above); a ceiling for the store\n");
+    printf("\n%9s %-6s %24s | %24s %8s %8s %7s | %11s\n", "producers", "mode",
+           "store msg/s", "batch msg/s", "p50 ms", "p99 ms", "msg/txn", "store/batch");
+    for (int i = 0; i < sync_cfg.npoints; i++) {
+        const sync_point *pt = &sync_points[i];
+        sync_stat bt = sync_stat_of(pt->batch);
+        for (int m = 0; m < cfg.nmodes; m++) {
+            sync_stat st = sync_stat_of(pt->store[m]);
+            char a[48], b[48], c[16], d[16], e[16], h[16];
+            fmt_rate(a, sizeof a, st.rate);
+            fmt_rate(b, sizeof b, bt.rate);
+            fmt_num(c, sizeof c, "%.3f", bt.p50_ms);
+            fmt_num(d, sizeof d, "%.3f", bt.p99_ms);
+            fmt_num(e, sizeof e, "%.1f", bt.msg_per_txn);
+            fmt_num(h, sizeof h, "%.2fx", st.rate.median / bt.rate.median);
+            printf("%9d %-6s %24s | %24s %8s %8s %7s | %11s%s\n", pt->producers,
+                   cfg.modes[m], a, b, c, d, e, h,
+                   st.errors || bt.errors ? "  (errors)" : "");
+        }
+    }
 }
 
 static void sync_json_series(FILE *f, const sync_run *runs, sync_stat st)
@@ -1487,6 +1521,8 @@ static int sync_write_json(const char *path)
     }
     fprintf(f, "], \"raw\": ");
     json_str(f, sync_cfg.raw_path[0] ? sync_cfg.raw_path : NULL);
+    fprintf(f, ", \"batch\": \"the raw binary with ONE connection and --rows "
+               "producers (at 1 producer: the raw runs)\"");
     fprintf(f, ", \"latency\": \"median over the repeats of each run's p50/p99\"},\n"
                "  \"points\": [");
     for (int i = 0; i < sync_cfg.npoints; i++) {
@@ -1505,7 +1541,21 @@ static int sync_write_json(const char *path)
             sync_json_series(f, pt->raw, raw);
         else
             fprintf(f, "null");
-        fprintf(f, ",\n      \"ratio_store_raw\": {");
+        fprintf(f, ",\n      \"batch\": ");
+        if (sync_cfg.raw_path[0])
+            sync_json_series(f, pt->batch, sync_stat_of(pt->batch));
+        else
+            fprintf(f, "null");
+        fprintf(f, ",\n      \"ratio_store_batch\": {");
+        for (int m = 0; m < cfg.nmodes; m++) {
+            sync_stat st = sync_stat_of(pt->store[m]);
+            fprintf(f, "%s", m ? ", " : "");
+            json_str(f, cfg.modes[m]);
+            fprintf(f, ": {\"msg_per_s\": ");
+            json_num(f, st.rate.median / sync_stat_of(pt->batch).rate.median);
+            fprintf(f, "}");
+        }
+        fprintf(f, "},\n      \"ratio_store_raw\": {");
         for (int m = 0; m < cfg.nmodes; m++) {
             sync_stat st = sync_stat_of(pt->store[m]);
             fprintf(f, "%s", m ? ", " : "");
@@ -1539,14 +1589,17 @@ static int sync_write_plot(const char *path)
     for (int i = 0; i < sync_cfg.npoints; i++)
         fprintf(g, "%s%d", i ? ", " : "", sync_cfg.producers[i]);
     fprintf(g, ")\n");
-    /* columns: producers, then per series (modes..., raw): median min max p50 */
-    int ns = cfg.nmodes + (sync_cfg.raw_path[0] ? 1 : 0);
+    /* columns: producers, then per series (modes..., raw, batch): median min
+     * max p50 */
+    int ns = cfg.nmodes + (sync_cfg.raw_path[0] ? 2 : 0);
     fprintf(g, "$d << EOD\n");
     for (int i = 0; i < sync_cfg.npoints; i++) {
         const sync_point *pt = &sync_points[i];
         fprintf(g, "%d", pt->producers);
         for (int k = 0; k < ns; k++) {
-            sync_stat st = sync_stat_of(k < cfg.nmodes ? pt->store[k] : pt->raw);
+            sync_stat st = sync_stat_of(k < cfg.nmodes    ? pt->store[k]
+                                        : k == cfg.nmodes ? pt->raw
+                                                          : pt->batch);
             fprintf(g, " %g %g %g %g", st.rate.median, st.rate.min, st.rate.max,
                     st.p50_ms);
         }
@@ -1562,18 +1615,20 @@ static int sync_write_plot(const char *path)
             char title[64];
             if (k < cfg.nmodes)
                 snprintf(title, sizeof title, "mqstore commit=%s", cfg.modes[k]);
-            else
+            else if (k == cfg.nmodes)
                 snprintf(title, sizeof title, "raw: 1 INSERT per transaction");
+            else
+                snprintf(title, sizeof title, "batch: 1 connection, P rows per INSERT");
             int c = 2 + 4 * k;
             if (panel == 0)
                 fprintf(g, "%s$d using 1:%d:%d:%d with yerrorlines lw 2 pt %d%s title '%s', "
                            "$d using 1:%d:(sprintf('%%.0f', $%d)) with labels offset 0,1 notitle",
                         k ? ", " : "", c, c + 1, c + 2, 7 + 2 * k,
-                        k == cfg.nmodes ? " dt 2" : "", title, c, c);
+                        k >= cfg.nmodes ? " dt 2" : "", title, c, c);
             else
                 fprintf(g, "%s$d using 1:%d with linespoints lw 2 pt %d%s title '%s', "
                            "$d using 1:%d:(sprintf('%%.2f', $%d)) with labels offset 0,1 notitle",
-                        k ? ", " : "", c + 3, 7 + 2 * k, k == cfg.nmodes ? " dt 2" : "",
+                        k ? ", " : "", c + 3, 7 + 2 * k, k >= cfg.nmodes ? " dt 2" : "",
                         title, c + 3, c + 3);
         }
         fprintf(g, "\n");
@@ -1599,7 +1654,7 @@ static int run_sync(void)
             /* raw first on odd repeats: a drifting machine hits both alike */
             bool raw_first = rep % 2 == 1;
             if (raw_first) {
-                sync_raw_run(pt->producers, rep, &pt->raw[rep]);
+                sync_raw_run(pt->producers, 1, rep, &pt->raw[rep]);
                 sync_print_run("raw", pt->producers, rep, &pt->raw[rep]);
             }
             for (int m = 0; m < cfg.nmodes; m++) {
@@ -1609,13 +1664,25 @@ static int run_sync(void)
                     ret = EXIT_FAIL;
             }
             if (!raw_first) {
-                sync_raw_run(pt->producers, rep, &pt->raw[rep]);
+                sync_raw_run(pt->producers, 1, rep, &pt->raw[rep]);
                 sync_print_run("raw", pt->producers, rep, &pt->raw[rep]);
             }
             if (pt->raw[rep].errors) {
                 fprintf(stderr, "mqstore-bench: raw p%d: %s\n", pt->producers,
                         pt->raw[rep].first_error);
                 ret = EXIT_FAIL;
+            }
+            /* One connection, P rows per INSERT; at P = 1 that is raw. */
+            if (pt->producers == 1) {
+                pt->batch[rep] = pt->raw[rep];
+            } else {
+                sync_raw_run(1, pt->producers, rep, &pt->batch[rep]);
+                sync_print_run("batch", pt->producers, rep, &pt->batch[rep]);
+                if (pt->batch[rep].errors) {
+                    fprintf(stderr, "mqstore-bench: batch p%d: %s\n", pt->producers,
+                            pt->batch[rep].first_error);
+                    ret = EXIT_FAIL;
+                }
             }
         }
     }
@@ -1686,7 +1753,9 @@ static void usage(FILE *f)
 "                    for their own commit (mqs_enqueue) for --duration s\n"
 "                    (default %.0f here) on a fresh queue, and mqs-raw-insert\n"
 "                    does one INSERT per transaction from as many connections\n"
-"                    on the same URI; --modes defaults to group here\n"
+"                    on the same URI, then (P > 1) one INSERT of P rows per\n"
+"                    transaction from one connection (\"batch\": the bare\n"
+"                    database's ceiling); --modes defaults to group here\n"
 "  --sync-producers LIST  ascending producer counts (default %s)\n"
 "  --repeats N       runs per point and series (default %d, max %d); the\n"
 "                    table gives msg/s median (min..max), median p50/p99\n"
@@ -1705,7 +1774,8 @@ static void usage(FILE *f)
 "                    seconds, e.g. a hung store (default %.0f; 0: never)\n"
 "  --json FILE       write every result as JSON to FILE\n"
 "  --plot FILE.png   draw msg/s and p99 per mode (and recovery) with gnuplot;\n"
-"                    with --sync: msg/s and p50 against producers, store and raw\n"
+"                    with --sync: msg/s and p50 against producers, store, raw\n"
+"                    and batch\n"
 "  --help            this text\n"
 "  --version         print the version\n"
 "\n"

@@ -7,7 +7,9 @@
 #   1. mqstore-bench --sync: 1, 4, 16 producer threads each waiting for their
 #      own commit (mqs_enqueue), 1 KiB, --duration s per run, --repeats runs,
 #      interleaved with mqs-raw-insert (one INSERT per transaction from as
-#      many connections) on the same URI;
+#      many connections) on the same URI, and with its batched form (ONE
+#      connection, one INSERT of P rows per transaction: what the bare
+#      database can do with the batches P waiting producers make);
 #   2. the broker path: mqbroker on the URI and stomp-load with receipts,
 #      1 KiB, scenarios 1 producer x window 1, 4 x 1, 16 x 16 (no consumers;
 #      a fresh broker and queue per run, purged afterwards), compared with
@@ -307,6 +309,7 @@ for be in ("postgresql", "mysql", "sqlite"):
         for pt in (sync or {}).get("points", []):
             st = pt["store"].get("group") or next(iter(pt["store"].values()))
             raw = pt.get("raw") or {}
+            batch = pt.get("batch") or {}
             r = {
                 "producers": pt["producers"],
                 "store_msg_per_s": st["msg_per_s"], "raw_msg_per_s": raw.get("msg_per_s"),
@@ -314,7 +317,11 @@ for be in ("postgresql", "mysql", "sqlite"):
                 "store_p50_ms": st["p50_ms"], "store_p99_ms": st["p99_ms"],
                 "raw_p50_ms": raw.get("p50_ms"), "raw_p99_ms": raw.get("p99_ms"),
                 "msg_per_txn": st.get("msg_per_txn"),
-                "errors": (st.get("errors") or 0) + (raw.get("errors") or 0),
+                "batch_msg_per_s": batch.get("msg_per_s"),
+                "store_over_batch": ratio(st["msg_per_s"]["median"],
+                                          (batch.get("msg_per_s") or {}).get("median")),
+                "errors": (st.get("errors") or 0) + (raw.get("errors") or 0) +
+                          (batch.get("errors") or 0),
             }
             if pt["producers"] == 1:
                 raw1_p50 = raw.get("p50_ms")
@@ -346,7 +353,9 @@ for be in ("postgresql", "mysql", "sqlite"):
 
 lines = [f"Synchronous producers: each waits for its own commit (mqs_enqueue, commit=group); "
          f"raw: mqs-raw-insert, one INSERT per transaction, one connection per producer, same URI, "
-         f"same run. {size} B, {duration} s per run, {repeats} repeats: msg/s median (min..max); "
+         f"same run; batch: mqs-raw-insert, ONE connection, one INSERT of P rows per transaction "
+         f"(P = producers: the batches the store commits, without its fence or index; at 1: raw). "
+         f"{size} B, {duration} s per run, {repeats} repeats: msg/s median (min..max); "
          f"p50/p99: median of the runs'. stomp-load: receipts on, persistent, {sduration} s per run, "
          f"{sconsumers} consumers, a fresh mqbroker per run; its p50 (SEND -> RECEIPT) is compared "
          f"with raw's 1-producer INSERT p50 of the same build and backend."]
@@ -356,17 +365,19 @@ for b in backends:
     for l, x in b["builds"].items():
         lines.append(f"- {l}: {x['uri'] or '?'}" + (f" ({x['server']})" if x["server"] else ""))
     lines += ["", "| build | producers | store msg/s | raw msg/s | store/raw | store p50 / p99 ms "
-              "| raw p50 / p99 ms | msg/txn |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| raw p50 / p99 ms | msg/txn | batch msg/s | store/batch |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for l, x in b["builds"].items():
         if not x["sync_rows"]:
-            lines.append(f"| {l} | (no result: see {l}/{b['backend']}-sync.err) | | | | | | |")
+            lines.append(f"| {l} | (no result: see {l}/{b['backend']}-sync.err) | | | | | | | | |")
         for r in x["sync_rows"]:
             lines.append("| " + " | ".join([
                 l, str(r["producers"]), fmt_spread(r["store_msg_per_s"]), fmt_spread(r["raw_msg_per_s"]),
                 fmt(r["store_over_raw"], "**{:.2f}x**"),
                 f"{fmt(r['store_p50_ms'], '{:.3f}')} / {fmt(r['store_p99_ms'], '{:.3f}')}",
                 f"{fmt(r['raw_p50_ms'], '{:.3f}')} / {fmt(r['raw_p99_ms'], '{:.3f}')}",
-                fmt(r["msg_per_txn"], "{:.1f}")]) + (" errors" if r["errors"] else "") + " |")
+                fmt(r["msg_per_txn"], "{:.1f}"), fmt_spread(r["batch_msg_per_s"]),
+                fmt(r["store_over_batch"], "{:.2f}x")]) + (" errors" if r["errors"] else "") + " |")
     if any(x["stomp_rows"] and any(s["runs"] for s in x["stomp_rows"]) for x in b["builds"].values()):
         lines += ["", "| build | stomp-load | msg/s | p50 ms | p99 ms | raw 1-INSERT p50 ms | p50 / raw p50 |",
                   "|---|---|---:|---:|---:|---:|---:|"]

@@ -8,6 +8,12 @@
  * database does for one-transaction-per-message on its own, the figure
  * group commit has to beat.
  *
+ * --rows R makes each INSERT carry R rows (one statement, one commit): the
+ * database committing a batch the size of mqstore's group commit, with no
+ * fence and no index of mqstore's. mqstore-bench --sync runs it with one
+ * connection and R = producers beside P synchronous producers: how fast
+ * the bare database could commit what they send, a ceiling for the store.
+ *
  * Output mirrors mqstore-bench: msg/s, latency p50/p99/max (the INSERT call,
  * or BEGIN..COMMIT), a table on stdout and --json. Latencies go into arrays
  * allocated before the clock starts and are sorted afterwards.
@@ -56,6 +62,7 @@
 #define DURATION_CAP_MESSAGES 2000000L
 #define MAX_DURATION 3600.0
 #define MAX_THREADS 256
+#define MAX_ROWS 256
 #define MAX_ERRORS_PER_THREAD 1000
 #define PROGRESS_EVERY_NS (2 * 1000000000LL)
 
@@ -66,6 +73,7 @@ typedef struct config {
     double duration; /* 0: none (then --messages bounds the run) */
     long messages;   /* total; a cap when duration > 0 */
     bool explicit_txn;
+    int rows;        /* rows per INSERT (and per transaction) */
     double stall;
     const char *json_path;
     char table[64];
@@ -168,11 +176,35 @@ static bool is_core_option(const char *key, size_t len)
 
 enum { INS_OK = 0, INS_ERR = -1, INS_DEAD = -2 };
 
+/* "INSERT INTO t (body) VALUES (<p1>), (<p2>), ..." for cfg.rows rows: one
+ * statement, so a batch costs what the database charges for it and no
+ * round trip more. mark(i) is the driver's placeholder for row i. */
+static int values_sql(char *out, size_t n, const char *(*mark)(int, char *, size_t))
+{
+    size_t len = (size_t)snprintf(out, n, "INSERT INTO %s (body) VALUES ", cfg.table);
+    for (int i = 0; i < cfg.rows && len < n; i++) {
+        char m[16];
+        len += (size_t)snprintf(out + len, n - len, "%s(%s)", i ? ", " : "",
+                                mark(i, m, sizeof m));
+    }
+    return len < n ? 0 : -1;
+}
+
+#if defined(MQS_RAW_HAVE_MYSQL) || defined(MQS_RAW_HAVE_SQLITE)
+static const char *qmark(int i, char *m, size_t n)
+{
+    (void)i;
+    snprintf(m, n, "?");
+    return m;
+}
+#endif
+
 typedef struct backend {
     const char *name;
     void *(*connect)(char *err, size_t n);
     int (*exec)(void *c, const char *sql, char *err, size_t n);
     int (*prepare)(void *c, char *err, size_t n);
+    /* cfg.rows rows of len bytes each, one after the other in body */
     int (*insert)(void *c, const unsigned char *body, size_t len, char *err,
                   size_t n);
     void (*server_info)(void *c, char *out, size_t n, char *settings, size_t sn);
@@ -271,23 +303,39 @@ static int pq_exec(void *c, const char *sql, char *err, size_t n)
     return pq_check(c, PQexec(c, sql), err, n);
 }
 
+static const char *pq_mark(int i, char *m, size_t n)
+{
+    snprintf(m, n, "$%d", i + 1);
+    return m;
+}
+
 static int pq_prepare(void *c, char *err, size_t n)
 {
-    char sql[256];
-    snprintf(sql, sizeof sql, "INSERT INTO %s (body) VALUES ($1)", cfg.table);
-    const Oid types[1] = {17}; /* bytea */
-    return pq_check(c, PQprepare(c, "ins", sql, 1, types), err, n);
+    char sql[4096];
+    Oid types[MAX_ROWS];
+    for (int i = 0; i < cfg.rows; i++)
+        types[i] = 17; /* bytea */
+    if (values_sql(sql, sizeof sql, pq_mark) != 0) {
+        copy_err(err, n, "INSERT statement too long");
+        return INS_ERR;
+    }
+    return pq_check(c, PQprepare(c, "ins", sql, cfg.rows, types), err, n);
 }
 
 static int pq_insert(void *c, const unsigned char *body, size_t len, char *err,
                      size_t n)
 {
-    const char *vals[1] = {(const char *)body};
-    const int lens[1] = {(int)len}, fmts[1] = {1};
+    const char *vals[MAX_ROWS];
+    int lens[MAX_ROWS], fmts[MAX_ROWS];
+    for (int i = 0; i < cfg.rows; i++) {
+        vals[i] = (const char *)body + (size_t)i * len;
+        lens[i] = (int)len;
+        fmts[i] = 1;
+    }
     int rc;
     if (cfg.explicit_txn && (rc = pq_exec(c, "BEGIN", err, n)) != INS_OK)
         return rc;
-    rc = pq_check(c, PQexecPrepared(c, "ins", 1, vals, lens, fmts, 0), err, n);
+    rc = pq_check(c, PQexecPrepared(c, "ins", cfg.rows, vals, lens, fmts, 0), err, n);
     if (rc != INS_OK) {
         if (cfg.explicit_txn && rc != INS_DEAD) {
             char ignore[8] = "";
@@ -497,8 +545,11 @@ static int my_exec(void *cv, const char *sql, char *err, size_t n)
 static int my_prepare(void *cv, char *err, size_t n)
 {
     my_conn *c = cv;
-    char sql[256];
-    snprintf(sql, sizeof sql, "INSERT INTO %s (body) VALUES (?)", cfg.table);
+    char sql[4096];
+    if (values_sql(sql, sizeof sql, qmark) != 0) {
+        copy_err(err, n, "INSERT statement too long");
+        return INS_ERR;
+    }
     c->st = mysql_stmt_init(c->db);
     if (!c->st)
         return my_fail(c->db, "stmt_init", mysql_error(c->db), mysql_errno(c->db), err, n);
@@ -513,16 +564,19 @@ static int my_insert(void *cv, const unsigned char *body, size_t len, char *err,
 {
     my_conn *c = cv;
     unsigned long blen = (unsigned long)len;
-    MYSQL_BIND b;
-    memset(&b, 0, sizeof b);
-    b.buffer_type = MYSQL_TYPE_BLOB;
-    b.buffer = (void *)(uintptr_t)body; /* only read: the API has no const */
-    b.buffer_length = blen;
-    b.length = &blen;
+    MYSQL_BIND b[MAX_ROWS];
+    memset(b, 0, sizeof b[0] * (size_t)cfg.rows);
+    for (int i = 0; i < cfg.rows; i++) {
+        b[i].buffer_type = MYSQL_TYPE_BLOB;
+        /* only read: the API has no const */
+        b[i].buffer = (void *)(uintptr_t)(body + (size_t)i * len);
+        b[i].buffer_length = blen;
+        b[i].length = &blen;
+    }
     int rc;
     if (cfg.explicit_txn && (rc = my_exec(c, "START TRANSACTION", err, n)) != INS_OK)
         return rc;
-    if (mysql_stmt_bind_param(c->st, &b) != 0 || mysql_stmt_execute(c->st) != 0) {
+    if (mysql_stmt_bind_param(c->st, b) != 0 || mysql_stmt_execute(c->st) != 0) {
         rc = my_fail(c->db, "insert", mysql_stmt_error(c->st),
                      mysql_stmt_errno(c->st), err, n);
         if (cfg.explicit_txn && rc != INS_DEAD) {
@@ -672,8 +726,11 @@ static void *sl_connect(char *err, size_t n)
 static int sl_prepare(void *cv, char *err, size_t n)
 {
     sl_conn *c = cv;
-    char sql[256];
-    snprintf(sql, sizeof sql, "INSERT INTO %s (body) VALUES (?1)", cfg.table);
+    char sql[4096];
+    if (values_sql(sql, sizeof sql, qmark) != 0) {
+        copy_err(err, n, "INSERT statement too long");
+        return INS_ERR;
+    }
     if (sqlite3_prepare_v2(c->db, sql, -1, &c->ins, NULL) != SQLITE_OK) {
         copy_err(err, n, sqlite3_errmsg(c->db));
         return INS_ERR;
@@ -702,7 +759,8 @@ static int sl_insert(void *cv, const unsigned char *body, size_t len, char *err,
         copy_err(err, n, sqlite3_errmsg(c->db));
         return INS_ERR;
     }
-    sqlite3_bind_blob(c->ins, 1, body, (int)len, SQLITE_STATIC);
+    for (int i = 0; i < cfg.rows; i++)
+        sqlite3_bind_blob(c->ins, i + 1, body + (size_t)i * len, (int)len, SQLITE_STATIC);
     int rc = sqlite3_step(c->ins);
     sqlite3_reset(c->ins);
     sqlite3_clear_bindings(c->ins);
@@ -751,7 +809,8 @@ typedef struct worker {
 static void *producer_main(void *arg)
 {
     worker *w = arg;
-    unsigned char *body = xcalloc(cfg.size, 1);
+    size_t rows = (size_t)cfg.rows;
+    unsigned char *body = xcalloc(cfg.size, rows);
     pthread_barrier_wait(w->go);
     for (uint64_t i = 0; i < w->quota; i++) {
         int64_t t0 = mono_ns();
@@ -760,13 +819,15 @@ static void *producer_main(void *arg)
             break;
         }
         /* a fresh body per row, outside the timed call */
-        fill_body(body, cfg.size, ((uint64_t)w->idx << 40) ^ i);
+        for (size_t k = 0; k < rows; k++)
+            fill_body(body + k * cfg.size, cfg.size,
+                      ((uint64_t)w->idx << 40) ^ (i * rows + k));
         t0 = mono_ns();
         char err[512] = "";
         int rc = be->insert(w->conn, body, cfg.size, err, sizeof err);
         if (rc == INS_OK) {
             w->lat[w->n++] = (uint64_t)(mono_ns() - t0);
-            atomic_fetch_add_explicit(&progress_count, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&progress_count, rows, memory_order_relaxed);
             continue;
         }
         w->errors++;
@@ -800,8 +861,9 @@ static void usage(FILE *f)
 "Usage: mqs-raw-insert [OPTIONS] URI\n"
 "\n"
 "The raw-database baseline for mqstore-bench: N threads, each with its own\n"
-"connection, each committing ONE INSERT of one row per transaction into a\n"
-"scratch table (created at the start, dropped at the end). No mqstore.\n"
+"connection, each committing ONE INSERT of one row (--rows: of R rows) per\n"
+"transaction into a scratch table (created at the start, dropped at the\n"
+"end). No mqstore.\n"
 "\n"
 "URI: postgresql://user:pw@host:port/db[?libpq options]   (%s)\n"
 "     mysql://user:pw@host:port/db[?socket=&connect_timeout=&tls=]   (%s)\n"
@@ -821,6 +883,9 @@ static void usage(FILE *f)
 "  --duration S      stop after S seconds (default %.0f unless --messages is\n"
 "                    given; max %.0f)\n"
 "  --messages N      rows in total (with --duration: a cap, default %ld)\n"
+"  --rows R          rows per transaction, in ONE multi-row INSERT (default\n"
+"                    1, max %d): the batched baseline; msg/s counts rows,\n"
+"                    latency is per transaction\n"
 "  --txn MODE        autocommit: the INSERT is the transaction (default);\n"
 "                    explicit: BEGIN + INSERT + COMMIT (3 round trips)\n"
 "  --table NAME      scratch table (default mqs_raw_bench_<pid>_<time>);\n"
@@ -849,7 +914,7 @@ static void usage(FILE *f)
             "not built: libsqlite3 missing",
 #endif
             DEF_PRODUCERS, MAX_THREADS, DEF_SIZE, DEF_DURATION, MAX_DURATION,
-            DURATION_CAP_MESSAGES, DEF_STALL);
+            DURATION_CAP_MESSAGES, MAX_ROWS, DEF_STALL);
 }
 
 static bool parse_secs(const char *s, double min_excl, double max, double *out,
@@ -868,7 +933,8 @@ static bool parse_secs(const char *s, double min_excl, double max, double *out,
 static int parse_args(int argc, char **argv)
 {
     bool set_duration = false, set_messages = false;
-    cfg = (config){.producers = DEF_PRODUCERS, .size = DEF_SIZE, .stall = DEF_STALL};
+    cfg = (config){.producers = DEF_PRODUCERS, .size = DEF_SIZE, .rows = 1,
+                   .stall = DEF_STALL};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-' || a[1] == '\0') {
@@ -880,7 +946,7 @@ static int parse_args(int argc, char **argv)
         static const char *const with_value[] = {"--producers", "--size",
                                                  "--duration", "--messages",
                                                  "--txn", "--table", "--stall",
-                                                 "--json",
+                                                 "--json", "--rows",
                                                  NULL};
         char name[32];
         const char *val;
@@ -906,6 +972,10 @@ static int parse_args(int argc, char **argv)
                 return bad_usage("--messages: 1..100000000");
             cfg.messages = v;
             set_messages = true;
+        } else if (!strcmp(name, "--rows")) {
+            if (!parse_long(val, 1, MAX_ROWS, &v))
+                return bad_usage("--rows: 1..%d rows per INSERT", MAX_ROWS);
+            cfg.rows = (int)v;
         } else if (!strcmp(name, "--txn")) {
             if (!strcmp(val, "autocommit"))
                 cfg.explicit_txn = false;
@@ -936,9 +1006,9 @@ static int parse_args(int argc, char **argv)
         cfg.duration = DEF_DURATION;
     if (!set_messages)
         cfg.messages = cfg.duration > 0 ? DURATION_CAP_MESSAGES : 0;
-    if (cfg.messages < cfg.producers)
-        return bad_usage("--messages (%ld) must be at least --producers (%d)",
-                         cfg.messages, cfg.producers);
+    if (cfg.messages < (long)cfg.producers * cfg.rows)
+        return bad_usage("--messages (%ld) must be at least --producers x --rows (%ld)",
+                         cfg.messages, (long)cfg.producers * cfg.rows);
     if (!cfg.table[0])
         snprintf(cfg.table, sizeof cfg.table, "mqs_raw_bench_%ld_%lld",
                  (long)getpid(), (long long)time(NULL));
@@ -978,7 +1048,7 @@ static int parse_args(int argc, char **argv)
  * ---------------------------------------------------------------------- */
 
 typedef struct result {
-    uint64_t ops, errors;
+    uint64_t ops, errors, transactions; /* ops: rows */
     double seconds, rate, p50_ms, p99_ms, max_ms, mean_ms, cpu_s;
     bool capped;
     char first_error[512];
@@ -1012,7 +1082,7 @@ static void write_json(const char *path, const result *r, const char *server,
     fprintf(f, "},\n  \"config\": {\"producers\": %d, \"size\": %zu, \"messages\": %ld, "
                "\"duration_s\": ", cfg.producers, cfg.size, cfg.messages);
     json_num(f, cfg.duration);
-    fprintf(f, ", \"txn\": \"%s\", \"table\": ", txn);
+    fprintf(f, ", \"txn\": \"%s\", \"rows_per_txn\": %d, \"table\": ", txn, cfg.rows);
     json_str(f, cfg.table);
     fprintf(f, "},\n  \"throughput\": [\n    {\"mode\": \"raw\", \"phase\": \"insert\", "
                "\"messages\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"seconds\": ",
@@ -1029,7 +1099,7 @@ static void write_json(const char *path, const result *r, const char *server,
     fprintf(f, ", \"mean\": ");
     json_num(f, r->mean_ms);
     fprintf(f, "}, \"transactions\": %" PRIu64 ", \"stopped_by_duration\": %s, "
-               "\"first_error\": ", r->ops, r->capped ? "true" : "false");
+               "\"first_error\": ", r->transactions, r->capped ? "true" : "false");
     json_str(f, r->first_error[0] ? r->first_error : NULL);
     fprintf(f, "}\n  ],\n  \"client_cpu_s\": ");
     json_num(f, r->cpu_s);
@@ -1039,8 +1109,8 @@ static void write_json(const char *path, const result *r, const char *server,
     fprintf(f, ", \"p99_ms\": ");
     json_num(f, r->p99_ms);
     fprintf(f, ", \"producers\": %d, \"source\": \"mqs-raw-insert: %d connections, "
-               "one %zu B INSERT per transaction (%s)\"}\n}\n",
-            cfg.producers, cfg.producers, cfg.size, txn);
+               "one INSERT of %d x %zu B per transaction (%s)\"}\n}\n",
+            cfg.producers, cfg.producers, cfg.rows, cfg.size, txn);
     if (bench_json_close(f, path) != EXIT_OK)
         *ret = EXIT_FAIL;
 }
@@ -1105,8 +1175,9 @@ int main(int argc, char **argv)
 
     printf("mqs-raw-insert %s  %s\n", MQS_BENCH_VERSION, uri_shown);
     printf("%s%s%s\n", server[0] ? server : be->name, settings[0] ? ", " : "", settings);
-    printf("producers %d (one connection each), %zu B rows, one INSERT per "
-           "transaction (%s)", cfg.producers, cfg.size,
+    printf("producers %d (one connection each), %zu B rows, one INSERT of %d "
+           "row%s per transaction (%s)", cfg.producers, cfg.size, cfg.rows,
+           cfg.rows == 1 ? "" : "s",
            cfg.explicit_txn ? "BEGIN + INSERT + COMMIT" : "autocommit");
     if (cfg.duration > 0)
         printf(", %.0f s (cap %ld rows)\n", cfg.duration, cfg.messages);
@@ -1120,7 +1191,8 @@ int main(int argc, char **argv)
     pthread_t *tid = xcalloc((size_t)np, sizeof *tid);
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, (unsigned)np + 1);
-    uint64_t total = (uint64_t)cfg.messages;
+    /* in transactions; rows = transactions x --rows */
+    uint64_t total = (uint64_t)cfg.messages / (uint64_t)cfg.rows;
     for (int i = 0; i < np; i++) {
         w[i].idx = i;
         w[i].go = &go;
@@ -1180,7 +1252,8 @@ int main(int argc, char **argv)
                     (double)(now - start) / 1e9, cfg.duration, rate);
         else
             fprintf(stderr, "raw insert: %" PRIu64 "/%" PRIu64 " (%.0f%%), %.0f msg/s\n",
-                    n, total, 100.0 * (double)n / (double)total, rate);
+                    n, total * (uint64_t)cfg.rows,
+                    100.0 * (double)n / (double)(total * (uint64_t)cfg.rows), rate);
         last = now;
         last_n = n;
         next = now + PROGRESS_EVERY_NS;
@@ -1192,7 +1265,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < np; i++) {
         pthread_join(tid[i], NULL);
         end = w[i].end_ns > end ? w[i].end_ns : end;
-        r.ops += w[i].n;
+        r.transactions += w[i].n;
+        r.ops += w[i].n * (uint64_t)cfg.rows;
         r.errors += w[i].errors;
         r.capped |= w[i].capped;
         if (w[i].first_error[0])
@@ -1228,9 +1302,9 @@ int main(int argc, char **argv)
     printf("\n%-6s %-8s %9s %7s %8s %10s %8s %8s %8s %8s\n", "mode", "phase",
            "messages", "errors", "seconds", "msg/s", "p50 ms", "p99 ms", "max ms",
            "msg/txn");
-    printf("%-6s %-8s %9" PRIu64 " %7" PRIu64 " %8.2f %10.0f %8.2f %8.2f %8.2f %8s%s\n",
+    printf("%-6s %-8s %9" PRIu64 " %7" PRIu64 " %8.2f %10.0f %8.2f %8.2f %8.2f %8d%s\n",
            "raw", "insert", r.ops, r.errors, r.seconds, r.rate, r.p50_ms, r.p99_ms,
-           r.max_ms, "1.0", r.capped ? "  (stopped by --duration)" : "");
+           r.max_ms, cfg.rows, r.capped ? "  (stopped by --duration)" : "");
     printf("client CPU %.2f s (%.1f us per row)\n", r.cpu_s,
            r.ops ? r.cpu_s * 1e6 / (double)r.ops : 0.0);
     if (r.errors) {

@@ -331,17 +331,28 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     }
     size_t k = 0;
     int ok = 1;
-    /* Inside a transaction block every statement is followed by a Sync
-     * (no round trip: nothing waits for it). The server reports
-     * ReadyForQuery there and arms idle_in_transaction_session_timeout
-     * before it reads on, so a path that stalls halfway through the
-     * pipeline cannot keep the fence's or the insert turn's lock held
-     * past about a lease (a standby's takeover waits for them). After a
-     * failure the rest runs in the aborted block and fails too: COMMIT
-     * then only ends it. Outside a block one Sync ends the implicit
-     * transaction, as each Sync would. */
+    /* Inside a transaction block the pipeline goes in up to three groups,
+     * each ended by a Sync (no round trip: nothing waits for it): BEGIN
+     * and the session settings; the fence's lock, the writes and the
+     * guard; COMMIT. libpq writes to the socket at each Sync (and only
+     * there below 8 KiB), so every write the server receives ends at a
+     * Sync: it reports ReadyForQuery there and arms
+     * idle_in_transaction_session_timeout before it reads on, and a path
+     * that stalls between two writes cannot keep the fence's or the
+     * insert turn's lock held past about a lease (a standby's takeover
+     * waits for them). A write group larger than libpq's 8 KiB chunks is
+     * written in pieces; a stall inside one leaves the server waiting in
+     * the middle of a group, as it always could inside one big statement.
+     * After a failure in the writes the server skips the rest of that
+     * group; COMMIT, after its Sync, then runs in the aborted block and
+     * only ends it. The Sync after BEGIN also makes "no answer at all"
+     * mean "nothing ran" (see below). Fewer Syncs than one per statement:
+     * each costs the server a flush and the client a packet (measured in
+     * docs/architecture.md, "Write path"). Outside a block one Sync ends
+     * the implicit transaction. */
     int sync_each = c->in_txn;
     int nsync = 0;
+    size_t k_synced = 0; /* statements sent up to the last Sync */
     /* On a direct session the hot statements are prepared once (parsed and
      * planned once: a third of a small transaction's server time here);
      * through a pooler a named statement could land on another server
@@ -378,10 +389,15 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                 ok = PQsendQueryParams(c->pg, sql, n, types, vals, lens, fmts, \
                                        1);                                     \
             }                                                                  \
-            if (ok && sync_each) {                                             \
-                ok = PQpipelineSync(c->pg);                                    \
-                nsync++;                                                       \
-            }                                                                  \
+        }                                                                      \
+    } while (0)
+    /* Ends a group: a Sync after what was sent since the last one. */
+#define PG_GROUP_END()                                                         \
+    do {                                                                       \
+        if (ok && sync_each && k > k_synced) {                                 \
+            ok = PQpipelineSync(c->pg);                                        \
+            nsync++;                                                           \
+            k_synced = k;                                                      \
         }                                                                      \
     } while (0)
     if (begin)
@@ -390,6 +406,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
         PG_SEND(PG_IT_IDLE, c->idle_mode >= 0 ? SQL_IDLE_SESSION
                                               : SQL_IDLE_LOCAL,
                 2, t_txt, v_idle, NULL, NULL);
+    PG_GROUP_END();
     if (fence)
         PG_SEND(PG_IT_FENCE, SQL_FENCE_LOCK, 1, t_txt, v_fence, NULL, NULL);
     for (size_t i = 0; i < ndq; i++) {
@@ -402,8 +419,11 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                 st[i].lens, st[i].fmts);
     if (guard)
         PG_SEND(PG_IT_GUARD, SQL_FENCE_GUARD, 4, t_txt, v_guard, NULL, NULL);
+    PG_GROUP_END();
     if (commit)
         PG_SEND(PG_IT_COMMIT, "COMMIT", 0, NULL, NULL, NULL, NULL);
+    PG_GROUP_END();
+#undef PG_GROUP_END
 #undef PG_SEND
     total = k;
     if (ok && !sync_each) {
@@ -446,7 +466,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
         if (es == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             if (--nsync > 0)
-                continue; /* a statement's own Sync (sync_each) */
+                continue; /* a group's Sync (sync_each) */
             synced = 1;
             break;
         }
@@ -525,10 +545,12 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                    right after) changes nothing */
     } else if (commit && sync_each && !answered &&
                (rc == MQS_ECONN || rc == MQS_EUNKNOWN)) {
-        /* Not one answer, not even BEGIN's: inside a block every statement
-         * is followed by a Sync, where the server flushes its answers
-         * before it reads on, so it ran nothing (a session it ended, e.g.
-         * a restart, before it read the pipeline). Safe to retry. */
+        /* Not one answer, not even BEGIN's: inside a block the first
+         * group (BEGIN's, or the writes' when the block began earlier)
+         * ends at a Sync, where the server flushes its answers before it
+         * reads on, and COMMIT comes after another one, so it did not run
+         * COMMIT (a session it ended, e.g. a restart, before it read the
+         * pipeline). Safe to retry. */
         rc = MQS_ECONN;
         c->broken = 1;
     } else if (commit && (rc == MQS_ECONN || rc == MQS_EUNKNOWN) &&

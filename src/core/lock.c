@@ -421,7 +421,12 @@ void mqs__fence_done(mqs_store *s, const mqs_fence *f, int rc,
         return;
     pthread_mutex_lock(&s->ha_mu);
     s->commits_inflight--;
-    pthread_cond_broadcast(&s->ha_cv);
+    /* Only deliver_lost waits for commits to drain, and only while on_lost
+     * is pending (it checks both under ha_mu before it waits). Waking ha_cv
+     * on every commit woke the keeper too, a thread switch per write
+     * transaction on the hot path for nothing. */
+    if (s->commits_inflight == 0 && s->lost_pending)
+        pthread_cond_broadcast(&s->ha_cv);
     pthread_mutex_unlock(&s->ha_mu);
     if (rc == MQS_EFENCED)
         lose(s, err);

@@ -1491,6 +1491,26 @@ static void sync_json_series(FILE *f, const sync_run *runs, sync_stat st)
     fprintf(f, "]}");
 }
 
+/* ,"key": {"<mode>": {"msg_per_s": store/base[, "p50": store/base]}, ...} */
+static void sync_json_ratios(FILE *f, const char *key, const sync_point *pt,
+                             sync_stat base, bool with_p50)
+{
+    fprintf(f, ",\n      \"%s\": {", key);
+    for (int m = 0; m < cfg.nmodes; m++) {
+        sync_stat st = sync_stat_of(pt->store[m]);
+        fprintf(f, "%s", m ? ", " : "");
+        json_str(f, cfg.modes[m]);
+        fprintf(f, ": {\"msg_per_s\": ");
+        json_num(f, st.rate.median / base.rate.median);
+        if (with_p50) {
+            fprintf(f, ", \"p50\": ");
+            json_num(f, st.p50_ms / base.p50_ms);
+        }
+        fprintf(f, "}");
+    }
+    fprintf(f, "}");
+}
+
 static int sync_write_json(const char *path)
 {
     FILE *f = bench_json_open(path);
@@ -1546,27 +1566,9 @@ static int sync_write_json(const char *path)
             sync_json_series(f, pt->batch, sync_stat_of(pt->batch));
         else
             fprintf(f, "null");
-        fprintf(f, ",\n      \"ratio_store_batch\": {");
-        for (int m = 0; m < cfg.nmodes; m++) {
-            sync_stat st = sync_stat_of(pt->store[m]);
-            fprintf(f, "%s", m ? ", " : "");
-            json_str(f, cfg.modes[m]);
-            fprintf(f, ": {\"msg_per_s\": ");
-            json_num(f, st.rate.median / sync_stat_of(pt->batch).rate.median);
-            fprintf(f, "}");
-        }
-        fprintf(f, "},\n      \"ratio_store_raw\": {");
-        for (int m = 0; m < cfg.nmodes; m++) {
-            sync_stat st = sync_stat_of(pt->store[m]);
-            fprintf(f, "%s", m ? ", " : "");
-            json_str(f, cfg.modes[m]);
-            fprintf(f, ": {\"msg_per_s\": ");
-            json_num(f, st.rate.median / raw.rate.median);
-            fprintf(f, ", \"p50\": ");
-            json_num(f, st.p50_ms / raw.p50_ms);
-            fprintf(f, "}");
-        }
-        fprintf(f, "}}");
+        sync_json_ratios(f, "ratio_store_batch", pt, sync_stat_of(pt->batch), false);
+        sync_json_ratios(f, "ratio_store_raw", pt, raw, true);
+        fprintf(f, "}");
     }
     fprintf(f, "\n  ]\n}\n");
     return bench_json_close(f, path);

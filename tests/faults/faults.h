@@ -71,6 +71,11 @@ fx_proxy *fx_proxy_start(int target_port, int silent);
 int fx_proxy_port(const fx_proxy *p);
 /* Connections accepted, and how many of them carried client bytes. */
 void fx_proxy_counts(fx_proxy *p, int *accepted, int *talked);
+/* Arms the proxy once: the next answer from the server that carries
+ * PostgreSQL's COMMIT command tag is dropped and its connection closed on
+ * both sides, as if the server committed and was lost before its answer
+ * left. */
+void fx_proxy_cut_at_commit(fx_proxy *p);
 void fx_proxy_stop(fx_proxy *p);
 /* A 127.0.0.1 port nobody listens on (bound, then closed). */
 int fx_closed_port(void);

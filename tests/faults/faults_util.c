@@ -311,7 +311,7 @@ void fx_log_counts(size_t *n, size_t *with_password)
 
 struct fx_proxy {
     int lfd, port, target, silent;
-    atomic_int stop, accepted, talked;
+    atomic_int stop, accepted, talked, cut_commit;
     pthread_t th;
     int cfd[PROXY_MAX], sfd[PROXY_MAX]; /* client side, server side (-1) */
     int heard[PROXY_MAX];               /* client sent something */
@@ -357,6 +357,17 @@ static int write_all(int fd, const char *b, ssize_t n)
     return 0;
 }
 
+/* CommandComplete 'C', length 11, "COMMIT\0": the answer to a COMMIT that
+ * committed (one that ended a failed block says ROLLBACK). */
+static int has_commit_tag(const char *b, size_t n)
+{
+    static const char tag[] = {'C', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0};
+    for (size_t i = 0; i + sizeof tag <= n; i++)
+        if (memcmp(b + i, tag, sizeof tag) == 0)
+            return 1;
+    return 0;
+}
+
 static void *proxy_main(void *arg)
 {
     fx_proxy *p = arg;
@@ -392,8 +403,13 @@ static void *proxy_main(void *arg)
             if (!dead && p->sfd[i] >= 0 &&
                 (s->revents & (POLLIN | POLLHUP | POLLERR))) {
                 ssize_t r = read(p->sfd[i], buf, sizeof buf);
-                if (r <= 0 || write_all(p->cfd[i], buf, r))
+                if (r > 0 && atomic_load(&p->cut_commit) &&
+                    has_commit_tag(buf, (size_t)r)) {
+                    atomic_store(&p->cut_commit, 0);
+                    dead = 1; /* the answer never reaches the client */
+                } else if (r <= 0 || write_all(p->cfd[i], buf, r)) {
                     dead = 1;
+                }
             }
             if (dead)
                 proxy_drop(p, i);
@@ -449,6 +465,8 @@ void fx_proxy_counts(fx_proxy *p, int *accepted, int *talked)
     *accepted = atomic_load(&p->accepted);
     *talked = atomic_load(&p->talked);
 }
+
+void fx_proxy_cut_at_commit(fx_proxy *p) { atomic_store(&p->cut_commit, 1); }
 
 void fx_proxy_stop(fx_proxy *p)
 {

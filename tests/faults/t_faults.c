@@ -323,6 +323,49 @@ static void test_kill_connections(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * 4b. PostgreSQL: a COMMIT whose answer is lost. A subscription removal
+ * runs its statements in one round trip and COMMIT alone in the next (no
+ * fence on a store without the lock). The proxy drops the answer to that
+ * COMMIT and closes the connection: the removal committed, but the client
+ * heard nothing. It must say MQS_EUNKNOWN, not retry as if nothing ran
+ * (a retried enqueue in such a transaction would be stored twice).
+ * ---------------------------------------------------------------------- */
+
+static void test_commit_answer_lost(void **state)
+{
+    (void)state;
+    fx_proxy *px = fx_proxy_start(g_srv.port, 0);
+    char *uri = fx_uri(NULL, fx_proxy_port(px), NULL, NULL);
+    mqs_store *s = open_store(uri);
+    char topic[128];
+    fx_name(topic, sizeof topic, "cutcommit");
+    int64_t sub = 0;
+    int rc = mqs_sub_create(s, topic, "s1", &sub);
+    if (rc != 0)
+        fail_msg("mqs_sub_create: %s", mqs_errmsg(s));
+    fx_proxy_cut_at_commit(px);
+    rc = mqs_sub_remove(s, sub);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "%s", rc ? mqs_errmsg(s) : "");
+    int64_t again = 0;
+    int lrc = mqs_sub_lookup(s, topic, "s1", &again);
+    print_message("  COMMIT answer lost: mqs_sub_remove -> %s (%s); lookup "
+                  "afterwards -> %s\n", rcname(rc), msg, rcname(lrc));
+    mqs_close(s);
+    fx_proxy_stop(px);
+    free(uri);
+    if (rc != MQS_EUNKNOWN)
+        fail_msg("COMMIT answer lost: expected MQS_EUNKNOWN, got %s (%s): "
+                 "silence after a COMMIT sent alone was taken for \"nothing "
+                 "ran\"", rcname(rc), msg);
+    expect_in(msg, "unknown", "says the outcome is unknown");
+    if (lrc != MQS_ENOTFOUND)
+        fail_msg("the removal did commit on the server (the proxy dropped "
+                 "the COMMIT's answer), yet the lookup gave %s",
+                 rcname(lrc));
+}
+
+/* ------------------------------------------------------------------------
  * 5. MySQL: messages over max_allowed_packet.
  * ---------------------------------------------------------------------- */
 
@@ -716,6 +759,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_closed_port),
         cmocka_unit_test(test_silent_host),
         cmocka_unit_test(test_kill_connections),
+        cmocka_unit_test(test_commit_answer_lost),
         cmocka_unit_test(test_lock_wait),
         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_restart_pause),

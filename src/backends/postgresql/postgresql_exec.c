@@ -420,6 +420,9 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     if (guard)
         PG_SEND(PG_IT_GUARD, SQL_FENCE_GUARD, 4, t_txt, v_guard, NULL, NULL);
     PG_GROUP_END();
+    /* Did a Sync go before COMMIT? Only then does no answer at all prove
+     * that COMMIT did not run (below). */
+    int sync_before_commit = nsync > 0;
     if (commit)
         PG_SEND(PG_IT_COMMIT, "COMMIT", 0, NULL, NULL, NULL, NULL);
     PG_GROUP_END();
@@ -543,14 +546,15 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     if (commit && committed) {
         rc = 0; /* its result came: an error after it (the session ended
                    right after) changes nothing */
-    } else if (commit && sync_each && !answered &&
+    } else if (commit && sync_each && sync_before_commit && !answered &&
                (rc == MQS_ECONN || rc == MQS_EUNKNOWN)) {
-        /* Not one answer, not even BEGIN's: inside a block the first
-         * group (BEGIN's, or the writes' when the block began earlier)
-         * ends at a Sync, where the server flushes its answers before it
-         * reads on, and COMMIT comes after another one, so it did not run
+        /* Not one answer: a group ended at a Sync before COMMIT, where the
+         * server flushes its answers before it reads on, so it did not run
          * COMMIT (a session it ended, e.g. a restart, before it read the
-         * pipeline). Safe to retry. */
+         * pipeline). Safe to retry. A pipeline that is COMMIT alone (the
+         * writes went in an earlier round trip, no fence) proves nothing
+         * by silence: the server may have committed and been lost before
+         * its answer left, so that stays MQS_EUNKNOWN below. */
         rc = MQS_ECONN;
         c->broken = 1;
     } else if (commit && (rc == MQS_ECONN || rc == MQS_EUNKNOWN) &&

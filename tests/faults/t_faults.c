@@ -622,7 +622,11 @@ static void test_lock_wait(void **state)
     if (rc != MQS_EBUSY)
         fail_msg("expected MQS_EBUSY from a lock wait timeout, got %s: %s",
                  rcname(rc), msg);
-    if (ms < timeout_ms - 300 || ms > timeout_ms + 3000)
+    /* Not early by more than half: MariaDB 10.11 once ended a 50 s wait
+     * (the server's default, when SET GLOBAL is refused) after 41.3 s in
+     * CI, its own timing, not the store's; what matters here is that the
+     * store waited for the server and then said MQS_EBUSY. */
+    if (ms < timeout_ms / 2 || ms > timeout_ms + 3000)
         fail_msg("the lock wait lasted %lld ms, expected about %lld ms",
                  (long long)ms, (long long)timeout_ms);
     expect_in(msg, is_pg() ? "lock timeout" : "Lock wait timeout",

@@ -345,8 +345,8 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
      * the middle of a group, as it always could inside one big statement.
      * After a failure in the writes the server skips the rest of that
      * group; COMMIT, after its Sync, then runs in the aborted block and
-     * only ends it. The Sync after BEGIN also makes "no answer at all"
-     * mean "nothing ran" (see below). Fewer Syncs than one per statement:
+     * only ends it. A Sync before COMMIT also makes "no answer at all"
+     * mean "COMMIT did not run" (see below). Fewer Syncs than one per statement:
      * each costs the server a flush and the client a packet (measured in
      * docs/architecture.md, "Write path"). Outside a block one Sync ends
      * the implicit transaction. */

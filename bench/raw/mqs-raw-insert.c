@@ -1193,6 +1193,7 @@ int main(int argc, char **argv)
     pthread_barrier_init(&go, NULL, (unsigned)np + 1);
     /* in transactions; rows = transactions x --rows */
     uint64_t total = (uint64_t)cfg.messages / (uint64_t)cfg.rows;
+    uint64_t total_rows = total * (uint64_t)cfg.rows;
     for (int i = 0; i < np; i++) {
         w[i].idx = i;
         w[i].go = &go;
@@ -1252,8 +1253,7 @@ int main(int argc, char **argv)
                     (double)(now - start) / 1e9, cfg.duration, rate);
         else
             fprintf(stderr, "raw insert: %" PRIu64 "/%" PRIu64 " (%.0f%%), %.0f msg/s\n",
-                    n, total * (uint64_t)cfg.rows,
-                    100.0 * (double)n / (double)(total * (uint64_t)cfg.rows), rate);
+                    n, total_rows, 100.0 * (double)n / (double)total_rows, rate);
         last = now;
         last_n = n;
         next = now + PROGRESS_EVERY_NS;

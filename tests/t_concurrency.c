@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { NTHREADS = 8 };
 
@@ -291,10 +292,88 @@ static void test_two_handles(void **state)
     mqs_close(s2);
 }
 
+struct async_log {
+    pthread_mutex_t mu;
+    int done, failed;
+    int64_t max_id;
+    int slow; /* callbacks take 30 ms: the writer is still in them */
+};
+
+static void async_logged(void *ud, int rc, int64_t id, const char *errmsg)
+{
+    (void)errmsg;
+    struct async_log *l = ud;
+    pthread_mutex_lock(&l->mu);
+    int slow = l->slow;
+    pthread_mutex_unlock(&l->mu);
+    if (slow)
+        nanosleep(&(struct timespec){0, 30 * 1000 * 1000}, NULL);
+    pthread_mutex_lock(&l->mu);
+    l->done++;
+    l->failed += rc != 0;
+    if (id > l->max_id)
+        l->max_id = id;
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* A synchronous write may run on the calling thread (writer.c, "caller
+ * runs"), but never ahead of what the same thread queued before it: async
+ * enqueues first, then a synchronous one, several rounds (the first
+ * synchronous one of a round finds an idle store, the writer busy with
+ * the async ones or not). Every async one must have committed, with a
+ * smaller id, by the time the synchronous one returns. */
+static void test_sync_after_async(void **state)
+{
+    mqs_store *s = *state;
+    /* commit=each promises no order between a thread's async writes (the
+     * writer thread, one per transaction) and its synchronous ones (its
+     * own pooled connection). */
+    if (strstr(g_uri, "commit=each"))
+        skip();
+    char q[128];
+    tu_name(q, sizeof q, "syncafter");
+    struct async_log l = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    int sent = 0;
+    for (int round = 0; round < 20; round++) {
+        int64_t id = 0;
+        mqs_msg m = tu_msg(MQS_QUEUE, q, "s", 1, 4);
+        /* one alone: a lone synchronous producer, which runs its own */
+        TU_OK(mqs_enqueue(s, &m, &id), s);
+        /* Odd rounds: the async one has committed and its (slow)
+         * callback is running when the synchronous one comes, the moment
+         * the writer's connection is free but its completions are not
+         * done. */
+        int slow = round % 2;
+        pthread_mutex_lock(&l.mu);
+        l.slow = slow;
+        pthread_mutex_unlock(&l.mu);
+        for (int i = 0; i < (slow ? 1 : 1 + round % 7); i++) {
+            mqs_msg a = tu_msg(MQS_QUEUE, q, "a", 1, 4);
+            TU_OK(mqs_enqueue_async(s, &a, async_logged, &l), s);
+            sent++;
+        }
+        if (slow)
+            nanosleep(&(struct timespec){0, 15 * 1000 * 1000}, NULL);
+        TU_OK(mqs_enqueue(s, &m, &id), s);
+        pthread_mutex_lock(&l.mu);
+        int done = l.done, failed = l.failed;
+        int64_t max_id = l.max_id;
+        pthread_mutex_unlock(&l.mu);
+        assert_int_equal(failed, 0);
+        if (done != sent || max_id >= id)
+            fail_msg("round %d: the synchronous enqueue (id %lld) returned "
+                     "with %d of %d earlier async enqueues done (largest id "
+                     "%lld)",
+                     round, (long long)id, done, sent, (long long)max_id);
+    }
+    assert_int_equal(mqs_purge(s, MQS_QUEUE, q, NULL), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, tu_setup_store, tu_teardown_store)
 static const struct CMUnitTest tests[] = {
     T(test_threads),
     T(test_threads_two_handles),
     T(test_two_handles),
+    T(test_sync_after_async),
 };
 TU_GROUP(tu_group_concurrency, "concurrency", tests);

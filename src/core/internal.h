@@ -260,13 +260,23 @@ struct mqs_store {
     bool writer_running;
     pthread_t writer;
     mqs_request **batch; /* the writer's batch array, batch_max long */
+    /* wconn in use (under mu): by the writer for a batch, or by a
+     * synchronous caller running its own request (writer.c, "caller
+     * runs"). Whoever sets it is the only user of wconn until it clears
+     * it and broadcasts cv_work. */
+    bool wbusy;
+    /* Synchronous requests in the last batch (under mu): how loaded the
+     * store is. The writer lingers for that many; at most one lets a
+     * caller run its own request. */
+    size_t last_sync_n;
     /* Caller-run completions (mqs_completion_fd): once cfd_on, finished
      * async requests wait in done_head..done_tail (under mu) and cfd (an
      * eventfd) is made readable; async submits refuse instead of waiting. */
     bool cfd_on;
     int cfd;
     mqs_request *done_head, *done_tail;
-    mqs_be_conn *wconn; /* owned by the writer thread once started */
+    mqs_be_conn *wconn; /* once the writer started: used only by whoever
+                           set wbusy */
 
     mqs_pool pool;
 

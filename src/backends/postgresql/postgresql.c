@@ -23,8 +23,9 @@
  * statement and look for remaining pending rows in the next one. Inserts
  * lock the subscriptions they copy (FOR KEY SHARE), so sub_remove, which
  * deletes the subscription row first, waits for them and then sees their
- * pending rows. Inserting transactions take turns on one row lock so ids
- * (drawn from a sequence at insert time) increase in commit order.
+ * pending rows. Inserting transactions take turns on one advisory lock
+ * (taken by each insert statement) so ids, drawn from a sequence at insert
+ * time, increase in commit order.
  *
  * URI: postgresql://user:pw@host1:port1,host2/db?... . The core takes it
  * apart (args->parts); conn_open gives libpq the parts as keywords

@@ -272,6 +272,16 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
         for (int i = 0; i < nst; i++)
             res[i] = NULL;
     int begin = c->begin_pending;
+    /* The whole transaction is in this pipeline (nothing of it went
+     * before): it runs as the pipeline's implicit transaction, which the
+     * server commits at the Sync that ends it, with no BEGIN or COMMIT
+     * statement (each costs a statement's work on both sides); a failed
+     * statement makes the server skip the rest and roll back at that
+     * Sync. What the explicit block's groups are for does not arise: the
+     * server reports ReadyForQuery only at the end, so it is never idle
+     * inside this transaction, and a pipeline below 8 KiB reaches it in
+     * one write. */
+    int implicit = commit && begin;
     int fence = c->fence_on && !c->fence_locked;
     /* The session's idle-in-transaction timeout, with the first statement
      * of a transaction block: the first one on a session also finds out
@@ -283,7 +293,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     int idle = c->in_txn && !c->fence_locked &&
                (c->idle_mode == 0 ||
                 (c->fence_on && c->idle_mode == 1 && c->idle_set != idle_want) ||
-                (c->fence_on && c->idle_mode < 0));
+                (c->fence_on && c->idle_mode < 0 && !implicit));
     int guard = commit && c->fence_on;
     size_t ndq = c->ndq;
     if (!begin && !fence && !ndq && !commit && nst == 1) {
@@ -350,7 +360,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
      * each costs the server a flush and the client a packet (measured in
      * docs/architecture.md, "Write path"). Outside a block one Sync ends
      * the implicit transaction. */
-    int sync_each = c->in_txn;
+    int sync_each = c->in_txn && !implicit;
     int nsync = 0;
     size_t k_synced = 0; /* statements sent up to the last Sync */
     /* On a direct session the hot statements are prepared once (parsed and
@@ -400,7 +410,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             k_synced = k;                                                      \
         }                                                                      \
     } while (0)
-    if (begin)
+    if (begin && !implicit)
         PG_SEND(PG_IT_BEGIN, "BEGIN", 0, NULL, NULL, NULL, NULL);
     if (idle)
         PG_SEND(PG_IT_IDLE, c->idle_mode >= 0 ? SQL_IDLE_SESSION
@@ -423,7 +433,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
     /* Did a Sync go before COMMIT? Only then does no answer at all prove
      * that COMMIT did not run (below). */
     int sync_before_commit = nsync > 0;
-    if (commit)
+    if (commit && !implicit)
         PG_SEND(PG_IT_COMMIT, "COMMIT", 0, NULL, NULL, NULL, NULL);
     PG_GROUP_END();
 #undef PG_GROUP_END
@@ -536,6 +546,11 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
             PQclear(r);
         }
     }
+    /* The implicit transaction committed at the Sync: every statement
+     * succeeded and the server then reported no transaction open. */
+    if (implicit && synced && !rc &&
+        PQtransactionStatus(c->pg) == PQTRANS_IDLE)
+        committed = 1;
     if (!synced || !PQexitPipelineMode(c->pg)) {
         if (!rc && !(commit && committed))
             rc = pg_fail_code(c, NULL, what,

@@ -49,7 +49,6 @@ struct mqs_be_conn {
     char *masked;                     /* URI with the password masked */
     int in_txn;                       /* between txn_begin and commit/rollback */
     int begin_pending;                /* BEGIN not sent yet (lazy) */
-    int order_locked;                 /* this txn holds the insert lock */
     /* Writes deferred to the next round trip (at the latest the COMMIT's),
      * so a whole transaction goes in one (see pg_flush). */
     struct pg_deferred *dq;

@@ -8,8 +8,11 @@
  *
  * Choices that matter for correctness:
  *  - autocommit stays on for the session; write transactions are explicit
- *    START TRANSACTION / COMMIT, reads are single autocommitted statements
- *    (no snapshot kept open between pages).
+ *    START TRANSACTION / COMMIT, sent lazily with their first statement,
+ *    except one that is a single insert of queue messages with no fence,
+ *    which runs autocommitted (one round trip; see my_txn_commit); reads
+ *    are single autocommitted statements (no snapshot kept open between
+ *    pages).
  *  - The client library's auto-reconnect is off: a silent reconnect would
  *    drop an open transaction and go on as if nothing happened. A lost
  *    connection is reported as MQS_ECONN (MQS_EUNKNOWN during COMMIT) and

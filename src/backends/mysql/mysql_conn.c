@@ -185,8 +185,9 @@ static void my_hint(unsigned int e, int in_commit, unsigned long max_packet,
     case MY_CR_SERVER_LOST_EXTENDED:
     case MY_ER_CONNECTION_KILLED:
     case MY_ER_CLIENT_INTERACTION_TIMEOUT:
-        h = in_commit ? "the connection was lost during COMMIT, so whether "
-                        "the transaction committed is unknown"
+        h = in_commit ? "the connection was lost during COMMIT (or an "
+                        "autocommitted insert), so whether the transaction "
+                        "committed is unknown"
                       : "the connection was lost; it will be reopened";
         break;
     case MY_CR_SSL_CONNECTION_ERROR:
@@ -236,7 +237,7 @@ int my_fail_db(mqs_be_conn *c, const char *what, int in_commit)
 int my_fail_stmt(mqs_be_conn *c, MYSQL_STMT *s, const char *what)
 {
     return my_fail(c, what, mysql_stmt_errno(s), mysql_stmt_sqlstate(s),
-                   mysql_stmt_error(s), 0);
+                   mysql_stmt_error(s), c->in_autocommit_write);
 }
 
 int my_errf(mqs_be_conn *c, int rc, const char *fmt, ...)
@@ -262,6 +263,7 @@ int my_oom(mqs_be_conn *c, const char *what)
 int my_exec_ex(mqs_be_conn *c, const char *what, const char *sql,
                size_t len, uint64_t *affected, int in_commit)
 {
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, sql, (unsigned long)len))
         return my_fail_db(c, what, in_commit);
     if (mysql_field_count(c->db) != 0) {
@@ -292,6 +294,7 @@ int my_query(mqs_be_conn *c, const char *what, const char *sql,
              size_t len, MYSQL_RES **res)
 {
     *res = NULL;
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, sql, (unsigned long)len))
         return my_fail_db(c, what, 0);
     *res = mysql_store_result(c->db);
@@ -369,6 +372,7 @@ int my_st_run(mqs_be_conn *c, int id, const char *what, MYSQL_BIND *params,
               int64_t *out, int *found, int64_t *insert_id)
 {
     MYSQL_STMT *s = NULL;
+    MY_TXN_START(c);
     int rc = my_st_get(c, id, &s);
     if (rc)
         return rc;

@@ -134,6 +134,18 @@ struct mqs_be_conn {
      * Cleared by txn_begin, a successful COMMIT and txn_rollback; kept
      * when the check fails, so no later COMMIT can skip it. */
     int fence_on;
+    /* A write transaction begins lazily (txn_begin sends nothing):
+     * start_pending until its first statement, which my_txn_start
+     * precedes with START TRANSACTION. A lone insert of queue messages
+     * that fits one statement is held (held, held_n: the core's array,
+     * valid until commit) instead: if nothing else comes and there is no
+     * fence, txn_commit runs it autocommitted, one round trip instead of
+     * three. in_autocommit_write makes a lost connection during it
+     * MQS_EUNKNOWN, as during COMMIT. */
+    int start_pending;
+    mqs_be_msg *held;
+    size_t held_n;
+    int in_autocommit_write;
     char *fence_cluster, *fence_node;
     int64_t fence_token, fence_margin_ms;
     char *sess_cluster; /* cluster whose session lock this connection holds */
@@ -145,6 +157,18 @@ struct mqs_be_conn {
     int32_t *ints;
     my_sb sql;
 };
+
+/* Before any statement that may belong to a write transaction: what a
+ * lazily begun one owes first (START TRANSACTION, the held insert). */
+int my_txn_start(mqs_be_conn *c);
+#define MY_TXN_START(c)                                                      \
+    do {                                                                     \
+        if ((c)->start_pending) {                                            \
+            int rc_ = my_txn_start(c);                                       \
+            if (rc_)                                                         \
+                return rc_;                                                  \
+        }                                                                    \
+    } while (0)
 
 /* Every callback starts here: a broken connection fails fast and keeps the
  * message of the failure that broke it. */

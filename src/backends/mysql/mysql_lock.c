@@ -54,6 +54,7 @@ static int my_lock_exec(mqs_be_conn *c, const char *what, uint64_t *affected)
 {
     if (c->sql.oom)
         return my_oom(c, what);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, c->sql.p, (unsigned long)c->sql.len))
         return my_lock_fail(c, what);
     if (affected)
@@ -140,6 +141,7 @@ static int my_lock_load(mqs_be_conn *c, const char *cluster, int for_update,
         my_sb_printf(&c->sql, " FOR UPDATE");
     if (c->sql.oom)
         return my_oom(c, "reading the lock");
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, c->sql.p, (unsigned long)c->sql.len))
         return my_lock_fail(c, "reading the lock row from mqs_lock");
     res = mysql_store_result(c->db);
@@ -484,6 +486,7 @@ static int my_fence_session(mqs_be_conn *c, int64_t lease_ms)
              "SET SESSION idle_write_transaction_timeout = %d, "
              "idle_transaction_timeout = %d",
              want, want);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, q, (unsigned long)strlen(q)) == 0)
         c->idle_write_s = want;
     else if (mysql_errno(c->db) == 1193) /* unknown variable: before 10.3 */
@@ -551,6 +554,7 @@ int my_fence_check(mqs_be_conn *c)
     my_sb_printf(&c->sql, " LOCK IN SHARE MODE");
     if (c->sql.oom)
         return my_oom(c, what);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, c->sql.p, (unsigned long)c->sql.len))
         return my_lock_fail(c, what);
     if (!(res = mysql_store_result(c->db)))

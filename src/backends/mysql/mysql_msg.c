@@ -174,23 +174,65 @@ unlock:
  * ---------------------------------------------------------------------- */
 
 
+/* Lazy: nothing is sent until the transaction's first statement (see
+ * start_pending in mysql_int.h), so a lone insert can go autocommitted. */
 int my_txn_begin(mqs_be_conn *c)
 {
     c->fence_on = 0;
+    c->held = NULL;
+    c->held_n = 0;
+    c->start_pending = 0;
     MY_CHECK_CONN(c);
-    return my_exec_ex(c, "START TRANSACTION", "START TRANSACTION", 17, NULL, 0);
+    c->start_pending = 1;
+    return 0;
+}
+
+static int my_insert_now(mqs_be_conn *c, mqs_be_msg *m, size_t n);
+
+int my_txn_start(mqs_be_conn *c)
+{
+    if (!c->start_pending)
+        return 0;
+    c->start_pending = 0; /* before the statements below, which check it */
+    mqs_be_msg *m = c->held;
+    size_t n = c->held_n;
+    c->held = NULL;
+    c->held_n = 0;
+    int rc = my_exec_ex(c, "START TRANSACTION", "START TRANSACTION", 17, NULL, 0);
+    if (!rc && m)
+        rc = my_insert_now(c, m, n);
+    return rc;
 }
 
 /* With a fence (lock_fence), the check is the last statement before
  * COMMIT: after every write, and the share lock it takes on the lock row
  * is held only for the COMMIT. A failed check leaves the transaction open
  * for the core's txn_rollback and keeps the fence, so a second txn_commit
- * fails the same way instead of committing. */
+ * fails the same way instead of committing.
+ *
+ * A transaction whose only statement is a held insert, without a fence,
+ * is that insert autocommitted: the server commits it as it runs it, or
+ * rolls it back on any error, as it would an explicit one; a connection
+ * lost during it leaves the outcome unknown, as during COMMIT. */
 int my_txn_commit(mqs_be_conn *c)
 {
     int rc;
 
     MY_CHECK_CONN(c);
+    if (c->start_pending && !c->fence_on) {
+        mqs_be_msg *m = c->held;
+        size_t n = c->held_n;
+        c->start_pending = 0;
+        c->held = NULL;
+        c->held_n = 0;
+        if (!m)
+            return 0; /* nothing was written */
+        c->in_autocommit_write = 1;
+        rc = my_insert_now(c, m, n);
+        c->in_autocommit_write = 0;
+        return rc;
+    }
+    MY_TXN_START(c);
     if (c->fence_on && (rc = my_fence_check(c)))
         return rc;
     rc = my_exec_ex(c, "COMMIT", "COMMIT", 6, NULL, 1);
@@ -202,6 +244,12 @@ int my_txn_commit(mqs_be_conn *c)
 int my_txn_rollback(mqs_be_conn *c)
 {
     c->fence_on = 0;
+    c->held = NULL;
+    c->held_n = 0;
+    if (c->start_pending) { /* nothing was sent */
+        c->start_pending = 0;
+        return 0;
+    }
     MY_CHECK_CONN(c);
     return my_exec_ex(c, "ROLLBACK", "ROLLBACK", 8, NULL, 0);
 }
@@ -212,7 +260,7 @@ int my_txn_rollback(mqs_be_conn *c)
  * reports its transaction state with every reply. */
 int my_not_in_txn(mqs_be_conn *c, const char *what)
 {
-    if (c->db->server_status & SERVER_STATUS_IN_TRANS)
+    if (c->start_pending || (c->db->server_status & SERVER_STATUS_IN_TRANS))
         return my_errf(c, MQS_EINVAL,
                        "mysql: %s called inside an open transaction on %s; it "
                        "runs in its own transaction",
@@ -547,6 +595,7 @@ static int my_insert_rows(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, unsi
         my_bind_blob(&b[5], x->headers, x->headers_len, &c->lens[2 * j]);
         my_bind_blob(&b[6], x->body, x->body_len, &c->lens[2 * j + 1]);
     }
+    MY_TXN_START(c);
     if (mysql_stmt_bind_param(s, c->bind) || mysql_stmt_execute(s)) {
         char what[96];
         snprintf(what, sizeof what, "inserting %u message%s into mqs_msg", k,
@@ -703,7 +752,44 @@ static int my_drop_orphans(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, siz
     return 0;
 }
 
+/* Can m[0..n) be held for an autocommitted insert: queue messages only
+ * (no pending rows to write: one statement), as one multi-row INSERT (n a
+ * power of two within ins_max, one packet, each message within the
+ * server's limit)? */
+static int my_hold_ok(const mqs_be_conn *c, const mqs_be_msg *m, size_t n)
+{
+    size_t limit = my_max_message(c);
+    size_t budget = c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
+    size_t bytes = 0;
+    if (n == 0 || n > c->ins_max || (n & (n - 1)))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].kind != MQS_QUEUE || m[i].headers_len > limit ||
+            m[i].body_len > limit - m[i].headers_len)
+            return 0;
+        bytes += m[i].headers_len + m[i].body_len + MY_ROW_MARGIN;
+    }
+    return bytes <= budget;
+}
+
 int my_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
+{
+    MY_CHECK_CONN(c);
+    /* The first statement of a transaction without a fence: held (ids
+     * are set when it runs, at the latest in txn_commit, which the core
+     * allows). */
+    if (c->start_pending && !c->held && !c->fence_on && my_hold_ok(c, m, n)) {
+        for (size_t i = 0; i < n; i++)
+            m[i].id = 0;
+        c->held = m;
+        c->held_n = n;
+        return 0;
+    }
+    MY_TXN_START(c);
+    return my_insert_now(c, m, n);
+}
+
+static int my_insert_now(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     size_t limit = my_max_message(c);
     size_t budget = c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
@@ -789,6 +875,7 @@ static int my_stream_page(mqs_be_conn *c, const char *sql, mqs_be_row_cb cb, voi
     MYSQL_RES *res;
     MYSQL_ROW row;
 
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, sql, (unsigned long)strlen(sql)))
         return my_fail_db(c, "reading a page of pending messages", 0);
     /* Unbuffered: memory stays at one row, whatever the page size. */
@@ -904,6 +991,7 @@ int my_msg_recent(mqs_be_conn *c, size_t limit, mqs_be_header_cb cb, void *ud)
     MY_CHECK_CONN(c);
     snprintf(sql, sizeof sql, "SELECT id, headers FROM mqs_msg ORDER BY id DESC LIMIT %zu",
              limit);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, sql, (unsigned long)strlen(sql)))
         return my_fail_db(c, what, 0);
     /* Unbuffered: one row in memory at a time. */
@@ -961,6 +1049,7 @@ int my_mark_list(mqs_be_conn *c, mqs_be_mark_cb cb, void *ud)
 {
     static const char q[] = "SELECT producer, seq FROM mqs_producer_mark";
     MY_CHECK_CONN(c);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, q, sizeof q - 1))
         return my_fail_db(c, "listing producer marks", 0);
     MYSQL_RES *res = mysql_use_result(c->db);
@@ -1037,6 +1126,7 @@ static int my_dest_rows(mqs_be_conn *c, const char *q, size_t qlen,
     int stopped = 0;
 
     MY_CHECK_CONN(c);
+    MY_TXN_START(c);
     if (mysql_real_query(c->db, q, qlen))
         return my_fail_db(c, "listing destinations", 0);
     res = mysql_use_result(c->db);

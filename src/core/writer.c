@@ -832,6 +832,9 @@ static void *writer_main(void *arg)
         s->wbusy = true;
         pthread_cond_broadcast(&s->cv_space);
         pthread_mutex_unlock(&s->mu);
+        size_t n_sync = 0; /* read now: complete() frees async requests */
+        for (size_t i = 0; i < n; i++)
+            n_sync += !s->batch[i]->async;
         if (s->batch[0]->page) {
             /* Not a commit: the linger budget and batch size stay the
              * writes'. */
@@ -843,9 +846,7 @@ static void *writer_main(void *arg)
             int64_t took = mqs__mono_us() - t0;
             commit_us = commit_us ? (commit_us * 7 + took) / 8 : took;
             /* Only synchronous writers come back for another turn. */
-            last_n = 0;
-            for (size_t i = 0; i < n; i++)
-                last_n += !s->batch[i]->async;
+            last_n = n_sync;
         }
         /* A batch of synchronous requests only frees wconn before its
          * callers are woken: one that comes straight back may run its next
@@ -853,9 +854,7 @@ static void *writer_main(void *arg)
          * completions ran (or were queued): a synchronous call returns
          * after the completions of what was committed before it, as when
          * every request went through this thread. */
-        bool any_async = false;
-        for (size_t i = 0; i < n; i++)
-            any_async |= s->batch[i]->async;
+        bool any_async = n_sync < n;
         pthread_mutex_lock(&s->mu);
         s->last_sync_n = last_n;
         if (!any_async)

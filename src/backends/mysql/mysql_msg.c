@@ -595,7 +595,6 @@ static int my_insert_rows(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, unsi
         my_bind_blob(&b[5], x->headers, x->headers_len, &c->lens[2 * j]);
         my_bind_blob(&b[6], x->body, x->body_len, &c->lens[2 * j + 1]);
     }
-    MY_TXN_START(c);
     if (mysql_stmt_bind_param(s, c->bind) || mysql_stmt_execute(s)) {
         char what[96];
         snprintf(what, sizeof what, "inserting %u message%s into mqs_msg", k,
@@ -752,6 +751,13 @@ static int my_drop_orphans(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, siz
     return 0;
 }
 
+/* Bytes of rows one multi-row INSERT may carry: the server's
+ * max_allowed_packet less the statement's own. */
+static size_t my_ins_budget(const mqs_be_conn *c)
+{
+    return c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
+}
+
 /* Can m[0..n) be held for an autocommitted insert: queue messages only
  * (no pending rows to write: one statement), as one multi-row INSERT (n a
  * power of two within ins_max, one packet, each message within the
@@ -759,7 +765,7 @@ static int my_drop_orphans(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, siz
 static int my_hold_ok(const mqs_be_conn *c, const mqs_be_msg *m, size_t n)
 {
     size_t limit = my_max_message(c);
-    size_t budget = c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
+    size_t budget = my_ins_budget(c);
     size_t bytes = 0;
     if (n == 0 || n > c->ins_max || (n & (n - 1)))
         return 0;
@@ -785,20 +791,23 @@ int my_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
         c->held_n = n;
         return 0;
     }
-    MY_TXN_START(c);
     return my_insert_now(c, m, n);
 }
 
+/* The insert itself; every statement it sends belongs to the transaction,
+ * so a pending start goes first (a no-op from txn_start and from the
+ * autocommitted path, which cleared it). */
 static int my_insert_now(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     size_t limit = my_max_message(c);
-    size_t budget = c->max_packet > MY_STMT_MARGIN ? c->max_packet - MY_STMT_MARGIN : 0;
+    size_t budget = my_ins_budget(c);
     int64_t *tids = NULL, *tcnt = NULL;
     size_t nt = 0, k = 0, *idx = NULL;
     uint64_t expect = 0, got = 0;
     int rc;
 
     MY_CHECK_CONN(c);
+    MY_TXN_START(c);
     if (n == 0)
         return 0;
     /* Refuse here what the server would refuse by closing the connection. */

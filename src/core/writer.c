@@ -915,6 +915,15 @@ static void enqueue_locked(mqs_store *s, mqs_request *r)
     s->q_tail = r;
     s->q_count++;
     s->q_bytes += r->bytes;
+}
+
+/* Wakes the writer for what enqueue_locked queued. Called after mu is
+ * released: a writer woken while the submitter still holds mu would block
+ * on mu at once and need a second wake-up when it is released (two futex
+ * round trips per request instead of one, seen with `perf trace` on
+ * mqbroker). The queue is checked under mu, so the wake-up is not lost. */
+static void wake_writer(mqs_store *s)
+{
     pthread_cond_signal(&s->cv_work);
 }
 
@@ -998,6 +1007,9 @@ int mqs__submit_wait(mqs_store *s, mqs_request *r)
                 pthread_cond_broadcast(&s->cv_work);
         } else {
             enqueue_locked(s, r);
+            pthread_mutex_unlock(&s->mu);
+            wake_writer(s);
+            pthread_mutex_lock(&s->mu);
             while (!r->done)
                 pthread_cond_wait(&r->cv, &s->mu);
         }
@@ -1059,5 +1071,6 @@ static int submit_async(mqs_store *s, mqs_request *r, bool keep_on_busy)
     }
     enqueue_locked(s, r);
     pthread_mutex_unlock(&s->mu);
+    wake_writer(s);
     return 0;
 }

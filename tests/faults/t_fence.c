@@ -970,6 +970,120 @@ static void test_inflight_after_lost(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * 4a. The lock row changes under a node that still believes it is master
+ *     (its renewal has not run yet): another node took it (holder and
+ *     token), or its lease has less left than a commit needs. Its next
+ *     write, one message (the broker's SEND), is refused by the database's
+ *     check of the row, MQS_EFENCED with a message that says why, and
+ *     leaves nothing. On MySQL/MariaDB that check is inside the INSERT
+ *     itself (my_insert_fenced); elsewhere the fence's own statements.
+ * ---------------------------------------------------------------------- */
+
+/* lease_until of the lock row set to 1 s from now by the database's (or
+ * for SQLite the host's boot) clock, with the lock's margin 6 s. */
+static void short_lease_sql(char *sql, size_t len, const char *cluster)
+{
+    if (is_pg()) {
+        snprintf(sql, len,
+                 "UPDATE mqs_lock SET lease_until = clock_timestamp() + "
+                 "interval '1 second' WHERE cluster = '%s'",
+                 cluster);
+    } else if (is_my()) {
+        snprintf(sql, len,
+                 "UPDATE mqs_lock SET lease_until_ms = CAST(UNIX_TIMESTAMP("
+                 "NOW(3)) * 1000 AS SIGNED) + 1000 WHERE cluster = '%s'",
+                 cluster);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_BOOTTIME, &ts);
+        long long boot = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        snprintf(sql, len,
+                 "UPDATE mqs_lock SET lease_until_ms = %lld WHERE cluster = "
+                 "'%s'",
+                 boot + 1000, cluster);
+    }
+}
+
+static void row_change_case(const char *tag, int takeover, const char *expect)
+{
+    char dest[128], cluster[128], sql[512];
+    fx_name(dest, sizeof dest, tag);
+    fx_name(cluster, sizeof cluster, "rccl");
+    /* A renewal would notice the row first (or repair the lease) before
+     * the write reaches the database: renew_ms far beyond the case. The
+     * margin a commit needs is lease_ms/10 = 6 s. */
+    char *uri = uri_with("cluster=%s&node_id=fx-rc-master&lease_ms=60000&"
+                         "renew_ms=20000%s",
+                         cluster, is_lite() ? "&busy_timeout=60000" : "");
+    mqs_store *s = open_store(uri);
+    const char body[] = "one message";
+    mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
+    static ha_watch w;
+    ha_watch_init(&w);
+    mqs_lock_cbs cbs = ha_cbs(&w);
+    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
+    FX_OK(mqs_enqueue(s, &m, NULL), s); /* fenced, and allowed */
+
+    fx_admin *a = fx_admin_open();
+    if (takeover)
+        snprintf(sql, sizeof sql,
+                 "UPDATE mqs_lock SET holder = 'fx-rc-intruder', token = "
+                 "token + 1 WHERE cluster = '%s'",
+                 cluster);
+    else
+        short_lease_sql(sql, sizeof sql, cluster);
+    fx_admin_must(a, sql);
+    int64_t lost_before = ha_lost_at(&w);
+    int rc = mqs_enqueue(s, &m, NULL);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mqs_errmsg(s));
+    int64_t rows = count_rows(a, dest);
+    print_message("  after the row %s: %s: %s; %lld row(s)\n",
+                  takeover ? "changed hands" : "got a short lease", rcname(rc),
+                  rc ? msg : "", (long long)rows);
+
+    verdict v = {{0}};
+    if (lost_before)
+        vfail(&v, "on_lost came before the write (the renewal ran first): "
+                  "the database's check was not exercised");
+    if (rc != MQS_EFENCED)
+        vfail(&v, "a write after the lock row %s returned %s, expected "
+                  "MQS_EFENCED",
+              takeover ? "changed hands" : "got a short lease", rcname(rc));
+    else if (!strstr(msg, expect))
+        vfail(&v, "the fence's message does not say '%s': %s", expect, msg);
+    if (rows != 1)
+        vfail(&v, "%lld row(s) in the queue, expected 1 (the write before "
+                  "the change only)",
+              (long long)rows);
+    snprintf(sql, sizeof sql, "DELETE FROM mqs_lock WHERE cluster = '%s'",
+             cluster);
+    admin_try(a, sql);
+    snprintf(sql, sizeof sql,
+             "DELETE FROM mqs_msg WHERE dest_id IN (SELECT id FROM mqs_dest "
+             "WHERE kind = 0 AND name = '%s')",
+             dest);
+    admin_try(a, sql);
+    fx_admin_close(a);
+    (void)mqs_lock_release(s);
+    mqs_close(s);
+    free(uri);
+    verdict_end(&v);
+}
+
+static void test_row_taken_over(void **state)
+{
+    (void)state;
+    row_change_case("taken", 1, "fx-rc-intruder");
+}
+
+static void test_row_lease_short(void **state)
+{
+    (void)state;
+    row_change_case("short", 0, "ms");
+}
+
+/* ------------------------------------------------------------------------
  * 4b. PostgreSQL: the server ends the writer's session while the fence's
  *     guard waits (a restart, pg_terminate_backend). That is a lost
  *     connection before COMMIT ran, not a fence: the write is retried and
@@ -1608,6 +1722,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_acquire_after_cursor),
         cmocka_unit_test(test_renew_backpressure),
         cmocka_unit_test(test_inflight_after_lost),
+        cmocka_unit_test(test_row_taken_over),
+        cmocka_unit_test(test_row_lease_short),
         cmocka_unit_test(test_guard_session_ended),
         cmocka_unit_test(test_open_txn_run),
     };

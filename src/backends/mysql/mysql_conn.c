@@ -20,6 +20,15 @@ static const char *const my_st_sql[MY_ST_COUNT] = {
                       "ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
     [MY_ST_SUB_LOOKUP] = "SELECT s.id FROM mqs_sub s JOIN mqs_dest d ON d.id = s.dest_id "
                          "WHERE d.kind = 1 AND d.name = ? AND s.name = ?",
+    /* One fenced message, autocommitted: inserted only if the lock row
+     * names this node and token with enough lease left by the server's
+     * clock, read with a share lock held to the statement's commit (see
+     * my_txn_commit; docs/architecture.md, "The fence, per backend"). */
+    [MY_ST_INS_FENCED] = "INSERT INTO mqs_msg (dest_id, kind, priority, expires_ms, "
+                         "enqueued_ms, headers, body) SELECT ?, ?, ?, ?, ?, ?, ? "
+                         "FROM mqs_lock WHERE cluster = ? AND holder = ? AND "
+                         "token = ? AND lease_until_ms - " MY_NOW_MS " >= ? "
+                         "LOCK IN SHARE MODE",
 };
 
 /* ------------------------------------------------------------------------
@@ -322,7 +331,7 @@ int my_query_i64(mqs_be_conn *c, const char *what, const char *sql,
     return 0;
 }
 
-static int my_st_get(mqs_be_conn *c, int id, MYSQL_STMT **out)
+int my_st_get(mqs_be_conn *c, int id, MYSQL_STMT **out)
 {
     if (!c->st[id]) {
         MYSQL_STMT *s = mysql_stmt_init(c->db);

@@ -84,6 +84,10 @@ enum {
 /* GET_LOCK wait while another process migrates the same database. */
 #define MY_MIGRATE_LOCK_S 60
 
+/* The database clock in Unix ms (session time_zone is UTC): leases and
+ * the fence are judged by it, never by a node's own clock. */
+#define MY_NOW_MS "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
+
 /* Prepared statements with string parameters (everything else is SQL text
  * with integers and hex literals only). */
 enum {
@@ -92,6 +96,7 @@ enum {
     MY_ST_SUB_GET,
     MY_ST_SUB_ADD,
     MY_ST_SUB_LOOKUP,
+    MY_ST_INS_FENCED,
     MY_ST_COUNT
 };
 
@@ -138,9 +143,10 @@ struct mqs_be_conn {
      * start_pending until its first statement, which my_txn_start
      * precedes with START TRANSACTION. A lone insert of queue messages
      * that fits one statement is held (held, held_n: the core's array,
-     * valid until commit) instead: if nothing else comes and there is no
-     * fence, txn_commit runs it autocommitted, one round trip instead of
-     * three. in_autocommit_write makes a lost connection during it
+     * valid until commit) instead: if nothing else comes, txn_commit runs
+     * it autocommitted, one round trip instead of three (with a fence and
+     * one message: the fence's locking read inside the INSERT, instead of
+     * four). in_autocommit_write makes a lost connection during it
      * MQS_EUNKNOWN, as during COMMIT. */
     int start_pending;
     mqs_be_msg *held;
@@ -202,6 +208,8 @@ int my_query_i64(mqs_be_conn *c, const char *what, const char *sql, int64_t *out
 void my_bind_i64(MYSQL_BIND *b, int64_t *v);
 void my_bind_i32(MYSQL_BIND *b, int32_t *v);
 void my_bind_str(MYSQL_BIND *b, const char *s, unsigned long *len);
+/* Prepared statement id of this connection (prepared on first use). */
+int my_st_get(mqs_be_conn *c, int id, MYSQL_STMT **out);
 int my_st_run(mqs_be_conn *c, int id, const char *what, MYSQL_BIND *params,
               int64_t *out, int *found, int64_t *insert_id);
 size_t my_max_message(const mqs_be_conn *c);

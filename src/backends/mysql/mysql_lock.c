@@ -9,9 +9,6 @@
  * Exclusive lock (ABI 2.0)
  * ---------------------------------------------------------------------- */
 
-/* The database clock, UNIX ms (session time_zone is UTC). */
-#define MY_NOW_MS "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
-
 static int64_t my_mono_ms(void)
 {
     struct timespec ts;

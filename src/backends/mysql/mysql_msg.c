@@ -204,22 +204,25 @@ int my_txn_start(mqs_be_conn *c)
     return rc;
 }
 
+static int my_insert_fenced(mqs_be_conn *c, mqs_be_msg *m);
+
 /* With a fence (lock_fence), the check is the last statement before
  * COMMIT: after every write, and the share lock it takes on the lock row
  * is held only for the COMMIT. A failed check leaves the transaction open
  * for the core's txn_rollback and keeps the fence, so a second txn_commit
  * fails the same way instead of committing.
  *
- * A transaction whose only statement is a held insert, without a fence,
- * is that insert autocommitted: the server commits it as it runs it, or
- * rolls it back on any error, as it would an explicit one; a connection
- * lost during it leaves the outcome unknown, as during COMMIT. */
+ * A transaction whose only statement is a held insert is that insert
+ * autocommitted: the server commits it as it runs it, or rolls it back on
+ * any error, as it would an explicit one; a connection lost during it
+ * leaves the outcome unknown, as during COMMIT. With a fence (one message,
+ * see my_msg_insert) the check is inside that INSERT (my_insert_fenced). */
 int my_txn_commit(mqs_be_conn *c)
 {
     int rc;
 
     MY_CHECK_CONN(c);
-    if (c->start_pending && !c->fence_on) {
+    if (c->start_pending && (!c->fence_on || c->held)) {
         mqs_be_msg *m = c->held;
         size_t n = c->held_n;
         c->start_pending = 0;
@@ -228,8 +231,10 @@ int my_txn_commit(mqs_be_conn *c)
         if (!m)
             return 0; /* nothing was written */
         c->in_autocommit_write = 1;
-        rc = my_insert_now(c, m, n);
+        rc = c->fence_on ? my_insert_fenced(c, m) : my_insert_now(c, m, n);
         c->in_autocommit_write = 0;
+        if (!rc)
+            c->fence_on = 0;
         return rc;
     }
     MY_TXN_START(c);
@@ -615,6 +620,69 @@ static int my_insert_rows(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, unsi
     return 0;
 }
 
+/* The held message of a fenced transaction, autocommitted, in one round
+ * trip: INSERT ... SELECT from the lock row WHERE it names this node and
+ * token with at least the margin of lease left by the server's clock,
+ * LOCK IN SHARE MODE. The locking read sees the row's latest committed
+ * version whatever the isolation level, and its share lock is held until
+ * the statement commits, so a takeover (an UPDATE of that row, which needs
+ * the exclusive lock) commits either before the read, and the INSERT then
+ * writes nothing, or after this commit: the same argument as the check
+ * before an explicit COMMIT, with nothing between check and commit. The
+ * whole statement is one packet, so a frozen client cannot hold the share
+ * lock. No row inserted means fenced: the check's own query then says
+ * why. */
+static int my_insert_fenced(mqs_be_conn *c, mqs_be_msg *m)
+{
+    static const char what[] = "inserting a message into mqs_msg (fenced)";
+    MYSQL_STMT *s = NULL;
+    MYSQL_BIND b[11];
+    int32_t kind = (int32_t)m->kind, prio = (int32_t)m->priority;
+    unsigned long lh, lb, lc, ln;
+    int64_t token = c->fence_token, margin = c->fence_margin_ms;
+
+    m->id = 0;
+    int rc = my_st_get(c, MY_ST_INS_FENCED, &s);
+    if (rc)
+        return rc;
+    my_bind_i64(&b[0], &m->dest_id);
+    my_bind_i32(&b[1], &kind);
+    my_bind_i32(&b[2], &prio);
+    my_bind_i64(&b[3], &m->expires_ms);
+    my_bind_i64(&b[4], &m->enqueued_ms);
+    my_bind_blob(&b[5], m->headers, m->headers_len, &lh);
+    my_bind_blob(&b[6], m->body, m->body_len, &lb);
+    my_bind_blob(&b[7], c->fence_cluster, strlen(c->fence_cluster), &lc);
+    my_bind_blob(&b[8], c->fence_node, strlen(c->fence_node), &ln);
+    my_bind_i64(&b[9], &token);
+    my_bind_i64(&b[10], &margin);
+    if (mysql_stmt_bind_param(s, b) || mysql_stmt_execute(s))
+        return my_fail_stmt(c, s, what);
+    uint64_t affected = (uint64_t)mysql_stmt_affected_rows(s);
+    if (affected == 1) {
+        int64_t id = (int64_t)mysql_stmt_insert_id(s);
+        if (id <= 0)
+            return my_errf(c, MQS_EIO,
+                           "mysql: %s: the fenced INSERT reported id %" PRId64,
+                           c->uri, id);
+        m->id = id;
+        return 0;
+    }
+    /* Nothing was written, and nothing is open. The check, alone, tells
+     * who holds the lock now; if it passes by now (the lease renewed
+     * meanwhile), the insert still did not happen. */
+    c->in_autocommit_write = 0;
+    if ((rc = my_fence_check(c)))
+        return rc;
+    return my_errf(c, MQS_EFENCED,
+                   "mysql: node %s (token %" PRId64 ") could not commit on %s: "
+                   "when its insert ran, the lock of cluster '%s' was held by "
+                   "another node or token or had less than %" PRId64
+                   " ms of lease left; fenced, nothing was written",
+                   c->fence_node, c->fence_token, c->uri, c->fence_cluster,
+                   c->fence_margin_ms);
+}
+
 /* Subscription counts of the topics among m[0..n): sorted topic ids in
  * *tids with counts in *tcnt (caller frees both). The rows are read with
  * LOCK IN SHARE MODE so no subscription disappears before the pending rows
@@ -781,10 +849,11 @@ static int my_hold_ok(const mqs_be_conn *c, const mqs_be_msg *m, size_t n)
 int my_msg_insert(mqs_be_conn *c, mqs_be_msg *m, size_t n)
 {
     MY_CHECK_CONN(c);
-    /* The first statement of a transaction without a fence: held (ids
-     * are set when it runs, at the latest in txn_commit, which the core
-     * allows). */
-    if (c->start_pending && !c->held && !c->fence_on && my_hold_ok(c, m, n)) {
+    /* The first statement of a transaction, without a fence or of one
+     * message: held (ids are set when it runs, at the latest in
+     * txn_commit, which the core allows). */
+    if (c->start_pending && !c->held && (!c->fence_on || n == 1) &&
+        my_hold_ok(c, m, n)) {
         for (size_t i = 0; i < n; i++)
             m[i].id = 0;
         c->held = m;

@@ -537,6 +537,7 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
                                ? 1
                                : -1;
             c->idle_set = c->idle_mode == 1 ? idle_want : -1;
+            c->idle_unsure = c->idle_mode == 1;
             PQclear(r);
         } else if (kd == PG_IT_DEFER && !dres[di]) {
             dres[di] = r;
@@ -584,6 +585,13 @@ int pg_flush(mqs_be_conn *c, const char *what, const pg_stmt *st,
         pg_set_err(c, "%s The outcome of COMMIT is unknown: it was sent in "
                       "the same round trip.", why);
         rc = MQS_EUNKNOWN;
+    }
+    /* The session's idle timeout, if set in this transaction, holds only
+     * if it committed (see idle_unsure). */
+    if (commit && c->idle_unsure) {
+        if (!committed)
+            c->idle_set = PG_IDLE_UNKNOWN;
+        c->idle_unsure = 0;
     }
     if (commit && rc == 0 && !committed) {
         pg_set_err(c,

@@ -63,6 +63,10 @@ struct mqs_be_conn {
                                          -1 set in each transaction */
     int64_t idle_ms;
     int64_t idle_set;                 /* the value set for the session */
+    /* idle_set came from a statement of the open transaction: a session
+     * setting made in a transaction is undone if it does not commit, so
+     * idle_set is void then (PG_IDLE_UNKNOWN: set again next time). */
+    int idle_unsure;
     /* Named prepared statements of this session (direct connections only:
      * idle_mode 1), keyed by the address of their static SQL text. */
     struct { const char *sql; unsigned id; } prep[24];
@@ -89,6 +93,9 @@ struct mqs_be_conn {
 
 /* The advisory lock key of the fence of cluster $1 (see pg_lock_fence):
  * per database and cluster, apart from the crash detector's key. */
+/* idle_set when the session's value is not known. */
+#define PG_IDLE_UNKNOWN INT64_MIN
+
 #define PG_FENCE_KEY                                                           \
     "pg_catalog.hashtextextended('mqstore-fence:' || "                         \
     "pg_catalog.current_database() || ':' || $1::text, 0)"

@@ -167,6 +167,12 @@ int pg_schema_apply(mqs_be_conn *c, const mqs_be_migration *m)
  * ------------------------------------------------------------------------- */
 static void pg_txn_reset(mqs_be_conn *c)
 {
+    /* Ended without a COMMIT that succeeded (pg_flush settles that case):
+     * a session setting made in it was undone. */
+    if (c->idle_unsure) {
+        c->idle_set = PG_IDLE_UNKNOWN;
+        c->idle_unsure = 0;
+    }
     c->in_txn = 0;
     c->begin_pending = 0;
     c->fence_on = c->fence_locked = 0;

@@ -1080,7 +1080,97 @@ static void test_row_taken_over(void **state)
 static void test_row_lease_short(void **state)
 {
     (void)state;
-    row_change_case("short", 0, "ms");
+    row_change_case("short", 0, "ms left");
+}
+
+/* ------------------------------------------------------------------------
+ * 4a'. MySQL/MariaDB: the server has closed the master's idle writing
+ *     connection (wait_timeout here; a restart or KILL alike). The next
+ *     one-message write runs autocommitted, where a connection lost during
+ *     the statement leaves its outcome unknown (MQS_EUNKNOWN, not retried).
+ *     A connection closed before the statement was sent is not that case:
+ *     the backend must see it first, so the core retries the write on a
+ *     new connection and the producer sees success, stored once.
+ * ---------------------------------------------------------------------- */
+
+static void test_idle_session_closed(void **state)
+{
+    (void)state;
+    if (!is_my()) {
+        print_message("  MySQL's autocommitted insert only\n");
+        return;
+    }
+    char dest[128], cluster[128], sql[1024];
+    fx_name(dest, sizeof dest, "idleclosed");
+    fx_name(cluster, sizeof cluster, "iccl");
+    char *uri = uri_with("cluster=%s&node_id=fx-ic-master&lease_ms=6000&"
+                         "renew_ms=1000",
+                         cluster);
+    mqs_store *s = open_store(uri);
+    const char body[] = "after the server closed the idle connection";
+    mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
+    static ha_watch w;
+    ha_watch_init(&w);
+    mqs_lock_cbs cbs = ha_cbs(&w);
+    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
+    /* Two writes: the first fenced transaction of a session also sets its
+     * idle timeout (not a lone insert then); the second prepares the
+     * one-statement fenced insert, so the write under test sends only its
+     * execution. */
+    FX_OK(mqs_enqueue(s, &m, NULL), s);
+    FX_OK(mqs_enqueue(s, &m, NULL), s);
+    /* The writer's connection is now idle; the lease keeper's renews every
+     * second. After 2.5 s, end every connection of this user idle for 2 s
+     * or more, except the admin's own and the one holding the session lock
+     * (the crash detector's, named in the lock row). */
+    fx_sleep_ms(2500);
+    fx_admin *a = fx_admin_open();
+    snprintf(sql, sizeof sql,
+             "SELECT COALESCE(MIN(p.id), 0) FROM information_schema.processlist "
+             "p WHERE p.user = SUBSTRING_INDEX(USER(), '@', 1) AND p.id <> "
+             "CONNECTION_ID() AND p.command = 'Sleep' AND p.time >= 2 AND "
+             "p.id <> COALESCE((SELECT session_id FROM mqs_lock WHERE cluster "
+             "= '%s'), 0)",
+             cluster);
+    int killed = 0;
+    for (int64_t id; killed < 16 && (id = fx_admin_must_i64(a, sql)) > 0;
+         killed++) {
+        char k[64];
+        snprintf(k, sizeof k, "KILL CONNECTION %lld", (long long)id);
+        admin_try(a, k);
+        fx_sleep_ms(50);
+    }
+    fx_sleep_ms(200);
+    int rc = mqs_enqueue(s, &m, NULL);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", mqs_errmsg(s));
+    int64_t rows = count_rows(a, dest);
+    print_message("  %d idle connection(s) ended; the next write: %s%s%s; "
+                  "%lld row(s)\n",
+                  killed, rcname(rc), rc ? ": " : "", rc ? msg : "",
+                  (long long)rows);
+    verdict v = {{0}};
+    if (killed < 1)
+        vfail(&v, "no idle connection of the store was found to end");
+    if (rc != 0)
+        vfail(&v, "the write after the server closed the idle connection "
+                  "returned %s (%s), expected success after a retry on a "
+                  "new connection",
+              rcname(rc), msg);
+    if (rows != 3)
+        vfail(&v, "%lld row(s) stored, expected 3", (long long)rows);
+    if (ha_lost_at(&w))
+        vfail(&v, "the node lost the lock during the case (%s)", w.reason);
+    snprintf(sql, sizeof sql,
+             "DELETE FROM mqs_msg WHERE dest_id IN (SELECT id FROM mqs_dest "
+             "WHERE kind = 0 AND name = '%s')",
+             dest);
+    admin_try(a, sql);
+    fx_admin_close(a);
+    (void)mqs_lock_release(s);
+    mqs_close(s);
+    free(uri);
+    verdict_end(&v);
 }
 
 /* ------------------------------------------------------------------------
@@ -1724,6 +1814,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_inflight_after_lost),
         cmocka_unit_test(test_row_taken_over),
         cmocka_unit_test(test_row_lease_short),
+        cmocka_unit_test(test_idle_session_closed),
         cmocka_unit_test(test_guard_session_ended),
         cmocka_unit_test(test_open_txn_run),
     };

@@ -3,6 +3,8 @@
  * mapping, statement execution, URI options and the connection
  * (part of mqstore_mysql.so; see mysql.c for the design choices).
  */
+#include <poll.h>
+
 #include "mysql_int.h"
 
 /* Prepared statements with string parameters (everything else is SQL text
@@ -247,6 +249,25 @@ int my_fail_stmt(mqs_be_conn *c, MYSQL_STMT *s, const char *what)
 {
     return my_fail(c, what, mysql_stmt_errno(s), mysql_stmt_sqlstate(s),
                    mysql_stmt_error(s), c->in_autocommit_write);
+}
+
+/* Before a write whose lost answer would be MQS_EUNKNOWN (an autocommitted
+ * statement): has the server already closed this idle connection (its
+ * wait_timeout, a restart, KILL)? Then it sent, or will send, nothing for
+ * a statement not yet sent: MQS_ECONN, nothing was written, the core
+ * retries on a new connection. An idle connection has nothing to read. */
+int my_session_ended(mqs_be_conn *c, const char *what)
+{
+    struct pollfd p = {.fd = (int)mysql_get_socket(c->db),
+                       .events = POLLIN | POLLRDHUP};
+    if (p.fd < 0 || poll(&p, 1, 0) <= 0)
+        return 0;
+    c->broken = 1;
+    return my_errf(c, MQS_ECONN,
+                   "mysql: %s: %s: the server closed the connection before "
+                   "the statement was sent (wait_timeout, a restart or KILL); "
+                   "nothing was written",
+                   c->uri, what);
 }
 
 int my_errf(mqs_be_conn *c, int rc, const char *fmt, ...)

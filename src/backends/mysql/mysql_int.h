@@ -152,6 +152,10 @@ struct mqs_be_conn {
     mqs_be_msg *held;
     size_t held_n;
     int in_autocommit_write;
+    /* The held insert ran autocommitted (txn_commit) and failed: nothing
+     * is open on the server, and a second txn_commit must fail as well,
+     * not commit an empty transaction. Cleared by txn_begin/rollback. */
+    int held_failed;
     char *fence_cluster, *fence_node;
     int64_t fence_token, fence_margin_ms;
     char *sess_cluster; /* cluster whose session lock this connection holds */
@@ -208,6 +212,7 @@ int my_query_i64(mqs_be_conn *c, const char *what, const char *sql, int64_t *out
 void my_bind_i64(MYSQL_BIND *b, int64_t *v);
 void my_bind_i32(MYSQL_BIND *b, int32_t *v);
 void my_bind_str(MYSQL_BIND *b, const char *s, unsigned long *len);
+int my_session_ended(mqs_be_conn *c, const char *what);
 /* Prepared statement id of this connection (prepared on first use). */
 int my_st_get(mqs_be_conn *c, int id, MYSQL_STMT **out);
 int my_st_run(mqs_be_conn *c, int id, const char *what, MYSQL_BIND *params,

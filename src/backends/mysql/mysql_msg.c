@@ -178,6 +178,7 @@ unlock:
  * start_pending in mysql_int.h), so a lone insert can go autocommitted. */
 int my_txn_begin(mqs_be_conn *c)
 {
+    c->held_failed = 0;
     c->fence_on = 0;
     c->held = NULL;
     c->held_n = 0;
@@ -205,6 +206,7 @@ int my_txn_start(mqs_be_conn *c)
 }
 
 static int my_insert_fenced(mqs_be_conn *c, mqs_be_msg *m);
+static int my_autocommit_ready(mqs_be_conn *c, size_t n);
 
 /* With a fence (lock_fence), the check is the last statement before
  * COMMIT: after every write, and the share lock it takes on the lock row
@@ -222,6 +224,11 @@ int my_txn_commit(mqs_be_conn *c)
     int rc;
 
     MY_CHECK_CONN(c);
+    if (c->held_failed)
+        return my_errf(c, MQS_ESTATE,
+                       "mysql: %s: COMMIT after this transaction's insert "
+                       "failed: roll it back",
+                       c->uri);
     if (c->start_pending && (!c->fence_on || c->held)) {
         mqs_be_msg *m = c->held;
         size_t n = c->held_n;
@@ -230,11 +237,19 @@ int my_txn_commit(mqs_be_conn *c)
         c->held_n = 0;
         if (!m)
             return 0; /* nothing was written */
-        c->in_autocommit_write = 1;
-        rc = c->fence_on ? my_insert_fenced(c, m) : my_insert_now(c, m, n);
-        c->in_autocommit_write = 0;
+        /* A failure before the statement is sent is retryable, only one
+         * during it is of unknown outcome: prepare it (its own round trip
+         * on a new connection) and check the connection first. */
+        rc = my_autocommit_ready(c, n);
+        if (!rc) {
+            c->in_autocommit_write = 1;
+            rc = c->fence_on ? my_insert_fenced(c, m) : my_insert_now(c, m, n);
+            c->in_autocommit_write = 0;
+        }
         if (!rc)
             c->fence_on = 0;
+        else
+            c->held_failed = 1;
         return rc;
     }
     MY_TXN_START(c);
@@ -251,8 +266,9 @@ int my_txn_rollback(mqs_be_conn *c)
     c->fence_on = 0;
     c->held = NULL;
     c->held_n = 0;
-    if (c->start_pending) { /* nothing was sent */
+    if (c->start_pending || c->held_failed) { /* nothing is open */
         c->start_pending = 0;
+        c->held_failed = 0;
         return 0;
     }
     MY_CHECK_CONN(c);
@@ -618,6 +634,18 @@ static int my_insert_rows(mqs_be_conn *c, mqs_be_msg *m, const size_t *idx, unsi
     for (unsigned j = 0; j < k; j++)
         m[idx[j]].id = first + (int64_t)j * c->autoinc_step;
     return 0;
+}
+
+/* The held insert's statement prepared, and the connection still open
+ * (my_session_ended), before txn_commit runs it autocommitted. */
+static int my_autocommit_ready(mqs_be_conn *c, size_t n)
+{
+    MYSQL_STMT *s = NULL;
+    int rc = c->fence_on ? my_st_get(c, MY_ST_INS_FENCED, &s)
+                         : my_ins_stmt(c, (unsigned)__builtin_ctzll(n), &s);
+    if (!rc)
+        rc = my_session_ended(c, "writing a message");
+    return rc;
 }
 
 /* The held message of a fenced transaction, autocommitted, in one round

@@ -249,6 +249,16 @@ bool bench_std_opt(const char *name, void (*usage)(FILE *), const char *version)
     return false;
 }
 
+const char *bench_json_path_problem(const char *path)
+{
+    if (!*path)
+        return "--json: empty file name";
+    if (!strcmp(path, "-"))
+        return "--json -: stdout carries the result table; give a file name "
+               "(e.g. --json /tmp/result.json)";
+    return NULL;
+}
+
 FILE *bench_json_open(const char *path)
 {
     FILE *f = fopen(path, "w");

@@ -32,6 +32,10 @@ int bench_opt(int argc, char **argv, int *i, const char *const *with_value,
 /* --help/-h (usage(stdout)) and --version/-V ("PROG VERSION"): print and
  * exit(EXIT_OK); false for any other option name. */
 bool bench_std_opt(const char *name, void (*usage)(FILE *), const char *version);
+/* NULL if path may be a --json file, else why not (for bad_usage): "-"
+ * is refused, since stdout already carries the result table and a file of
+ * that name is never what was meant. */
+const char *bench_json_path_problem(const char *path);
 /* A --json file: opened for writing, or NULL after "PROG: --json PATH:
  * why" on stderr. */
 FILE *bench_json_open(const char *path);

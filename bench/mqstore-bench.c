@@ -1898,6 +1898,8 @@ static int parse_args(int argc, char **argv)
             cfg.set_recovery = true;
             recovery_only = true;
         } else if (!strcmp(name, "--json")) {
+            if (bench_json_path_problem(val))
+                return bad_usage("%s", bench_json_path_problem(val));
             cfg.json_path = val;
         } else if (!strcmp(name, "--plot")) {
             cfg.plot_path = val;

@@ -794,6 +794,8 @@ static int parse_args(int argc, char **argv)
         } else if (strcmp(a, "--vacuum-cmd") == 0) {
             cfg.vacuum_cmd = v;
         } else if (strcmp(a, "--json") == 0) {
+            if (bench_json_path_problem(v))
+                return bad_usage("%s", bench_json_path_problem(v));
             cfg.json_path = v;
         } else if (strcmp(a, "--plot") == 0) {
             cfg.plot_path = v;

@@ -995,6 +995,8 @@ static int parse_args(int argc, char **argv)
             if (!parse_secs(val, 0, MAX_DURATION, &cfg.stall, true))
                 return bad_usage("--stall: seconds, 0..%.0f", MAX_DURATION);
         } else if (!strcmp(name, "--json")) {
+            if (bench_json_path_problem(val))
+                return bad_usage("%s", bench_json_path_problem(val));
             cfg.json_path = val;
         } else {
             return bad_usage("unknown option '%s'", a);

@@ -127,6 +127,17 @@ static int64_t count_rows(fx_admin *a, const char *dest)
     return fx_admin_must_i64(a, sql);
 }
 
+/* Removes the rows of queue `dest` behind the store's back (cleanup). */
+static void delete_rows(fx_admin *a, const char *dest)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "DELETE FROM mqs_msg WHERE dest_id IN (SELECT id FROM mqs_dest "
+             "WHERE kind = 0 AND name = '%s')",
+             dest);
+    admin_try(a, sql);
+}
+
 /* A thread whose end can be waited for with a bound. */
 typedef struct bthread {
     pthread_t th;
@@ -213,6 +224,17 @@ static int64_t ha_lost_at(ha_watch *w)
 static mqs_lock_cbs ha_cbs(ha_watch *w)
 {
     return (mqs_lock_cbs){on_master_cb, on_lost_cb, w};
+}
+
+/* A store on uri that holds the lock, its callbacks recorded in w (which
+ * must outlive the store). */
+static mqs_store *open_master(const char *uri, ha_watch *w)
+{
+    mqs_store *s = open_store(uri);
+    ha_watch_init(w);
+    mqs_lock_cbs cbs = ha_cbs(w);
+    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
+    return s;
 }
 
 /* Completions of async writes. */
@@ -1015,13 +1037,10 @@ static void row_change_case(const char *tag, int takeover, const char *expect)
     char *uri = uri_with("cluster=%s&node_id=fx-rc-master&lease_ms=60000&"
                          "renew_ms=20000%s",
                          cluster, is_lite() ? "&busy_timeout=60000" : "");
-    mqs_store *s = open_store(uri);
+    static ha_watch w;
+    mqs_store *s = open_master(uri, &w);
     const char body[] = "one message";
     mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
-    static ha_watch w;
-    ha_watch_init(&w);
-    mqs_lock_cbs cbs = ha_cbs(&w);
-    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
     FX_OK(mqs_enqueue(s, &m, NULL), s); /* fenced, and allowed */
 
     fx_admin *a = fx_admin_open();
@@ -1059,11 +1078,7 @@ static void row_change_case(const char *tag, int takeover, const char *expect)
     snprintf(sql, sizeof sql, "DELETE FROM mqs_lock WHERE cluster = '%s'",
              cluster);
     admin_try(a, sql);
-    snprintf(sql, sizeof sql,
-             "DELETE FROM mqs_msg WHERE dest_id IN (SELECT id FROM mqs_dest "
-             "WHERE kind = 0 AND name = '%s')",
-             dest);
-    admin_try(a, sql);
+    delete_rows(a, dest);
     fx_admin_close(a);
     (void)mqs_lock_release(s);
     mqs_close(s);
@@ -1106,13 +1121,10 @@ static void test_idle_session_closed(void **state)
     char *uri = uri_with("cluster=%s&node_id=fx-ic-master&lease_ms=6000&"
                          "renew_ms=1000",
                          cluster);
-    mqs_store *s = open_store(uri);
+    static ha_watch w;
+    mqs_store *s = open_master(uri, &w);
     const char body[] = "after the server closed the idle connection";
     mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
-    static ha_watch w;
-    ha_watch_init(&w);
-    mqs_lock_cbs cbs = ha_cbs(&w);
-    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
     /* Two writes: the first fenced transaction of a session also sets its
      * idle timeout (not a lone insert then); the second prepares the
      * one-statement fenced insert, so the write under test sends only its
@@ -1161,11 +1173,7 @@ static void test_idle_session_closed(void **state)
         vfail(&v, "%lld row(s) stored, expected 3", (long long)rows);
     if (ha_lost_at(&w))
         vfail(&v, "the node lost the lock during the case (%s)", w.reason);
-    snprintf(sql, sizeof sql,
-             "DELETE FROM mqs_msg WHERE dest_id IN (SELECT id FROM mqs_dest "
-             "WHERE kind = 0 AND name = '%s')",
-             dest);
-    admin_try(a, sql);
+    delete_rows(a, dest);
     fx_admin_close(a);
     (void)mqs_lock_release(s);
     mqs_close(s);
@@ -1193,13 +1201,10 @@ static void test_guard_session_ended(void **state)
     fx_name(cluster, sizeof cluster, "gecl");
     char *uri = uri_with("cluster=%s&node_id=fx-ge-master&lease_ms=20000&"
                          "renew_ms=2000", cluster);
-    mqs_store *s = open_store(uri);
+    static ha_watch w;
+    mqs_store *s = open_master(uri, &w);
     const char body[] = "the guard's session ended";
     mqs_msg m = {MQS_QUEUE, dest, NULL, 0, body, sizeof body, 4, 0};
-    static ha_watch w;
-    ha_watch_init(&w);
-    mqs_lock_cbs cbs = ha_cbs(&w);
-    FX_OK(mqs_lock_acquire(s, 10000, &cbs), s);
     FX_OK(mqs_enqueue(s, &m, NULL), s); /* the destination exists */
 
     /* The guard reads mqs_lock: an exclusive table lock holds it there. */

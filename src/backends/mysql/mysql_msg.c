@@ -190,15 +190,25 @@ int my_txn_begin(mqs_be_conn *c)
 
 static int my_insert_now(mqs_be_conn *c, mqs_be_msg *m, size_t n);
 
+/* Ends the pending start and hands over the held insert (NULL if none),
+ * with its count in *n: whoever runs it next owns it. */
+static mqs_be_msg *my_take_held(mqs_be_conn *c, size_t *n)
+{
+    mqs_be_msg *m = c->held;
+    *n = c->held_n;
+    c->start_pending = 0;
+    c->held = NULL;
+    c->held_n = 0;
+    return m;
+}
+
 int my_txn_start(mqs_be_conn *c)
 {
     if (!c->start_pending)
         return 0;
-    c->start_pending = 0; /* before the statements below, which check it */
-    mqs_be_msg *m = c->held;
-    size_t n = c->held_n;
-    c->held = NULL;
-    c->held_n = 0;
+    /* before the statements below, which check start_pending */
+    size_t n;
+    mqs_be_msg *m = my_take_held(c, &n);
     int rc = my_exec_ex(c, "START TRANSACTION", "START TRANSACTION", 17, NULL, 0);
     if (!rc && m)
         rc = my_insert_now(c, m, n);
@@ -230,11 +240,8 @@ int my_txn_commit(mqs_be_conn *c)
                        "failed: roll it back",
                        c->uri);
     if (c->start_pending && (!c->fence_on || c->held)) {
-        mqs_be_msg *m = c->held;
-        size_t n = c->held_n;
-        c->start_pending = 0;
-        c->held = NULL;
-        c->held_n = 0;
+        size_t n;
+        mqs_be_msg *m = my_take_held(c, &n);
         if (!m)
             return 0; /* nothing was written */
         /* A failure before the statement is sent is retryable, only one

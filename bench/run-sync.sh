@@ -14,8 +14,9 @@
 #      1 KiB, scenarios 1 producer x window 1, 4 x 1, 16 x 16 (no consumers;
 #      a fresh broker and queue per run, purged afterwards), compared with
 #      raw's 1-producer INSERT p50 of step 1 of the same run.
-# Several --build trees (e.g. before=... after=...) are run back to back per
-# backend, so their figures come from one session of a noisy machine.
+# Several --build trees (e.g. before=... after=...) are run in one session
+# of a noisy machine: `mqstore-bench --sync` one build after the other per
+# backend; the broker runs taking turns, run by run (A B, then B A).
 #
 # Output: OUT/results.md (tables, stdout too), OUT/results.json (everything,
 # with each tool's own JSON), OUT/results.png (gnuplot). Per-tool output and
@@ -247,11 +248,19 @@ for uri_t in "${URIS[@]}"; do
         printf '%s\n' "$(mask "$uri")" >"$OUT/$l/$be.uri"
     done
     [ "$DO_STOMP" = 1 ] || continue
-    for k in "${!LABELS[@]}"; do
-        l=${LABELS[$k]}; d=${DIRS[$k]}; uri=${uri_t//\{build\}/$l}
-        for s in $STOMP_SCENARIOS; do
-            p=${s%%:*}; w=${s#*:}
-            for r in $(seq 1 "$REPEATS"); do
+    # The builds take turns run by run, in A B / B A order: a broker run
+    # right after another one on the same database was up to 20% slower in
+    # p50 here (the previous run's rows, vacuum, checkpoints), and builds
+    # run back to back also took the session's drift as their difference.
+    for s in $STOMP_SCENARIOS; do
+        p=${s%%:*}; w=${s#*:}
+        for r in $(seq 1 "$REPEATS"); do
+            order=("${!LABELS[@]}")
+            if [ $((r % 2)) = 0 ]; then
+                mapfile -t order < <(printf '%s\n' "${!LABELS[@]}" | tac)
+            fi
+            for k in "${order[@]}"; do
+                l=${LABELS[$k]}; d=${DIRS[$k]}; uri=${uri_t//\{build\}/$l}
                 stomp_run "$d" "$uri" "$l/$be-stomp-p${p}w${w}-r$r" "$p" "$w"
             done
         done

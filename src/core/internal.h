@@ -3,6 +3,7 @@
 #define MQS_CORE_INTERNAL_H
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -214,14 +215,16 @@ typedef struct mqs_request {
     size_t bytes; /* message bytes, for batch and back-pressure limits */
     int rc;
     char *errmsg;      /* set on failure (owned) */
-    bool done;
     bool async;
     mqs_done_fn cb;
     mqs_txn_done_fn tcb; /* async transaction commit */
     mqs_page *page;      /* OP_PAGE: limits, callback and result; a
                             request with one is a read, never batched */
     void *ud;
-    pthread_cond_t cv; /* sync waiters */
+    /* A synchronous request's waiter sleeps on this, not on the store's
+     * mutex: the writer posts it once, after releasing mu, when it is done
+     * with the request (writer.c complete()). */
+    sem_t done;
 } mqs_request;
 
 /* A small pool of backend connections, opened lazily. */
@@ -269,6 +272,10 @@ struct mqs_store {
      * store is. The writer lingers for that many; at most one lets a
      * caller run its own request. */
     size_t last_sync_n;
+    /* The writer is waiting on cv_work until q_count reaches this (under
+     * mu): 1 when idle, last_sync_n while it lingers, 0 when it is not
+     * waiting. A submitter signals only when its request reaches it. */
+    size_t w_want;
     /* Caller-run completions (mqs_completion_fd): once cfd_on, finished
      * async requests wait in done_head..done_tail (under mu) and cfd (an
      * eventfd) is made readable; async submits refuse instead of waiting. */
